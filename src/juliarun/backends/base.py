@@ -1,0 +1,239 @@
+"""The compute seam: one protocol every execution platform implements, and the shared status
+vocabulary (job, worker and cluster status) they report in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+from juliarun.errors import JobTimeoutError
+from juliarun.specs import JobSpec, StorageSpec
+
+Phase = Literal["created", "running", "succeeded", "failed"]
+WorkerState = Literal["waiting", "running", "restarting", "succeeded", "failed", "removed"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
+
+
+@dataclass
+class WorkerStatus:
+    """One worker process (a pod, a container, a local process group)."""
+
+    id: str
+    state: WorkerState = "waiting"
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (or ``None`` while unfinished)."""
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+@dataclass
+class JobStatus:
+    """Where a job stands. ``str(status)`` reads like the seed: ``created, 1 processes waiting``,
+    ``running``, ``succeeded``, ``failed: <reason>``."""
+
+    name: str
+    kind: str
+    phase: Phase
+    desired_workers: int
+    workers: list[WorkerStatus] = field(default_factory=list)
+    reason: str | None = None
+    hint: str | None = None
+    last_lines: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase in TERMINAL
+
+    @property
+    def waiting(self) -> int:
+        """Workers not started yet (including those waiting to restart)."""
+        started = sum(1 for w in self.workers if w.state != "waiting")
+        return max(self.desired_workers - started, 0) + sum(
+            1 for w in self.workers if w.state == "restarting"
+        )
+
+    def __str__(self) -> str:
+        if self.phase == "created":
+            return f"created, {max(self.waiting, self.desired_workers)} processes waiting"
+        if self.phase == "running":
+            running = sum(1 for w in self.workers if w.state == "running")
+            if running == self.desired_workers:
+                return "running"
+            return f"running, {running} of {self.desired_workers} processes running"
+        if self.phase == "failed":
+            return f"failed: {self.reason or 'unknown reason'}"
+        return self.phase
+
+    def __repr__(self) -> str:
+        return f"<JobStatus {self.name}: {self}>"
+
+    def describe(self) -> str:
+        """A multi-line view: the status, then one line per worker."""
+        lines = [f"{self.kind}({self.name}): {self}"]
+        for w in self.workers:
+            extra = f" exit={w.exit_code}" if w.exit_code is not None else ""
+            extra += f" restarts={w.restarts}" if w.restarts else ""
+            extra += f" ({w.reason})" if w.reason else ""
+            lines.append(f"  {w.id}: {w.state}{extra}")
+        if self.hint and self.phase == "failed":
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Component:
+    """A part of the platform and whether it is healthy."""
+
+    name: str
+    healthy: bool
+    detail: str = ""
+
+
+@dataclass
+class NodeStatus:
+    """Free capacity of one node, in percent of its allocatable resources."""
+
+    name: str
+    ready: bool
+    cpu: int
+    gpu: int
+    mem: int
+    dsk: int
+    pod: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterStatus:
+    """The seed's cluster view: components, pods waiting, nodes with free percentages."""
+
+    cluster: str
+    kind: str
+    endpoint: str
+    components: list[Component] = field(default_factory=list)
+    waiting_for_scheduler: int = 0
+    waiting_for_nodes: int = 0
+    resource_misfit: int = 0
+    nodes: list[NodeStatus] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.healthy for c in self.components) and all(n.ready for n in self.nodes)
+
+    def render(self, verbose: bool = True) -> str:
+        lines = [f"Compute cluster: {self.cluster} ({self.kind}) at {self.endpoint}"]
+        if not verbose:
+            state = "healthy" if self.healthy else "degraded"
+            lines.append(f"{state}: {len(self.nodes)} nodes, {len(self.components)} components")
+            return "\n".join(lines)
+        lines += ["", "Components"]
+        for c in self.components:
+            mark = "✓" if c.healthy else "✗"
+            lines.append(f"{mark} {c.name}" + (f"  ({c.detail})" if c.detail else ""))
+        lines += [
+            "",
+            "Pods waiting",
+            f"  for scheduler: {self.waiting_for_scheduler}",
+            f"  for free nodes: {self.waiting_for_nodes}",
+            f"  resource misfit: {self.resource_misfit}",
+            "",
+            "Nodes (resource free pct)",
+            "  cpu gpu mem dsk pod name",
+        ]
+        for n in self.nodes:
+            mark = "✓" if n.ready else "✗"
+            lines.append(f"{mark} {n.cpu:3d} {n.gpu:3d} {n.mem:3d} {n.dsk:3d} {n.pod:3d} {n.name}")
+        return "\n".join(lines)
+
+    def table(self) -> list[dict[str, object]]:
+        """Nodes as rows (for a Prefect table artifact)."""
+        return [
+            {
+                "node": n.name,
+                "ready": n.ready,
+                "cpu": n.cpu,
+                "gpu": n.gpu,
+                "mem": n.mem,
+                "dsk": n.dsk,
+                "pod": n.pod,
+            }
+            for n in self.nodes
+        ]
+
+    def __str__(self) -> str:
+        return self.render(verbose=True)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An execution platform: local processes, Docker, or Kubernetes."""
+
+    kind: ClassVar[str]
+    cluster: str
+
+    def submit(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> JobStatus:
+        """Start ``job`` with its storage (by the names the job uses) provisioned and mounted at
+        ``/mnt/<name>``. Submitting the same spec
+        again is a no-op returning the current status; a different spec under the same name
+        raises :class:`~juliarun.errors.JobExistsError`."""
+        ...
+
+    def status(self, name: str) -> JobStatus: ...
+
+    def jobs(self) -> list[JobSpec]:
+        """The jobs on the cluster, oldest first."""
+        ...
+
+    def delete(self, name: str, *, force: bool = False) -> bool:
+        """Stop the job's workers (at once when ``force``) and remove the job."""
+        ...
+
+    def scale(self, name: str, workers: int) -> JobStatus:
+        """Change how many workers a running ``JuliaParBatchWorkers`` job has."""
+        ...
+
+    def provision_storage(self, spec: StorageSpec) -> str:
+        """Create the storage if needed (idempotent); returns where it lives."""
+        ...
+
+    def cluster_status(self) -> ClusterStatus: ...
+
+    def close(self) -> None: ...
+
+
+def wait_for_job(
+    backend: Backend,
+    name: str,
+    *,
+    timeout: float | None = None,
+    poll_interval: float = 0.5,
+    on_poll: Callable[[JobStatus], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobStatus:
+    """Poll until the job succeeds or fails; raises :class:`JobTimeoutError` after ``timeout``
+    seconds (the job is left running)."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        status = backend.status(name)
+        if on_poll is not None:
+            on_poll(status)
+        if status.done:
+            return status
+        if deadline is not None and clock() >= deadline:
+            raise JobTimeoutError(name, timeout or 0.0, str(status))
+        sleep(poll_interval)

@@ -1,0 +1,5 @@
+"""The local backend (the embedded default)."""
+
+from juliarun.backends.local.backend import LocalBackend
+
+__all__ = ["LocalBackend"]

@@ -1,0 +1,130 @@
+"""A local job's directory: its spec, the desired scale, and the supervisor's view of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from juliarun.backends.base import JobStatus, WorkerStatus
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dt(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def worker_to_json(w: WorkerStatus) -> dict[str, Any]:
+    data = asdict(w)
+    for key in ("started_at", "finished_at"):
+        data[key] = data[key].isoformat() if data[key] else None
+    return data
+
+
+def worker_from_json(data: dict[str, Any]) -> WorkerStatus:
+    return WorkerStatus(
+        id=data["id"],
+        state=data["state"],
+        pid=data.get("pid"),
+        exit_code=data.get("exit_code"),
+        restarts=data.get("restarts", 0),
+        started_at=_dt(data.get("started_at")),
+        finished_at=_dt(data.get("finished_at")),
+        reason=data.get("reason"),
+    )
+
+
+class JobDir:
+    """``<home>/clusters/<cluster>/jobs/<name>/`` holding job.json (written once at submit),
+    control.json (the desired worker count, written by scale) and state.json (written by the
+    job's supervisor process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def job_file(self) -> Path:
+        return self.path / "job.json"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.path / "supervisor.log"
+
+    def metrics_file(self, worker_id: str) -> Path:
+        return self.path / "metrics" / f"{worker_id}.lp"
+
+    def exists(self) -> bool:
+        return self.job_file.exists()
+
+    def _read(self, filename: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.path / filename).read_text())
+        except FileNotFoundError:
+            return {}
+        return data
+
+    def _write(self, filename: str, data: dict[str, Any]) -> None:
+        target = self.path / filename
+        tmp = target.with_name(f".{filename}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+
+    def read_job(self) -> dict[str, Any]:
+        return self._read("job.json")
+
+    def write_job(self, data: dict[str, Any]) -> None:
+        self._write("job.json", data)
+
+    def read_control(self) -> dict[str, Any]:
+        return self._read("control.json")
+
+    def write_control(self, data: dict[str, Any]) -> None:
+        self._write("control.json", data)
+
+    def read_state(self) -> dict[str, Any]:
+        return self._read("state.json")
+
+    def write_state(self, status: JobStatus, supervisor: dict[str, Any]) -> None:
+        self._write(
+            "state.json",
+            {
+                "phase": status.phase,
+                "desired_workers": status.desired_workers,
+                "workers": [worker_to_json(w) for w in status.workers],
+                "reason": status.reason,
+                "hint": status.hint,
+                "last_lines": status.last_lines,
+                "finished_at": status.finished_at.isoformat() if status.finished_at else None,
+                "supervisor": supervisor,
+            },
+        )
+
+
+def status_from_files(jobdir: JobDir) -> JobStatus:
+    """The job's status as its files tell it (no liveness check)."""
+    job = jobdir.read_job()
+    state = jobdir.read_state()
+    control = jobdir.read_control()
+    desired = int(control.get("workers", job.get("desired_workers", 1)))
+    return JobStatus(
+        name=jobdir.name,
+        kind=job.get("spec", {}).get("kind", "?"),
+        phase=state.get("phase", "created"),
+        desired_workers=desired,
+        workers=[worker_from_json(w) for w in state.get("workers", [])],
+        reason=state.get("reason"),
+        hint=state.get("hint"),
+        last_lines=state.get("last_lines", []),
+        created_at=_dt(job.get("created_at")),
+        finished_at=_dt(state.get("finished_at")),
+    )

@@ -1,0 +1,102 @@
+"""Storage on the local backend: host directories, RAM disks (tmpfs) and git checkouts."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from juliarun.errors import StorageError
+from juliarun.specs import StorageSpec
+
+RAM_ROOT = Path("/dev/shm")
+
+
+def _is_tmpfs(path: Path) -> bool:
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    return any(
+        parts[1] == str(path) and parts[2] == "tmpfs"
+        for parts in (line.split() for line in mounts)
+        if len(parts) > 2
+    )
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+    )
+    if proc.returncode != 0:
+        raise StorageError(
+            f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}",
+            hint="check the storage's url and ref",
+        )
+    return proc.stdout.strip()
+
+
+def provision(spec: StorageSpec, home: Path) -> Path:
+    """Create ``spec`` on this machine if needed and return its directory (idempotent)."""
+    if spec.kind == "host":
+        path = Path(spec.path or "")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"storage {spec.name!r}: cannot create host directory {path}: {exc.strerror}",
+                hint="choose a path this user can write",
+            ) from exc
+        return path
+    if spec.kind == "ramdisk":
+        if not _is_tmpfs(RAM_ROOT):
+            raise StorageError(
+                f"storage {spec.name!r}: no tmpfs at {RAM_ROOT} for a RAM disk",
+                hint="mount a tmpfs at /dev/shm, or use kind='host'",
+            )
+        tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
+        path = RAM_ROOT / f"juliarun-{tag}" / spec.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return _git_checkout(spec, home)
+
+
+def _git_checkout(spec: StorageSpec, home: Path) -> Path:
+    ref = spec.ref or "HEAD"
+    safe_ref = re.sub(r"[^A-Za-z0-9._-]", "_", ref)
+    path = home / "storage" / "git" / f"{spec.name}@{safe_ref}"
+    url = spec.url or ""
+    if not (path / ".git").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _git("clone", "--quiet", "--no-checkout", url, str(tmp))
+        tmp.rename(path)
+    else:
+        _git("fetch", "--quiet", "--tags", "origin", cwd=path)
+    commit = _resolve(path, ref)
+    if commit is None:
+        raise StorageError(
+            f"storage {spec.name!r}: git ref {ref!r} not found in {url}",
+            hint="use a branch, tag or commit that exists in the repository",
+        )
+    _git("checkout", "--quiet", "--force", "--detach", commit, cwd=path)
+    return path
+
+
+def _resolve(path: Path, ref: str) -> str | None:
+    candidates = [f"origin/{ref}", ref] if ref != "HEAD" else ["origin/HEAD", "HEAD"]
+    for candidate in candidates:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+    return None

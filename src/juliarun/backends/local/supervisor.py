@@ -1,0 +1,421 @@
+"""The supervisor of one local job: a detached process that runs the job's workers.
+
+Each worker is its own process group. The supervisor captures stdout/stderr line by line (with a
+timestamp, the worker id and the stream) into the log store, ingests the metric lines workers
+append to ``$JULIARUN_METRICS_FILE`` plus per-worker cpu/memory samples into the metric store,
+applies the restart policy with exponential backoff, follows the desired worker count written by
+``scale``, and writes the job's state for every other process to read.
+
+SIGTERM stops the workers gracefully (SIGTERM, then SIGKILL after the grace period); SIGUSR1
+kills them at once. Run as ``python -m juliarun.backends.local.supervisor JOBDIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from juliarun.backends.base import JobStatus, WorkerStatus
+from juliarun.backends.local.state import JobDir, now
+from juliarun.logs import LogLine, LogStore, open_log_store
+from juliarun.metrics import MetricStore, Point, open_metric_store
+from juliarun.metrics.lineprotocol import parse_lines
+
+LAST_LINES = 10
+MAX_BACKOFF = 30.0
+SAMPLE_EVERY = 5.0
+
+
+@dataclass
+class _Worker:
+    status: WorkerStatus
+    proc: subprocess.Popen[bytes] | None = None
+    readers: list[threading.Thread] = field(default_factory=list)
+    restart_at: float | None = None
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
+    metrics_offset: int = 0
+
+
+class Supervisor:
+    """Runs one job described by ``jobdir`` until it ends or is stopped."""
+
+    def __init__(
+        self,
+        jobdir: JobDir,
+        logs: LogStore,
+        metrics: MetricStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        tick: float = 0.1,
+    ) -> None:
+        self.jobdir = jobdir
+        self.job = jobdir.read_job()
+        self.logs = logs
+        self.metrics = metrics
+        self.clock = clock
+        self.sleep = sleep
+        self.tick = tick
+        self.spec: dict[str, Any] = self.job["spec"]
+        self.workers: dict[int, _Worker] = {}
+        self.stop_mode: str | None = None
+        self.reason: str | None = None
+        self.hint: str | None = None
+        self.failed_lines: list[str] = []
+        self.lines: queue.Queue[LogLine | None] = queue.Queue(maxsize=100_000)
+        self.writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
+        self._last_state: str = ""
+        self._last_sample = 0.0
+
+    # -- control -------------------------------------------------------------------------
+
+    def request_stop(self, mode: str) -> None:
+        """``graceful`` (SIGTERM, then SIGKILL after the grace period) or ``force``."""
+        if self.stop_mode != "force":
+            self.stop_mode = mode
+
+    def desired(self) -> int:
+        return int(self.jobdir.read_control().get("workers", self.job["desired_workers"]))
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.writer.start()
+        phase = "created"
+        try:
+            while True:
+                if self.stop_mode:
+                    self._stop_all(self.stop_mode == "force")
+                    phase = "failed" if phase not in ("succeeded", "failed") else phase
+                    self.reason = self.reason or "deleted"
+                    self._publish(phase, final=True)
+                    return 0
+                desired = self.desired()
+                self._reconcile(desired)
+                self._poll()
+                self._ingest_metrics()
+                phase = self._phase(desired)
+                if phase == "failed":
+                    self._stop_all(force=False)
+                self._publish(phase, final=phase in ("succeeded", "failed"))
+                if phase in ("succeeded", "failed"):
+                    return 0
+                self.sleep(self.tick)
+        finally:
+            self._ingest_metrics()
+            self.lines.put(None)
+            self.writer.join(timeout=30)
+
+    def _reconcile(self, desired: int) -> None:
+        t = self.clock()
+        for index in range(desired):
+            w = self.workers.get(index)
+            if w is None:
+                self._start(index)
+            elif w.status.state == "restarting" and w.restart_at is not None and t >= w.restart_at:
+                self._start(index, restarts=w.status.restarts + 1)
+            elif w.status.state == "removed":
+                self._start(index, restarts=w.status.restarts)
+        for index, w in list(self.workers.items()):
+            if index >= desired and w.status.state in ("running", "restarting", "waiting"):
+                self._terminate(w, force=False)
+                w.status.state = "removed"
+                w.status.reason = "scaled down"
+
+    def _poll(self) -> None:
+        for w in self.workers.values():
+            if w.proc is None or w.status.state != "running":
+                continue
+            code = w.proc.poll()
+            if code is None:
+                continue
+            for reader in w.readers:
+                reader.join(timeout=5)
+            self._exited(w, code)
+        if self.clock() - self._last_sample >= SAMPLE_EVERY:
+            self._last_sample = self.clock()
+            self._sample()
+
+    def _exited(self, w: _Worker, code: int) -> None:
+        s = w.status
+        s.exit_code = code
+        s.finished_at = now()
+        s.pid = None
+        if code == 0:
+            s.state = "succeeded"
+            return
+        s.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if self.spec.get("restart") == "OnFailure" and s.restarts < int(
+            self.spec.get("backoff_limit", 0)
+        ):
+            s.state = "restarting"
+            w.restart_at = self.clock() + min(2.0**s.restarts, MAX_BACKOFF)
+            return
+        s.state = "failed"
+        if self.reason is None:
+            restarts = f" after {s.restarts} restarts" if s.restarts else ""
+            self.reason = f"worker {s.id} {s.reason}{restarts}"
+            self.failed_lines = list(w.last_lines)
+            self.hint = f"see its output with `juliarun tail {self.jobdir.name}`"
+
+    def _phase(self, desired: int) -> str:
+        states = [w.status.state for i, w in self.workers.items() if i < desired]
+        if any(s == "failed" for s in states):
+            return "failed"
+        if desired > 0 and len(states) == desired and all(s == "succeeded" for s in states):
+            return "succeeded"
+        if any(s in ("running", "restarting", "succeeded") for s in states):
+            return "running"
+        return "created"
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _start(self, index: int, restarts: int = 0) -> None:
+        worker_id = f"{self.jobdir.name}-{index}"
+        status = WorkerStatus(id=worker_id, state="running", restarts=restarts, started_at=now())
+        w = self.workers.get(index) or _Worker(status=status)
+        w.status = status
+        w.restart_at = None
+        self.workers[index] = w
+        metrics_file = self.jobdir.metrics_file(worker_id)
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.touch()
+        w.metrics_offset = metrics_file.stat().st_size
+        env = {
+            **os.environ,
+            **self.job["env"],
+            "JULIARUN_JOB": self.jobdir.name,
+            "JULIARUN_WORKER": worker_id,
+            "JULIARUN_WORKER_INDEX": str(index),
+            "JULIARUN_NWORKERS": str(self.desired()),
+            "JULIARUN_RESTARTS": str(restarts),
+            "JULIARUN_METRICS_FILE": str(metrics_file),
+        }
+        try:
+            proc = subprocess.Popen(
+                self.job["command"],
+                cwd=self.job["cwd"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            status.state = "failed"
+            status.finished_at = now()
+            status.reason = f"cannot start {self.job['command'][0]}: {exc.strerror}"
+            self.reason = self.reason or f"worker {worker_id} {status.reason}"
+            return
+        w.proc = proc
+        status.pid = proc.pid
+        w.readers = [
+            threading.Thread(target=self._read, args=(w, proc.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._read, args=(w, proc.stderr, "stderr"), daemon=True),
+        ]
+        for reader in w.readers:
+            reader.start()
+        self._publish("running", final=False)
+
+    def _read(self, w: _Worker, pipe: IO[bytes] | None, stream: str) -> None:
+        if pipe is None:
+            return
+        worker_id = w.status.id
+        for raw in iter(pipe.readline, b""):
+            message = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            w.last_lines.append(message)
+            self.lines.put(
+                LogLine(
+                    timestamp=now(),
+                    job=self.jobdir.name,
+                    worker=worker_id,
+                    stream="stderr" if stream == "stderr" else "stdout",
+                    message=message,
+                    cluster=self.job["cluster"],
+                    tenant=self.spec.get("tenant", "default"),
+                )
+            )
+        pipe.close()
+
+    def _terminate(self, w: _Worker, force: bool) -> None:
+        proc = w.proc
+        if proc is None or proc.poll() is not None:
+            return
+        grace = 0.0 if force else float(self.job.get("kill_grace", 10))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+        deadline = self.clock() + grace
+        while proc.poll() is None and self.clock() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        for reader in w.readers:
+            reader.join(timeout=5)
+        w.status.exit_code = proc.returncode
+        w.status.finished_at = now()
+        w.status.pid = None
+
+    def _stop_all(self, force: bool) -> None:
+        for w in self.workers.values():
+            if w.status.state in ("running", "restarting", "waiting"):
+                self._terminate(w, force)
+                w.status.state = "removed"
+                w.status.reason = "stopped"
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def _write_lines(self) -> None:
+        batch: list[LogLine] = []
+        done = False
+        while not done:
+            try:
+                item = self.lines.get(timeout=0.1)
+                if item is None:
+                    done = True
+                else:
+                    batch.append(item)
+                while len(batch) < 1000:
+                    more = self.lines.get_nowait()
+                    if more is None:
+                        done = True
+                        break
+                    batch.append(more)
+            except queue.Empty:
+                pass
+            if batch:
+                self._store_lines(batch)
+                batch = []
+
+    def _store_lines(self, batch: list[LogLine]) -> None:
+        for attempt in range(10):
+            try:
+                self.logs.write(batch)
+                return
+            except Exception as exc:  # keep the lines: retry, then report on stderr
+                if attempt == 9:
+                    print(f"juliarun supervisor: lost {len(batch)} lines: {exc}", file=sys.stderr)
+                time.sleep(0.2 * (attempt + 1))
+
+    def _ingest_metrics(self) -> None:
+        for w in self.workers.values():
+            path = self.jobdir.metrics_file(w.status.id)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(w.metrics_offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n")
+            if end < 0:
+                continue
+            w.metrics_offset += end + 1
+            points, errors = parse_lines(data[: end + 1].decode("utf-8", errors="replace"), now())
+            tags = self._tags(w.status.id)
+            if points:
+                self.metrics.write(
+                    [Point(p.name, p.value, p.timestamp, {**tags, **p.tags}) for p in points]
+                )
+            for err in errors:
+                self.lines.put(
+                    LogLine(
+                        now(),
+                        self.jobdir.name,
+                        w.status.id,
+                        "stderr",
+                        f"juliarun: ignored metric line: {err}",
+                        self.job["cluster"],
+                        self.spec.get("tenant", "default"),
+                    )
+                )
+
+    def _tags(self, worker_id: str) -> dict[str, str]:
+        return {
+            "cluster": self.job["cluster"],
+            "tenant": self.spec.get("tenant", "default"),
+            "job": self.jobdir.name,
+            "worker": worker_id,
+        }
+
+    def _sample(self) -> None:
+        points: list[Point] = []
+        t = now()
+        for w in self.workers.values():
+            if w.proc is None or w.status.state != "running":
+                continue
+            try:
+                root = psutil.Process(w.proc.pid)
+                procs = [root, *root.children(recursive=True)]
+                cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+                rss = sum(p.memory_info().rss for p in procs)
+            except psutil.Error:
+                continue
+            tags = self._tags(w.status.id)
+            points += [
+                Point("juliarun.cpu_seconds", cpu, t, tags),
+                Point("juliarun.memory_bytes", float(rss), t, tags),
+                Point("juliarun.restarts", float(w.status.restarts), t, tags),
+            ]
+        if points:
+            with contextlib.suppress(Exception):
+                self.metrics.write(points)
+
+    def _publish(self, phase: str, *, final: bool) -> None:
+        workers = [self.workers[i].status for i in sorted(self.workers)]
+        status = JobStatus(
+            name=self.jobdir.name,
+            kind=self.spec["kind"],
+            phase=phase,  # type: ignore[arg-type]
+            desired_workers=self.desired(),
+            workers=workers,
+            reason=self.reason if phase == "failed" else None,
+            hint=self.hint if phase == "failed" else None,
+            last_lines=self.failed_lines if phase == "failed" else [],
+            finished_at=now() if final else None,
+        )
+        key = repr((phase, status.reason, [(w.state, w.pid, w.restarts) for w in workers]))
+        if key == self._last_state and not final:
+            return
+        self._last_state = key
+        me = psutil.Process()
+        self.jobdir.write_state(
+            status, {"pid": me.pid, "create_time": me.create_time(), "done": final}
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    jobdir = JobDir(Path(args[0]))
+    job = jobdir.read_job()
+    supervisor = Supervisor(
+        jobdir, open_log_store(job["log_store"]), open_metric_store(job["metric_store"])
+    )
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop("graceful"))
+    signal.signal(signal.SIGUSR1, lambda *_: supervisor.request_stop("force"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started = datetime.now().isoformat(timespec="seconds")
+    print(f"{started} supervising {jobdir.name}", flush=True)
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.logs.close()
+        supervisor.metrics.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

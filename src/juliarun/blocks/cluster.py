@@ -1,0 +1,112 @@
+"""Cluster blocks: saved, reusable cluster configuration; each builds its backend and stores.
+
+``juliarun.init("<block name>")`` loads one — the seed's ``JRUN_CONFIG`` in Prefect's terms.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from juliarun.backends.base import Backend
+from juliarun.errors import ConfigError
+from juliarun.logs import LogStore, open_log_store
+from juliarun.metrics import MetricStore, open_metric_store
+from juliarun.settings import load_settings
+
+DOCS = "https://github.com/juliarun/juliarun#readme"
+LOGO = "https://julialang.org/assets/infra/logo.svg"
+
+
+class Cluster(Block):
+    """Base of the cluster blocks: a compute backend plus the log and metric stores."""
+
+    _block_type_name = "juliarun Cluster"
+    _logo_url = LOGO  # type: ignore[assignment]
+    _documentation_url = DOCS  # type: ignore[assignment]
+
+    @abstractmethod
+    def backend(self) -> Backend:
+        """The compute backend this block configures."""
+
+    @abstractmethod
+    def log_store(self) -> LogStore:
+        """Where this cluster's job output is stored."""
+
+    @abstractmethod
+    def metric_store(self) -> MetricStore:
+        """Where this cluster's metrics are stored."""
+
+
+class LocalCluster(Cluster):
+    """The embedded default: jobs are process groups on the machine running the flow, with
+    SQLite stores under ``home``."""
+
+    _block_type_name = "juliarun Local Cluster"
+    _block_type_slug = "juliarun-local-cluster"
+    _description = "Run Julia jobs as local processes, with embedded SQLite logs and metrics."
+    kind: ClassVar[str] = "local"
+
+    home: str | None = Field(
+        None, description="State directory (default: JULIARUN_HOME, else ~/.juliarun)."
+    )
+    julia: str = Field("julia", description="The julia executable to run.")
+    max_workers: int = Field(64, ge=1, le=4096, description="Worker processes run at once.")
+    kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
+    log_store_kind: Literal["sqlite"] = Field("sqlite", description="Log store.")
+    metric_store_kind: Literal["sqlite"] = Field("sqlite", description="Metric store.")
+
+    def _home(self) -> Path:
+        return Path(self.home) if self.home else load_settings().home
+
+    def _cluster_name(self) -> str:
+        return getattr(self, "_block_document_name", None) or "local"
+
+    def backend(self) -> Backend:
+        from juliarun.backends.local import LocalBackend
+
+        return LocalBackend(
+            self._home(),
+            cluster=self._cluster_name(),
+            log_store=self._log_config(),
+            metric_store=self._metric_config(),
+            julia=self.julia,
+            max_workers=self.max_workers,
+            kill_grace=self.kill_grace,
+        )
+
+    def _log_config(self) -> dict[str, Any]:
+        return {"kind": self.log_store_kind, "path": str(self._home() / "logs.db")}
+
+    def _metric_config(self) -> dict[str, Any]:
+        return {"kind": self.metric_store_kind, "path": str(self._home() / "metrics.db")}
+
+    def log_store(self) -> LogStore:
+        return open_log_store(self._log_config())
+
+    def metric_store(self) -> MetricStore:
+        return open_metric_store(self._metric_config())
+
+
+CLUSTER_BLOCKS: tuple[type[Cluster], ...] = (LocalCluster,)
+
+
+def load_cluster(name: str) -> Cluster:
+    """The saved cluster block called ``name``, whatever its type."""
+    for block_type in CLUSTER_BLOCKS:
+        try:
+            block = block_type.load(name)
+        except ValueError:
+            continue
+        if isinstance(block, Cluster):
+            return block
+    kinds = ", ".join(b.get_block_type_slug() for b in CLUSTER_BLOCKS)
+    raise ConfigError(
+        f"no cluster {name!r}: not local, docker or kubernetes, and no saved cluster block "
+        f"of that name ({kinds})",
+        hint=f"save one first, e.g. LocalCluster(home='/srv/juliarun').save({name!r})",
+    )

@@ -1,0 +1,36 @@
+"""The Storage block: named storage defined once on the Prefect server and used by name."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from juliarun.blocks.cluster import DOCS, LOGO
+from juliarun.specs import StorageKind, StorageSpec
+
+
+class Storage(Block):
+    """Storage jobs mount at ``/mnt/<name>``: a host directory, a RAM disk or a git checkout.
+    The block document's name is the storage name."""
+
+    _block_type_name = "juliarun Storage"
+    _block_type_slug = "juliarun-storage"
+    _logo_url = LOGO  # type: ignore[assignment]
+    _documentation_url = DOCS  # type: ignore[assignment]
+    _description = "Named storage for juliarun jobs: host directory, RAM disk or git checkout."
+
+    kind: StorageKind = Field("host", description="host directory, ramdisk (tmpfs) or git.")
+    path: str | None = Field(None, description="host: the directory (absolute path).")
+    size: str | None = Field(None, description="ramdisk: the size limit, e.g. 256Mi.")
+    url: str | None = Field(None, description="git: the repository URL or path.")
+    ref: str | None = Field(None, description="git: branch, tag or commit.")
+    aliases: list[str] = Field(default_factory=list, description="Other names for it.")
+
+    def spec(self, name: str | None = None) -> StorageSpec:
+        """The validated spec (the name defaults to the block document's name)."""
+        doc_name = name or getattr(self, "_block_document_name", None) or ""
+        return StorageSpec(name=doc_name, **self.model_dump(include=set(StorageSpec.model_fields)))
+
+    @classmethod
+    def from_spec(cls, spec: StorageSpec) -> Storage:
+        return cls(**spec.model_dump(exclude={"name"}))

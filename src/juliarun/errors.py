@@ -1,0 +1,159 @@
+"""One exception root for juliarun; every subclass carries a ``hint`` (what to do next)."""
+
+from __future__ import annotations
+
+
+class JuliaRunError(Exception):
+    """Root of every error juliarun raises on purpose.
+
+    ``hint`` says what to do next; ``str(err)`` is the message followed by the hint.
+    """
+
+    default_hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class SpecError(JuliaRunError):
+    """A user input is invalid. ``errors`` lists ``(field path, rule)`` pairs, all at once."""
+
+    default_hint = "fix the named fields and submit again; nothing was created"
+
+    def __init__(
+        self, model: str, errors: list[tuple[str, str]], *, hint: str | None = None
+    ) -> None:
+        self.model = model
+        self.errors = errors
+        detail = "; ".join(f"{field}: {rule}" for field, rule in errors)
+        super().__init__(f"invalid {model}: {detail}", hint=hint)
+
+
+class ConfigError(JuliaRunError):
+    """Settings or a cluster/storage block cannot be used as configured."""
+
+    default_hint = "check the JULIARUN_* environment variables and saved blocks"
+
+
+class StorageNotFoundError(JuliaRunError):
+    """A job names storage that is not defined."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        known_text = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"storage {name!r} is not defined (defined: {known_text})",
+            hint=f"define it first: juliarun.define_storage(ctx, name={name!r}, kind=..., ...)",
+        )
+
+
+class StorageError(JuliaRunError):
+    """Storage could not be provisioned (a path, a tmpfs mount, a git checkout)."""
+
+
+class JobNotFoundError(JuliaRunError):
+    """No job of that name exists on the cluster."""
+
+    def __init__(self, name: str, cluster: str) -> None:
+        self.name = name
+        self.cluster = cluster
+        super().__init__(
+            f"job {name!r} not found on cluster {cluster!r}",
+            hint="list the jobs with `juliarun list`",
+        )
+
+
+class JobExistsError(JuliaRunError):
+    """A different job of the same name already exists."""
+
+    def __init__(self, name: str, cluster: str) -> None:
+        self.name = name
+        self.cluster = cluster
+        super().__init__(
+            f"a different job named {name!r} already exists on cluster {cluster!r}",
+            hint=f"delete it first (`juliarun delete {name}`) or choose another name",
+        )
+
+
+class JobFailedError(JuliaRunError):
+    """A job ended in failure; ``reason`` is the diagnosis, ``last_lines`` its final output."""
+
+    def __init__(
+        self,
+        name: str,
+        reason: str,
+        *,
+        last_lines: list[str] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.name = name
+        self.reason = reason
+        self.last_lines = last_lines or []
+        tail = ""
+        if self.last_lines:
+            tail = "\nlast lines:\n  " + "\n  ".join(self.last_lines)
+        super().__init__(
+            f"job {name!r} failed: {reason}{tail}",
+            hint=hint or f"see its output with `juliarun tail {name}`",
+        )
+
+
+class JobTimeoutError(JuliaRunError):
+    """Waiting for a job exceeded its timeout; the job is left as it was."""
+
+    def __init__(self, name: str, timeout: float, state: str) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.state = state
+        super().__init__(
+            f"job {name!r} still {state} after {timeout:g}s",
+            hint="wait longer, or inspect it with `juliarun status` / `juliarun tail`",
+        )
+
+
+class BackendError(JuliaRunError):
+    """The execution platform refused or failed an operation."""
+
+
+class StoreError(JuliaRunError):
+    """A log or metric store could not be read or written."""
+
+
+class LineProtocolError(JuliaRunError):
+    """A metrics line is not valid InfluxDB line protocol.
+
+    ``column`` is 1-based (``None`` when formatting a point), ``lineno`` the line's number in
+    a bulk text (``None`` for a single line), ``rule`` the rule broken, ``line`` the text.
+    """
+
+    default_hint = (
+        "write lines like `measurement,tag=value field=1.5,count=3i 1700000000000000000` "
+        "(numeric fields only; escape commas, spaces and '=' with a backslash)"
+    )
+
+    def __init__(
+        self,
+        rule: str,
+        *,
+        line: str,
+        column: int | None = None,
+        lineno: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.rule = rule
+        self.line = line
+        self.column = column
+        self.lineno = lineno
+        where = []
+        if lineno is not None:
+            where.append(f"line {lineno}")
+        if column is not None:
+            where.append(f"column {column}")
+        at = f" at {', '.join(where)}" if where else ""
+        super().__init__(f"invalid line protocol{at}: {rule}: {line!r}", hint=hint)

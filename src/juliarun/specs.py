@@ -1,0 +1,404 @@
+"""The vocabulary of juliarun: pydantic models for every user input.
+
+Every model forbids unknown fields, validates names as DNS-1123 labels and resources as Kubernetes
+quantities, and fails before any side effect with an error naming the field and the rule.
+
+>>> job = JuliaBatch("helloworld", "/mnt/juliarun/helloworld/helloworld.jl", "juliarun")
+>>> job
+JuliaBatch('helloworld')
+>>> job.storage, job.restart
+(['juliarun'], 'Never')
+>>> workers = JuliaParBatchWorkers("workers", "/mnt/juliarun/w.jl", "juliarun", nworkers=3)
+>>> workers.nworkers, workers.resources.cpu
+(3, '1')
+>>> JuliaBatch("Hello_World", "/mnt/juliarun/h.jl", "juliarun")
+Traceback (most recent call last):
+...
+juliarun.errors.SpecError: invalid JuliaBatch: name: must be a DNS-1123 label...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from juliarun.errors import SpecError
+
+__all__ = [
+    "Batch",
+    "JobSpec",
+    "JuliaBatch",
+    "JuliaParBatchWorkers",
+    "NodeType",
+    "Resources",
+    "StorageSpec",
+    "parse_cpu",
+    "parse_memory",
+    "parse_quantity",
+    "validate_spec",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------------
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(
+    r"^(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+)
+_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+_FIELD_IN_MESSAGE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.DOTALL)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > 63:
+        raise ValueError(f"must be a DNS-1123 label of at most 63 characters (got {len(value)})")
+    if not _DNS1123_LABEL.match(value):
+        raise ValueError(
+            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
+            f"with a letter or digit (got {value!r})"
+        )
+    return value
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A Kubernetes quantity as a number: ``parse_quantity("1Gi") == 1073741824``.
+
+    >>> parse_quantity("500m"), parse_quantity("2"), parse_quantity("1Ki")
+    (Decimal('0.500'), Decimal('2'), Decimal('1024'))
+    """
+    match = _QUANTITY.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    suffix = match.group("suffix") or ""
+    try:
+        number = Decimal(match.group("num"))
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+        raise ValueError(f"{value!r} is not a Kubernetes quantity") from exc
+    if suffix[:1] in {"e", "E"}:
+        return number * (Decimal(10) ** int(suffix[1:]))
+    return number * _SUFFIX[suffix]
+
+
+def parse_cpu(value: str) -> float:
+    """CPU cores of a quantity: ``parse_cpu("500m") == 0.5``."""
+    return float(parse_quantity(value))
+
+
+def parse_memory(value: str) -> int:
+    """Bytes of a quantity: ``parse_memory("1Gi") == 1073741824``."""
+    return int(parse_quantity(value))
+
+
+def _positive_quantity(kind: str, example: str) -> Any:
+    def check(value: str) -> str:
+        try:
+            number = parse_quantity(value)
+        except ValueError:
+            raise ValueError(
+                f"must be a Kubernetes {kind} quantity such as {example} (got {value!r})"
+            ) from None
+        if number <= 0:
+            raise ValueError(
+                f"must be a positive {kind} quantity such as {example} (got {value!r})"
+            )
+        return value.strip()
+
+    return check
+
+
+def _to_str(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+def _env_map(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if not _ENV_NAME.match(key):
+            raise ValueError(f"environment variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        if key.startswith("JULIARUN_"):
+            raise ValueError(f"environment variable {key!r}: the JULIARUN_ prefix is reserved")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_dns_label)]
+Cpu = Annotated[
+    str, BeforeValidator(_to_str), AfterValidator(_positive_quantity("cpu", "500m or 2"))
+]
+Memory = Annotated[
+    str, BeforeValidator(_to_str), AfterValidator(_positive_quantity("memory", "512Mi or 1Gi"))
+]
+EnvMap = Annotated[dict[str, str], AfterValidator(_env_map)]
+NodeType = Literal["gpu", "spot", "highmem", "highcpu"]
+
+
+class _Model(BaseModel):
+    """Base of every spec: unknown fields are errors; errors become :class:`SpecError`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise spec_error(type(self).__name__, exc) from exc
+
+
+def spec_error(model: str, exc: ValidationError) -> SpecError:
+    """A :class:`SpecError` listing every ``(field, rule)`` of a pydantic validation error."""
+    errors: list[tuple[str, str]] = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        field_in_msg = _FIELD_IN_MESSAGE.match(msg)
+        if field_in_msg:  # a model-level rule names its field first: "url: is required ..."
+            inner, msg = field_in_msg.group(1), field_in_msg.group(2)
+            loc = f"{loc}.{inner}" if loc else inner
+        loc = loc or "(spec)"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed)"
+        errors.append((loc, msg))
+    return SpecError(model, errors)
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part.startswith("function-") or part in _JOB_KINDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources and storage
+# ---------------------------------------------------------------------------------------------
+
+
+class Resources(_Model):
+    """What one worker process needs: CPU and memory as Kubernetes quantities, a GPU count,
+    and the kind of node to run on (a named type or custom node labels)."""
+
+    cpu: Cpu = Field("1", description="CPU per worker as a Kubernetes quantity, e.g. 500m or 2.")
+    memory: Memory = Field("1Gi", description="Memory per worker, e.g. 512Mi or 4Gi.")
+    gpu: int = Field(0, ge=0, le=64, description="GPUs per worker (nvidia.com/gpu).")
+    node_type: NodeType | None = Field(
+        None, description="Node type to run on: gpu, spot, highmem or highcpu."
+    )
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, description="Custom node labels the node must carry."
+    )
+
+    @property
+    def cpu_cores(self) -> float:
+        return parse_cpu(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+
+StorageKind = Literal["host", "ramdisk", "git"]
+
+
+class StorageSpec(_Model):
+    """Named storage, defined once and used by name: a host directory, a RAM disk, or a git
+    checkout at a ref. Jobs see it at ``/mnt/<name>``.
+
+    >>> StorageSpec(name="data", kind="host", path="/srv/data").kind
+    'host'
+    >>> StorageSpec(name="code", kind="git")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid StorageSpec: url: is required when kind is 'git' ...
+    """
+
+    name: Name = Field(description="The name jobs use (a DNS-1123 label).")
+    kind: StorageKind = Field("host", description="host directory, ramdisk (tmpfs) or git.")
+    path: str | None = Field(None, description="host: the directory (absolute path).")
+    size: Memory | None = Field(None, description="ramdisk: the size limit, e.g. 256Mi.")
+    url: str | None = Field(None, description="git: the repository URL or path.")
+    ref: str | None = Field(None, description="git: branch, tag or commit (default: HEAD).")
+    aliases: list[Name] = Field(default_factory=list, description="Other names for it.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Self:
+        required = {"host": "path", "git": "url"}.get(self.kind)
+        if required and not getattr(self, required):
+            raise ValueError(f"{required}: is required when kind is {self.kind!r}")
+        if self.kind == "host" and self.path and not self.path.startswith("/"):
+            raise ValueError(f"path: must be absolute (got {self.path!r})")
+        for other, kinds in (("path", {"host"}), ("url", {"git"}), ("ref", {"git"})):
+            if getattr(self, other) and self.kind not in kinds:
+                raise ValueError(f"{other}: only applies when kind is {' or '.join(sorted(kinds))}")
+        if self.size and self.kind != "ramdisk":
+            raise ValueError("size: only applies when kind is 'ramdisk'")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+
+class JobSpec(_Model):
+    """Fields shared by every kind of job."""
+
+    positional: ClassVar[tuple[str, ...]] = ("name",)
+
+    kind: str
+    name: Name = Field(description="Job name (a DNS-1123 label, unique per cluster).")
+    storage: Annotated[list[Name], BeforeValidator(_one_or_many)] = Field(
+        default_factory=list,
+        description="Names of storage to mount at /mnt/<name>.",
+    )
+    env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
+    image: str | None = Field(None, description="Container image (Docker and Kubernetes).")
+    pkg_bundle: Name | None = Field(None, description="Package bundle to mount (by name).")
+    resources: Resources = Field(default_factory=Resources, description="Per-worker resources.")
+    restart: Literal["Never", "OnFailure"] = Field(
+        "Never", description="Restart a worker that exits non-zero (OnFailure) or not (Never)."
+    )
+    backoff_limit: int = Field(
+        3, ge=0, le=100, description="Restarts allowed per worker before the job fails."
+    )
+    tenant: Name = Field("default", description="Tenant (namespace) the job belongs to.")
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if len(args) > len(self.positional):
+            raise SpecError(
+                type(self).__name__,
+                [("(arguments)", f"takes at most {len(self.positional)} positional arguments")],
+            )
+        for field_name, value in zip(self.positional, args, strict=False):
+            if field_name in data:
+                raise SpecError(
+                    type(self).__name__, [(field_name, "given both by position and by name")]
+                )
+            data[field_name] = value
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resource_shortcuts(cls, data: Any) -> Any:
+        """``cpu=``, ``memory=``, ``gpu=``, ``node_type=`` are shortcuts into ``resources``."""
+        if isinstance(data, dict):
+            shortcuts = {k: data.pop(k) for k in ("cpu", "memory", "gpu", "node_type") if k in data}
+            if shortcuts:
+                resources = data.get("resources") or {}
+                if isinstance(resources, Resources):
+                    resources = resources.model_dump()
+                data["resources"] = {**resources, **shortcuts}
+        return data
+
+    def desired_workers(self) -> int:
+        """How many worker processes the job runs."""
+        return 1
+
+    def spec_hash(self) -> str:
+        """A content hash of the spec: same spec, same hash."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+class JuliaBatch(JobSpec):
+    """A Julia script run once to completion: ``JuliaBatch(name, script, storage)``."""
+
+    positional: ClassVar[tuple[str, ...]] = ("name", "script", "storage")
+
+    kind: Literal["JuliaBatch"] = "JuliaBatch"
+    script: str = Field(min_length=1, description="Julia script, e.g. /mnt/<storage>/main.jl.")
+    args: list[str] = Field(default_factory=list, description="Arguments to the script.")
+
+
+class JuliaParBatchWorkers(JobSpec):
+    """``nworkers`` copies of a Julia script, each a worker; the count can be scaled while it
+    runs. ``JuliaParBatchWorkers(name, script, storage, nworkers=1, cpu=..., memory=...)``."""
+
+    positional: ClassVar[tuple[str, ...]] = ("name", "script", "storage")
+
+    kind: Literal["JuliaParBatchWorkers"] = "JuliaParBatchWorkers"
+    script: str = Field(min_length=1, description="Julia script each worker runs.")
+    args: list[str] = Field(default_factory=list, description="Arguments to the script.")
+    nworkers: int = Field(1, ge=0, le=1000, description="Number of workers.")
+    restart: Literal["Never", "OnFailure"] = Field(
+        "OnFailure", description="Restart a worker that exits non-zero (OnFailure) or not (Never)."
+    )
+
+    def desired_workers(self) -> int:
+        return self.nworkers
+
+
+class Batch(JobSpec):
+    """Any command, run once to completion: ``Batch(name, command=[...])``."""
+
+    positional: ClassVar[tuple[str, ...]] = ("name", "command", "storage")
+
+    kind: Literal["Batch"] = "Batch"
+    command: list[str] = Field(min_length=1, description="The command and its arguments.")
+
+
+AnyJob = Annotated[JuliaBatch | JuliaParBatchWorkers | Batch, Field(discriminator="kind")]
+_JOB_KINDS = {"JuliaBatch", "JuliaParBatchWorkers", "Batch"}
+
+
+def validate_spec(data: dict[str, Any]) -> JuliaBatch | JuliaParBatchWorkers | Batch:
+    """Build a job spec from a mapping with a ``kind`` key (as read from YAML or JSON)."""
+    from pydantic import TypeAdapter
+
+    if not isinstance(data, dict):
+        raise SpecError("job", [("(spec)", "must be a mapping of fields")])
+    kind = data.get("kind")
+    if kind not in _JOB_KINDS:
+        raise SpecError("job", [("kind", f"must be one of {', '.join(sorted(_JOB_KINDS))}")])
+    try:
+        job: JuliaBatch | JuliaParBatchWorkers | Batch = TypeAdapter(AnyJob).validate_python(data)
+    except ValidationError as exc:
+        raise spec_error(str(kind), exc) from exc
+    return job

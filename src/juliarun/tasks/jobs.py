@@ -1,0 +1,79 @@
+"""Job tasks: submit, watch (streaming the job's lines into the run's logs), scale, delete."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from juliarun import api
+from juliarun.backends.base import JobStatus
+from juliarun.errors import JobTimeoutError
+from juliarun.logs import LogQuery
+from juliarun.specs import JobSpec
+from juliarun.tasks._context import context
+
+
+@task(cache_policy=NONE)
+def submit_job(cluster: str, job: JobSpec) -> str:
+    """Submit ``job`` (idempotent for the same spec); returns its status text."""
+    return str(api.submit(context(cluster), job))
+
+
+@task(cache_policy=NONE)
+def watch_job(cluster: str, name: str, timeout: float | None = None) -> JobStatus:
+    """Follow the job until it ends, logging each of its lines as ``worker | line``; raises
+    JobTimeoutError after ``timeout`` seconds (the job is left running)."""
+    ctx = context(cluster)
+    logger = get_run_logger()
+    query = LogQuery(job=name, cluster=ctx.cluster, since=ctx.backend.status(name).created_at)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    final: list[JobStatus] = []
+
+    def stop() -> bool:
+        current = ctx.backend.status(name)
+        if current.done:
+            final.append(current)
+            return True
+        return deadline is not None and time.monotonic() >= deadline
+
+    for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
+        log = logger.warning if line.stream == "stderr" else logger.info
+        log("%s | %s", line.worker, line.message)
+    if not final:
+        raise JobTimeoutError(name, timeout or 0.0, str(ctx.backend.status(name)))
+    return final[-1]
+
+
+@task(cache_policy=NONE)
+def job_summary(status: JobStatus) -> list[dict[str, Any]]:
+    """Publish a table artifact: one row per worker with exit code, restarts and duration."""
+    rows: list[dict[str, Any]] = [
+        {
+            "worker": w.id,
+            "state": w.state,
+            "exit_code": w.exit_code,
+            "restarts": w.restarts,
+            "duration_s": None if w.duration is None else round(w.duration, 3),
+        }
+        for w in status.workers
+    ]
+    create_table_artifact(
+        key=f"job-{status.name}",
+        table=rows,
+        description=f"{status.kind}({status.name}): {status}",
+    )
+    return rows
+
+
+@task(cache_policy=NONE)
+def scale_job(cluster: str, name: str, workers: int) -> str:
+    return str(api.scale(context(cluster), name, workers))
+
+
+@task(cache_policy=NONE)
+def delete_job(cluster: str, name: str, force: bool = False) -> bool:
+    return api.delete(context(cluster), name, force=force)

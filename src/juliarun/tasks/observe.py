@@ -1,0 +1,81 @@
+"""Observation tasks: metrics, log search, and the cluster view as artifacts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from juliarun import api
+from juliarun.backends.base import ClusterStatus
+from juliarun.metrics import Row
+from juliarun.metrics.base import Aggregation
+from juliarun.tasks._context import context
+
+
+@task(cache_policy=NONE)
+def record_metric(
+    cluster: str, name: str, value: float, tags: dict[str, str] | None = None
+) -> None:
+    api.record(context(cluster), name, value, **(tags or {}))
+
+
+@task(cache_policy=NONE)
+def query_metric(
+    cluster: str,
+    *,
+    name: str,
+    tags: dict[str, str] | None = None,
+    last: timedelta | None = None,
+    window: timedelta | None = None,
+    agg: Aggregation = "mean",
+    group_by: tuple[str, ...] = (),
+) -> list[Row]:
+    return api.metrics(
+        context(cluster), name, tags=tags, last=last, window=window, agg=agg, group_by=group_by
+    )
+
+
+@task(cache_policy=NONE)
+def search_logs(
+    cluster: str,
+    text: str | None = None,
+    job: str | None = None,
+    regex: str | None = None,
+    limit: int | None = 200,
+) -> list[str]:
+    """Matching lines as ``timestamp, worker, line``, also published as a table artifact."""
+    lines = api.search(context(cluster), text, job=job, regex=regex, limit=limit)
+    create_table_artifact(
+        key="log-search",
+        table=[
+            {
+                "time": ln.timestamp.isoformat(),
+                "job": ln.job,
+                "worker": ln.worker,
+                "stream": ln.stream,
+                "line": ln.message,
+            }
+            for ln in lines
+        ],
+        description=f"lines matching {text or regex!r}",
+    )
+    return [ln.render() for ln in lines]
+
+
+@task(cache_policy=NONE)
+def publish_cluster_status(cluster: str) -> ClusterStatus:
+    """The cluster view as a table artifact, and node free-percentages as metrics."""
+    ctx = context(cluster)
+    status: ClusterStatus = api.status(ctx)
+    create_table_artifact(
+        key=f"cluster-{ctx.cluster}", table=status.table(), description=status.render(False)
+    )
+    for node in status.nodes:
+        for resource in ("cpu", "gpu", "mem", "dsk", "pod"):
+            api.record(
+                ctx, f"juliarun.node.{resource}_free_pct", getattr(node, resource), node=node.name
+            )
+    return status
