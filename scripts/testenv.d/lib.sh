@@ -23,11 +23,11 @@ te_apt() {
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ -z "${_TE_APT_UPDATED:-}" ]; then
     te_log "apt-get update"
-    apt-get update -qq >/dev/null 2>&1 || te_log "apt-get update reported errors (continuing)"
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || te_log "apt-get update reported errors (continuing)"
     _TE_APT_UPDATED=1
   fi
   te_log "apt-get install ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || te_die "apt-get install ${missing[*]} failed"
 }
 

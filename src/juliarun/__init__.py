@@ -1,14 +1,7 @@
 """juliarun: run Julia workloads at scale from Python.
 
-The seed's session, on the embedded local default::
-
-    import juliarun
-    ctx = juliarun.init()
-    juliarun.define_storage(ctx, name="juliarun", kind="host", path="/srv/juliarun")
-    job = juliarun.JuliaBatch("helloworld", "/mnt/juliarun/helloworld/helloworld.jl", "juliarun")
-    juliarun.submit(ctx, job)
-    juliarun.tail(ctx, job=job)
-    juliarun.delete(ctx, job)
+The seed's session API (``init``, ``status``, ``submit``, ``list``, ``tail``, ``delete``,
+``scale``) over local processes, Docker and Kubernetes; see the README for a tour.
 """
 
 from juliarun.api import (

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -55,10 +56,12 @@ __all__ = [
 # Rules
 # ---------------------------------------------------------------------------------------------
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Matched with fullmatch (``$`` would accept a trailing newline); ASCII digits only (``\d``
+# also matches other scripts' digits, which Kubernetes rejects).
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUANTITY = re.compile(
-    r"^(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+    r"(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?"
 )
 _SUFFIX = {
     "": Decimal(1),
@@ -79,13 +82,13 @@ _SUFFIX = {
     "Ei": Decimal(2) ** 60,
 }
 _FIELD_IN_MESSAGE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.DOTALL)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _dns_label(value: str) -> str:
     if len(value) > 63:
         raise ValueError(f"must be a DNS-1123 label of at most 63 characters (got {len(value)})")
-    if not _DNS1123_LABEL.match(value):
+    if not _DNS1123_LABEL.fullmatch(value):
         raise ValueError(
             "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
             f"with a letter or digit (got {value!r})"
@@ -99,7 +102,7 @@ def parse_quantity(value: str) -> Decimal:
     >>> parse_quantity("500m"), parse_quantity("2"), parse_quantity("1Ki")
     (Decimal('0.500'), Decimal('2'), Decimal('1024'))
     """
-    match = _QUANTITY.match(value.strip()) if isinstance(value, str) else None
+    match = _QUANTITY.fullmatch(value.strip()) if isinstance(value, str) else None
     if not match:
         raise ValueError(f"{value!r} is not a Kubernetes quantity")
     suffix = match.group("suffix") or ""
@@ -107,9 +110,12 @@ def parse_quantity(value: str) -> Decimal:
         number = Decimal(match.group("num"))
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
         raise ValueError(f"{value!r} is not a Kubernetes quantity") from exc
-    if suffix[:1] in {"e", "E"}:
+    try:
+        if suffix in _SUFFIX:  # before the exponent test: "E" and "Ei" are suffixes too
+            return number * _SUFFIX[suffix]
         return number * (Decimal(10) ** int(suffix[1:]))
-    return number * _SUFFIX[suffix]
+    except ArithmeticError as exc:  # decimal.Overflow: an exponent beyond Decimal's range
+        raise ValueError(f"{value!r} is out of range for a Kubernetes quantity") from exc
 
 
 def parse_cpu(value: str) -> float:
@@ -157,7 +163,7 @@ def _one_or_many(value: Any) -> Any:
 
 def _env_map(value: dict[str, str]) -> dict[str, str]:
     for key in value:
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"environment variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
         if key.startswith("JULIARUN_"):
             raise ValueError(f"environment variable {key!r}: the JULIARUN_ prefix is reserved")
@@ -175,16 +181,28 @@ EnvMap = Annotated[dict[str, str], AfterValidator(_env_map)]
 NodeType = Literal["gpu", "spot", "highmem", "highcpu"]
 
 
+# True while a spec is being validated: a nested spec (``resources``) then lets pydantic's
+# ValidationError through, so its errors are reported under the parent's field path and
+# together with the parent's other errors, not as a separate SpecError of the nested model.
+_VALIDATING: ContextVar[bool] = ContextVar("juliarun_spec_validating", default=False)
+
+
 class _Model(BaseModel):
     """Base of every spec: unknown fields are errors; errors become :class:`SpecError`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     def __init__(self, /, **data: Any) -> None:
+        if _VALIDATING.get():
+            super().__init__(**data)
+            return
+        token = _VALIDATING.set(True)
         try:
             super().__init__(**data)
         except ValidationError as exc:
             raise spec_error(type(self).__name__, exc) from exc
+        finally:
+            _VALIDATING.reset(token)
 
 
 def spec_error(model: str, exc: ValidationError) -> SpecError:
@@ -323,12 +341,14 @@ class JobSpec(_Model):
     def _resource_shortcuts(cls, data: Any) -> Any:
         """``cpu=``, ``memory=``, ``gpu=``, ``node_type=`` are shortcuts into ``resources``."""
         if isinstance(data, dict):
+            data = dict(data)  # never change the caller's mapping
             shortcuts = {k: data.pop(k) for k in ("cpu", "memory", "gpu", "node_type") if k in data}
             if shortcuts:
                 resources = data.get("resources") or {}
                 if isinstance(resources, Resources):
                     resources = resources.model_dump()
-                data["resources"] = {**resources, **shortcuts}
+                if isinstance(resources, dict):  # anything else fails as ``resources`` below
+                    data["resources"] = {**resources, **shortcuts}
         return data
 
     def desired_workers(self) -> int:
@@ -356,6 +376,12 @@ class JuliaBatch(JobSpec):
     script: str = Field(min_length=1, description="Julia script, e.g. /mnt/<storage>/main.jl.")
     args: list[str] = Field(default_factory=list, description="Arguments to the script.")
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, name: str = ..., script: str = ..., storage: str | list[str] = ..., **data: Any
+        ) -> None: ...
+
 
 class JuliaParBatchWorkers(JobSpec):
     """``nworkers`` copies of a Julia script, each a worker; the count can be scaled while it
@@ -374,6 +400,12 @@ class JuliaParBatchWorkers(JobSpec):
     def desired_workers(self) -> int:
         return self.nworkers
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, name: str = ..., script: str = ..., storage: str | list[str] = ..., **data: Any
+        ) -> None: ...
+
 
 class Batch(JobSpec):
     """Any command, run once to completion: ``Batch(name, command=[...])``."""
@@ -382,6 +414,16 @@ class Batch(JobSpec):
 
     kind: Literal["Batch"] = "Batch"
     command: list[str] = Field(min_length=1, description="The command and its arguments.")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            name: str = ...,
+            command: list[str] = ...,
+            storage: str | list[str] = ...,
+            **data: Any,
+        ) -> None: ...
 
 
 AnyJob = Annotated[JuliaBatch | JuliaParBatchWorkers | Batch, Field(discriminator="kind")]

@@ -48,9 +48,11 @@ class StorageCatalog:
                 other_names = {other_name, *other.get("aliases", [])}  # type: ignore[misc]
                 clash = other_names & {spec.name, *spec.aliases}
                 if clash:
+                    field = "name" if spec.name in clash else "aliases"
+                    taken = spec.name if spec.name in clash else sorted(clash)[0]
                     raise SpecError(
                         "StorageSpec",
-                        [("aliases", f"{sorted(clash)[0]!r} already names storage {other_name!r}")],
+                        [(field, f"{taken!r} already names storage {other_name!r}")],
                     )
             data[spec.name] = spec.model_dump(mode="json")
         return spec

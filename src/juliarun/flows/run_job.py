@@ -7,7 +7,7 @@ from typing import Any
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun, State
 
-from juliarun.errors import JobFailedError
+from juliarun.errors import JobFailedError, JobNotFoundError
 from juliarun.specs import AnyJob, StorageSpec
 from juliarun.tasks import (
     define_storage,
@@ -28,11 +28,11 @@ def _delete_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]
     job = params.get("job") or {}
     name = job.get("name") if isinstance(job, dict) else getattr(job, "name", None)
     if name:
-        ctx = context(str(params.get("cluster", "local")))
-        try:
-            api.delete(ctx, name, force=True)
-        except Exception:  # already gone
-            return
+        with context(str(params.get("cluster", "local"))) as ctx:
+            try:
+                api.delete(ctx, name, force=True)
+            except JobNotFoundError:  # already gone
+                return
 
 
 @flow(name="run-job", flow_run_name="{job.name}", on_cancellation=[_delete_on_cancel])

@@ -1,18 +1,17 @@
-"""One API context per cluster name per process, shared by the tasks of a flow run."""
+"""Each task opens its own API context for the cluster it is given and closes it after."""
 
 from __future__ import annotations
 
-import threading
+import contextlib
+from collections.abc import Iterator
 
 from juliarun.api import Context, init
 
-_lock = threading.Lock()
-_contexts: dict[str, Context] = {}
 
-
-def context(cluster: str) -> Context:
-    with _lock:
-        ctx = _contexts.get(cluster)
-        if ctx is None:
-            ctx = _contexts[cluster] = init(cluster)
-        return ctx
+@contextlib.contextmanager
+def context(cluster: str) -> Iterator[Context]:
+    ctx = init(cluster)
+    try:
+        yield ctx
+    finally:
+        ctx.close()

@@ -20,31 +20,33 @@ from juliarun.tasks._context import context
 @task(cache_policy=NONE)
 def submit_job(cluster: str, job: JobSpec) -> str:
     """Submit ``job`` (idempotent for the same spec); returns its status text."""
-    return str(api.submit(context(cluster), job))
+    with context(cluster) as ctx:
+        return str(api.submit(ctx, job))
 
 
 @task(cache_policy=NONE)
 def watch_job(cluster: str, name: str, timeout: float | None = None) -> JobStatus:
     """Follow the job until it ends, logging each of its lines as ``worker | line``; raises
     JobTimeoutError after ``timeout`` seconds (the job is left running)."""
-    ctx = context(cluster)
     logger = get_run_logger()
-    query = LogQuery(job=name, cluster=ctx.cluster, since=ctx.backend.status(name).created_at)
     deadline = None if timeout is None else time.monotonic() + timeout
     final: list[JobStatus] = []
+    with context(cluster) as ctx:
+        since = ctx.backend.status(name).created_at
+        query = LogQuery(job=name, cluster=ctx.cluster, since=since)
 
-    def stop() -> bool:
-        current = ctx.backend.status(name)
-        if current.done:
-            final.append(current)
-            return True
-        return deadline is not None and time.monotonic() >= deadline
+        def stop() -> bool:
+            current = ctx.backend.status(name)
+            if current.done:
+                final.append(current)
+                return True
+            return deadline is not None and time.monotonic() >= deadline
 
-    for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
-        log = logger.warning if line.stream == "stderr" else logger.info
-        log("%s | %s", line.worker, line.message)
-    if not final:
-        raise JobTimeoutError(name, timeout or 0.0, str(ctx.backend.status(name)))
+        for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
+            log = logger.warning if line.stream == "stderr" else logger.info
+            log("%s | %s", line.worker, line.message)
+        if not final:
+            raise JobTimeoutError(name, timeout or 0.0, str(ctx.backend.status(name)))
     return final[-1]
 
 
@@ -71,9 +73,11 @@ def job_summary(status: JobStatus) -> list[dict[str, Any]]:
 
 @task(cache_policy=NONE)
 def scale_job(cluster: str, name: str, workers: int) -> str:
-    return str(api.scale(context(cluster), name, workers))
+    with context(cluster) as ctx:
+        return str(api.scale(ctx, name, workers))
 
 
 @task(cache_policy=NONE)
 def delete_job(cluster: str, name: str, force: bool = False) -> bool:
-    return api.delete(context(cluster), name, force=force)
+    with context(cluster) as ctx:
+        return api.delete(ctx, name, force=force)

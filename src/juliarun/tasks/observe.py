@@ -19,7 +19,8 @@ from juliarun.tasks._context import context
 def record_metric(
     cluster: str, name: str, value: float, tags: dict[str, str] | None = None
 ) -> None:
-    api.record(context(cluster), name, value, **(tags or {}))
+    with context(cluster) as ctx:
+        api.record(ctx, name, value, **(tags or {}))
 
 
 @task(cache_policy=NONE)
@@ -33,9 +34,10 @@ def query_metric(
     agg: Aggregation = "mean",
     group_by: tuple[str, ...] = (),
 ) -> list[Row]:
-    return api.metrics(
-        context(cluster), name, tags=tags, last=last, window=window, agg=agg, group_by=group_by
-    )
+    with context(cluster) as ctx:
+        return api.metrics(
+            ctx, name, tags=tags, last=last, window=window, agg=agg, group_by=group_by
+        )
 
 
 @task(cache_policy=NONE)
@@ -47,7 +49,8 @@ def search_logs(
     limit: int | None = 200,
 ) -> list[str]:
     """Matching lines as ``timestamp, worker, line``, also published as a table artifact."""
-    lines = api.search(context(cluster), text, job=job, regex=regex, limit=limit)
+    with context(cluster) as ctx:
+        lines = api.search(ctx, text, job=job, regex=regex, limit=limit)
     create_table_artifact(
         key="log-search",
         table=[
@@ -68,14 +71,13 @@ def search_logs(
 @task(cache_policy=NONE)
 def publish_cluster_status(cluster: str) -> ClusterStatus:
     """The cluster view as a table artifact, and node free-percentages as metrics."""
-    ctx = context(cluster)
-    status: ClusterStatus = api.status(ctx)
+    with context(cluster) as ctx:
+        status: ClusterStatus = api.status(ctx)
+        for node in status.nodes:
+            for resource in ("cpu", "gpu", "mem", "dsk", "pod"):
+                value = getattr(node, resource)
+                api.record(ctx, f"juliarun.node.{resource}_free_pct", value, node=node.name)
     create_table_artifact(
-        key=f"cluster-{ctx.cluster}", table=status.table(), description=status.render(False)
+        key=f"cluster-{status.cluster}", table=status.table(), description=status.render(False)
     )
-    for node in status.nodes:
-        for resource in ("cpu", "gpu", "mem", "dsk", "pod"):
-            api.record(
-                ctx, f"juliarun.node.{resource}_free_pct", getattr(node, resource), node=node.name
-            )
     return status

@@ -80,8 +80,13 @@ class LocalBackend:
         return jobdir
 
     @staticmethod
-    def _supervisor_alive(state: Mapping[str, Any]) -> bool:
-        sup = state.get("supervisor") or {}
+    def _supervisor(jobdir: JobDir, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The supervisor's pid and start time: from its state, or (before it has written
+        any) from what submit recorded when it started it."""
+        return dict(state.get("supervisor") or jobdir.read_launch())
+
+    @staticmethod
+    def _supervisor_alive(sup: Mapping[str, Any]) -> bool:
         pid, created = sup.get("pid"), sup.get("create_time")
         if not pid:
             return False
@@ -128,7 +133,7 @@ class LocalBackend:
         total = 0
         for jobdir in self._jobdirs():
             state = jobdir.read_state()
-            if self._supervisor_alive(state):
+            if self._supervisor_alive(self._supervisor(jobdir, state)):
                 total += sum(1 for w in state.get("workers", []) if w["state"] == "running")
         return total
 
@@ -211,7 +216,7 @@ class LocalBackend:
             shutil.rmtree(staging, ignore_errors=True)
             raise JobExistsError(job.name, self.cluster) from exc
         with open(jobdir.supervisor_log, "ab") as log:
-            subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "juliarun.backends.local.supervisor", str(jobdir.path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -219,6 +224,11 @@ class LocalBackend:
                 start_new_session=True,
                 close_fds=True,
             )
+        # Recorded at once so a delete that comes before the supervisor's first state write
+        # still finds (and stops) it rather than orphaning the workers it is about to start.
+        with contextlib.suppress(psutil.Error):
+            created = psutil.Process(proc.pid).create_time()
+            jobdir.write_launch({"pid": proc.pid, "create_time": created})
         return self.status(job.name)
 
     def _bundle_env(self, job: JobSpec) -> dict[str, str]:
@@ -237,11 +247,12 @@ class LocalBackend:
         jobdir = self._existing(name)
         status = status_from_files(jobdir)
         state = jobdir.read_state()
-        if not status.done and state and not self._supervisor_alive(state):
+        supervisor = self._supervisor(jobdir, state)
+        if not status.done and supervisor and not self._supervisor_alive(supervisor):
             status.phase = "failed"
             status.reason = "the job's supervisor exited unexpectedly"
             status.hint = f"see {jobdir.supervisor_log}"
-        elif not state:
+        elif not supervisor:
             age = (now() - status.created_at).total_seconds() if status.created_at else 0
             if age > 60:
                 status.phase = "failed"
@@ -262,9 +273,9 @@ class LocalBackend:
 
     def delete(self, name: str, *, force: bool = False) -> bool:
         jobdir = self._existing(name)
-        state = jobdir.read_state()
-        if self._supervisor_alive(state):
-            pid = int(state["supervisor"]["pid"])
+        supervisor = self._supervisor(jobdir, jobdir.read_state())
+        if self._supervisor_alive(supervisor):
+            pid = int(supervisor["pid"])
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1 if force else signal.SIGTERM)
             deadline = self.clock() + (0 if force else self.kill_grace) + 15

@@ -42,8 +42,9 @@ def worker_from_json(data: dict[str, Any]) -> WorkerStatus:
 
 class JobDir:
     """``<home>/clusters/<cluster>/jobs/<name>/`` holding job.json (written once at submit),
-    control.json (the desired worker count, written by scale) and state.json (written by the
-    job's supervisor process)."""
+    control.json (the desired worker count, written by scale), supervisor.json (the supervisor's
+    pid, written by submit as soon as it is started) and state.json (written by the job's
+    supervisor process)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -90,6 +91,12 @@ class JobDir:
 
     def write_control(self, data: dict[str, Any]) -> None:
         self._write("control.json", data)
+
+    def read_launch(self) -> dict[str, Any]:
+        return self._read("supervisor.json")
+
+    def write_launch(self, data: dict[str, Any]) -> None:
+        self._write("supervisor.json", data)
 
     def read_state(self) -> dict[str, Any]:
         return self._read("state.json")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from juliarun.errors import StorageError
@@ -26,13 +30,16 @@ def _is_tmpfs(path: Path) -> bool:
     )
 
 
-def _git(*args: str, cwd: Path | None = None) -> str:
+def _git(*args: str, storage: str, cwd: Path | None = None) -> str:
+    # Never wait on a credential prompt: an unknown or private https URL fails at once.
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
     )
     if proc.returncode != 0:
         raise StorageError(
-            f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}",
+            f"storage {storage!r}: git {' '.join(args)} failed: "
+            f"{proc.stderr.strip() or proc.stdout.strip()}",
             hint="check the storage's url and ref",
         )
     return proc.stdout.strip()
@@ -65,26 +72,37 @@ def provision(spec: StorageSpec, home: Path) -> Path:
 
 def _git_checkout(spec: StorageSpec, home: Path) -> Path:
     ref = spec.ref or "HEAD"
-    safe_ref = re.sub(r"[^A-Za-z0-9._-]", "_", ref)
-    path = home / "storage" / "git" / f"{spec.name}@{safe_ref}"
     url = spec.url or ""
-    if not (path / ".git").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        _git("clone", "--quiet", "--no-checkout", url, str(tmp))
-        tmp.rename(path)
-    else:
-        _git("fetch", "--quiet", "--tags", "origin", cwd=path)
-    commit = _resolve(path, ref)
-    if commit is None:
-        raise StorageError(
-            f"storage {spec.name!r}: git ref {ref!r} not found in {url}",
-            hint="use a branch, tag or commit that exists in the repository",
-        )
-    _git("checkout", "--quiet", "--force", "--detach", commit, cwd=path)
+    safe_ref = re.sub(r"[^A-Za-z0-9._-]", "_", ref)
+    # The url and the exact ref are part of the directory's name: redefining the storage with
+    # another url gets a fresh clone, and refs that sanitize alike ("a/b", "a_b") stay apart.
+    key = hashlib.sha256(f"{url}\0{ref}".encode()).hexdigest()[:8]
+    path = home / "storage" / "git" / f"{spec.name}@{safe_ref}-{key}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.with_name(path.name + ".lock")):  # one provisioner at a time
+        if not (path / ".git").exists():
+            tmp = path.with_name(path.name + ".partial")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            _git("clone", "--quiet", "--no-checkout", url, str(tmp), storage=spec.name)
+            tmp.rename(path)
+        else:  # --force: a tag moved upstream is updated, not a failed fetch
+            _git("fetch", "--quiet", "--force", "--tags", "origin", storage=spec.name, cwd=path)
+        commit = _resolve(path, ref)
+        if commit is None:
+            raise StorageError(
+                f"storage {spec.name!r}: git ref {ref!r} not found in {url}",
+                hint="use a branch, tag or commit that exists in the repository",
+            )
+        _git("checkout", "--quiet", "--force", "--detach", commit, storage=spec.name, cwd=path)
     return path
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _resolve(path: Path, ref: str) -> str | None:

@@ -102,6 +102,7 @@ class Supervisor:
                     self._stop_all(self.stop_mode == "force")
                     phase = "failed" if phase not in ("succeeded", "failed") else phase
                     self.reason = self.reason or "deleted"
+                    self._flush()
                     self._publish(phase, final=True)
                     return 0
                 desired = self.desired()
@@ -111,12 +112,21 @@ class Supervisor:
                 phase = self._phase(desired)
                 if phase == "failed":
                     self._stop_all(force=False)
-                self._publish(phase, final=phase in ("succeeded", "failed"))
                 if phase in ("succeeded", "failed"):
+                    # Every line and metric is stored before the job reads as done, so a
+                    # `wait` followed by `tail` or `metrics` sees all of them.
+                    self._flush()
+                    self._publish(phase, final=True)
                     return 0
+                self._publish(phase, final=False)
                 self.sleep(self.tick)
         finally:
-            self._ingest_metrics()
+            self._flush()
+
+    def _flush(self) -> None:
+        """Store every captured line and metric point, and stop the log writer (idempotent)."""
+        self._ingest_metrics()
+        if self.writer.is_alive():
             self.lines.put(None)
             self.writer.join(timeout=30)
 
@@ -143,6 +153,10 @@ class Supervisor:
             code = w.proc.poll()
             if code is None:
                 continue
+            # The worker ends with its main process (as a container does): whatever it left
+            # running in its process group would hold the output pipes open and outlive it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(w.proc.pid, signal.SIGKILL)
             for reader in w.readers:
                 reader.join(timeout=5)
             self._exited(w, code)

@@ -1,0 +1,260 @@
+"""The ``juliarun`` command line: the seed's session from a shell."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from juliarun import api
+from juliarun.errors import JuliaRunError, SpecError
+from juliarun.specs import StorageKind, validate_spec
+
+app = typer.Typer(
+    name="juliarun",
+    help="Run Julia workloads at scale: local processes, Docker and Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+logs_app = typer.Typer(help="Search stored job output.", no_args_is_help=True)
+storage_app = typer.Typer(help="Define named storage.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+app.add_typer(storage_app, name="storage")
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", "-c", help="local, docker, kubernetes or a cluster block name."),
+]
+
+
+def clean_errors(fn: F) -> F:
+    """A JuliaRunError prints one line (and its hint) and exits 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except JuliaRunError as exc:
+            err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+            if exc.hint:
+                err.print(f"[dim]hint: {escape(exc.hint)}[/dim]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    if verbose:
+        logging.getLogger("juliarun").setLevel(logging.INFO)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s:%(levelname)s:%(name)s:%(message)s"))
+        logging.getLogger("juliarun").addHandler(handler)
+
+
+@app.command()
+@clean_errors
+def status(
+    job: Annotated[str | None, typer.Argument(help="A job name; the cluster when omitted.")] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """The cluster (components, pods waiting, free capacity per node) or one job."""
+    with api.init(cluster) as ctx:
+        api.status(ctx, job, verbose=True)
+
+
+@app.command()
+@clean_errors
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="YAML with a job spec (kind: JuliaBatch...).")],
+    cluster: ClusterOpt = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait and tail until it ends.")
+    ] = False,
+) -> None:
+    """Submit the job described in SPEC_FILE."""
+    try:
+        data = yaml.safe_load(spec_file.read_text())
+    except OSError as exc:
+        raise SpecError("job", [("(file)", f"cannot read {spec_file}: {exc.strerror}")]) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError("job", [("(file)", f"{spec_file} is not valid YAML: {exc}")]) from exc
+    job = validate_spec(data)
+    with api.init(cluster) as ctx:
+        print(f"{job.name}: {api.submit(ctx, job)}")
+        if wait:
+            api.tail(ctx, job=job, follow=True)
+            final = api.status(ctx, job)
+            print(f"{job.name}: {final}")
+            if final.phase == "failed":
+                raise typer.Exit(1)
+
+
+@app.command("list")
+@clean_errors
+def list_jobs(cluster: ClusterOpt = None) -> None:
+    """The jobs on the cluster."""
+    with api.init(cluster) as ctx:
+        table = Table("job", "kind", "workers", "status")
+        for job in api.list(ctx):
+            table.add_row(job.name, job.kind, str(job.desired_workers()), str(api.status(ctx, job)))
+        Console().print(table)
+
+
+@app.command()
+@clean_errors
+def tail(
+    job: Annotated[str, typer.Argument(help="The job name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    lines: Annotated[int | None, typer.Option("--lines", "-n", min=1, help="Last N lines.")] = None,
+    worker: Annotated[str | None, typer.Option(help="Only this worker.")] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Print a job's output as `timestamp, worker-id, line`."""
+    with api.init(cluster) as ctx:
+        api.tail(ctx, job=job, follow=follow, lines=lines, worker=worker)
+
+
+@app.command()
+@clean_errors
+def delete(
+    job: Annotated[str, typer.Argument(help="The job name.")],
+    force: Annotated[bool, typer.Option("--force", help="Kill at once, no grace.")] = False,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Stop a job's workers and remove it."""
+    with api.init(cluster) as ctx:
+        print(api.delete(ctx, job, force=force))
+
+
+@app.command()
+@clean_errors
+def scale(
+    job: Annotated[str, typer.Argument(help="A JuliaParBatchWorkers job.")],
+    workers: Annotated[int, typer.Argument(min=0, max=1000, help="The new worker count.")],
+    cluster: ClusterOpt = None,
+) -> None:
+    """Change the number of workers of a running job."""
+    with api.init(cluster) as ctx:
+        print(api.scale(ctx, job, workers))
+
+
+@logs_app.command("search")
+@clean_errors
+def logs_search(
+    query: Annotated[str, typer.Argument(help="Words that must all appear.")],
+    job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
+    regex: Annotated[bool, typer.Option(help="QUERY is a regular expression.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (latest) lines.")] = 200,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Search stored output of every job (full text, or --regex)."""
+    with api.init(cluster) as ctx:
+        found = api.search(
+            ctx, None if regex else query, regex=query if regex else None, job=job, limit=limit
+        )
+        for line in found:
+            print(f"{line.job}: {line.render()}")
+
+
+@storage_app.command("define")
+@clean_errors
+def storage_define(
+    name: Annotated[str, typer.Argument(help="The storage name jobs use.")],
+    kind: Annotated[str, typer.Option(help="host, ramdisk or git.")] = "host",
+    path: Annotated[str | None, typer.Option(help="host: the directory.")] = None,
+    url: Annotated[str | None, typer.Option(help="git: the repository.")] = None,
+    ref: Annotated[str | None, typer.Option(help="git: branch, tag or commit.")] = None,
+    size: Annotated[str | None, typer.Option(help="ramdisk: size limit, e.g. 256Mi.")] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Define named storage (mounted by jobs at /mnt/NAME)."""
+    storage_kind: StorageKind = kind  # type: ignore[assignment]  # validated by StorageSpec
+    with api.init(cluster) as ctx:
+        spec = api.define_storage(
+            ctx, name=name, kind=storage_kind, path=path, url=url, ref=ref, size=size
+        )
+        print(f"{spec.name}: {spec.kind} at {ctx.backend.provision_storage(spec)}")
+
+
+@storage_app.command("list")
+@clean_errors
+def storage_list(cluster: ClusterOpt = None) -> None:
+    """The defined storage."""
+    with api.init(cluster) as ctx:
+        for spec in ctx.storage.all():
+            where = spec.path or spec.url or spec.size or ""
+            print(f"{spec.name}\t{spec.kind}\t{where}")
+
+
+@app.command()
+@clean_errors
+def metrics(
+    name: Annotated[str, typer.Argument(help="The metric name.")],
+    agg: Annotated[str, typer.Option(help="mean, max, min, sum, last or count.")] = "mean",
+    window: Annotated[float | None, typer.Option(help="Window in seconds.")] = None,
+    group_by: Annotated[list[str] | None, typer.Option("--by", help="Group by this tag.")] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Aggregate a metric."""
+    aggs = ("mean", "max", "min", "sum", "last", "count")
+    if agg not in aggs:
+        raise SpecError("metrics", [("agg", f"must be one of {', '.join(aggs)}")])
+    with api.init(cluster) as ctx:
+        rows = api.metrics(
+            ctx,
+            name,
+            agg=agg,  # type: ignore[arg-type]
+            window=timedelta(seconds=window) if window else None,
+            group_by=tuple(group_by or ()),
+        )
+        for row in rows:
+            group = ",".join(f"{k}={v}" for k, v in row.group.items())
+            print(f"{row.start.isoformat(timespec='seconds')}\t{group}\t{row.value:g}")
+
+
+@app.command()
+@clean_errors
+def demo() -> None:
+    """Run the seed's session (helloworld batch, 3 workers, tail, delete) through the
+    run_job flow on the embedded local default, with real Julia."""
+    from juliarun.demo import run
+
+    run()
+
+
+@app.command()
+@clean_errors
+def serve(
+    cluster: Annotated[
+        str, typer.Option("--cluster", "-c", help="Cluster the flows use.")
+    ] = "local",
+    api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default: env).")] = None,
+) -> None:
+    """Serve run-job and the scheduled cluster-report as Prefect deployments."""
+    from juliarun.deployments.serve import serve as serve_flows
+
+    serve_flows(cluster, api_url)
+
+
+def main() -> None:
+    app(prog_name="juliarun")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Serve juliarun's flows as deployments on a Prefect server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from juliarun.errors import ConfigError
+
+RUN_JOB = "run-job"
+CLUSTER_REPORT = "cluster-report"
+REPORT_EVERY = timedelta(minutes=15)
+
+
+def deployments(cluster: str = "local") -> list[Any]:
+    """``run-job`` (triggered from the UI or Python) and ``cluster-report`` (a recurring run)."""
+    from juliarun.flows import cluster_report, run_job
+
+    return [
+        run_job.to_deployment(
+            name=RUN_JOB,
+            description="Run a juliarun job to the end and publish its worker table.",
+            parameters={"cluster": cluster},
+            tags=["juliarun"],
+        ),
+        cluster_report.to_deployment(
+            name=CLUSTER_REPORT,
+            description="Snapshot of cluster capacity, every 15 minutes.",
+            parameters={"cluster": cluster},
+            interval=REPORT_EVERY,
+            tags=["juliarun"],
+        ),
+    ]
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def start_server(home: Path, port: int = 4200, wait: float = 120.0) -> str:
+    """Start ``prefect server start`` on 127.0.0.1:``port`` (its log under ``home``) and return
+    its API URL once healthy. An already running server on that port is reused."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    if healthy(api_url):
+        return api_url
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    with open(home / "prefect-server.log", "ab") as log:
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if healthy(api_url):
+            return api_url
+        time.sleep(0.5)
+    raise ConfigError(
+        f"the Prefect server did not become healthy at {api_url} within {wait:.0f}s",
+        hint=f"see {home / 'prefect-server.log'}",
+    )
+
+
+def serve(cluster: str = "local", api_url: str | None = None) -> None:
+    """Serve the deployments until interrupted, against ``api_url`` (default: PREFECT_API_URL,
+    else a server started here)."""
+    from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from juliarun.settings import load_settings
+
+    url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        print(f"serving {RUN_JOB} and {CLUSTER_REPORT} at {url.removesuffix('/api')}", flush=True)
+        prefect_serve(*deployments(cluster))

@@ -1,0 +1,116 @@
+"""The Prefect layer against the test environment's Prefect server: run_job, cluster_report,
+blocks, cancellation-free failure reporting and artifacts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+import juliarun
+from juliarun.blocks import LocalCluster, Storage
+from juliarun.errors import ConfigError, JobFailedError
+from juliarun.flows import cluster_report, run_job
+
+pytestmark = pytest.mark.prefect_server
+
+
+@pytest.fixture
+def prefect_api(prefect_api_url: str) -> Iterator[str]:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
+        yield prefect_api_url
+
+
+@pytest.fixture
+def code(juliarun_home: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "code"
+    (root / "hello").mkdir(parents=True)
+    (root / "hello" / "hello.jl").write_text('println("hello world!")\nprintln(stderr, "to err")\n')
+    return root
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.julia
+def test_run_job_streams_lines_and_publishes_a_worker_table(
+    prefect_api: str, code: Path, julia: str
+) -> None:
+    name = _unique("hello")
+    job = juliarun.JuliaBatch(name, "/mnt/code/hello/hello.jl", "code")
+    state = run_job(
+        job,
+        storage=[juliarun.StorageSpec(name="code", kind="host", path=str(code))],
+        return_state=True,
+    )
+    assert state.is_completed()
+    result = state.result()
+    assert result["status"] == "succeeded"
+    assert result["workers"][0]["worker"] == f"{name}-0"
+    assert result["workers"][0]["exit_code"] == 0
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs()
+        artifact = client.read_latest_artifacts()
+    messages = [entry.message for entry in logs]
+    assert f"{name}-0 | hello world!" in messages
+    assert f"{name}-0 | to err" in messages
+    keys = [a.key for a in artifact]
+    assert f"job-{name}" in keys
+    ctx = juliarun.init()
+    assert juliarun.status(ctx, name).phase == "succeeded"
+    juliarun.delete(ctx, name)
+
+
+def test_run_job_fails_with_the_jobs_reason(prefect_api: str, juliarun_home: Path) -> None:
+    name = _unique("fails")
+    job = juliarun.Batch(name, command=["bash", "-c", "echo about to fail; exit 3"])
+    state = run_job(job, delete_after=True, return_state=True)
+    assert state.is_failed()
+    assert "exit code 3" in state.message
+    with pytest.raises(JobFailedError) as info:
+        state.result()
+    assert info.value.last_lines == ["about to fail"]
+    assert juliarun.list(juliarun.init()) == []
+
+
+def test_run_job_rejects_unknown_storage_before_submitting(
+    prefect_api: str, juliarun_home: Path
+) -> None:
+    job = juliarun.Batch(_unique("nostore"), command=["true"], storage="missing")
+    state = run_job(job, return_state=True)
+    assert state.is_failed()
+    assert "storage 'missing' is not defined" in state.message
+    assert juliarun.list(juliarun.init()) == []
+
+
+def test_cluster_report_records_free_capacity(prefect_api: str, juliarun_home: Path) -> None:
+    report = cluster_report()
+    assert report["cluster"] == "local"
+    assert report["nodes"] and {"cpu", "mem", "dsk", "pod"} <= set(report["nodes"][0])
+    rows = juliarun.metrics(juliarun.init(), "juliarun.node.pod_free_pct", agg="last")
+    assert rows and 0 <= rows[0].value <= 100
+
+
+def test_cluster_and_storage_blocks_round_trip(
+    prefect_api: str, juliarun_home: Path, tmp_path: Path
+) -> None:
+    block_name = _unique("laptop")
+    LocalCluster(home=str(tmp_path / "other-home"), max_workers=5).save(block_name)
+    ctx = juliarun.init(block_name)
+    assert ctx.backend.kind == "local"
+    assert ctx.cluster == block_name
+    assert juliarun.status(ctx).nodes[0].pod == 100
+    storage_name = _unique("data")
+    Storage(kind="host", path=str(tmp_path / "data")).save(storage_name)
+    spec = Storage.load(storage_name).spec()
+    assert spec.name == storage_name and spec.path == str(tmp_path / "data")
+
+
+def test_init_with_an_unknown_cluster_names_it(prefect_api: str, juliarun_home: Path) -> None:
+    with pytest.raises(ConfigError, match="no cluster 'nowhere'"):
+        juliarun.init("nowhere")
