@@ -114,3 +114,22 @@ def test_cluster_and_storage_blocks_round_trip(
 def test_init_with_an_unknown_cluster_names_it(prefect_api: str, juliarun_home: Path) -> None:
     with pytest.raises(ConfigError, match="no cluster 'nowhere'"):
         juliarun.init("nowhere")
+
+
+def test_run_job_uses_storage_saved_as_a_block(
+    prefect_api: str, juliarun_home: Path, tmp_path: Path
+) -> None:
+    storage_name = _unique("saved")
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "input.txt").write_text("from the block\n")
+    Storage(kind="host", path=str(tmp_path / "saved")).save(storage_name)
+    name = _unique("reader")
+    job = juliarun.Batch(
+        name, command=["cat", f"/mnt/{storage_name}/input.txt"], storage=storage_name
+    )
+    result = run_job(job)
+    assert result["status"] == "succeeded"
+    ctx = juliarun.init()
+    assert [line.message for line in juliarun.search(ctx, "block", job=name)] == ["from the block"]
+    assert ctx.storage.get(storage_name).path == str(tmp_path / "saved")
+    juliarun.delete(ctx, name)
