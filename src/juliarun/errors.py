@@ -20,7 +20,7 @@ class JuliaRunError(Exception):
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
 
 
-class SpecError(JuliaRunError, ValueError):
+class SpecError(JuliaRunError):
     """A user input is invalid. ``errors`` lists ``(field path, rule)`` pairs, all at once."""
 
     default_hint = "fix the named fields and submit again; nothing was created"

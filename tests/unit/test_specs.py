@@ -259,9 +259,12 @@ def test_storage_spec_round_trip() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_spec_error_is_a_value_error() -> None:
-    with pytest.raises(ValueError):
+def test_spec_error_is_not_a_value_error() -> None:
+    # Deliberately not a ValueError: pydantic would wrap a ValueError raised inside validation
+    # (custom __init__ of a nested spec) instead of letting the SpecError with its paths through.
+    with pytest.raises(SpecError) as info:
         JuliaBatch("Bad", "/s.jl")
+    assert not isinstance(info.value, ValueError)
 
 
 def test_spec_error_message_names_model_field_and_hint() -> None:
