@@ -59,8 +59,8 @@ def _local(settings: Settings, cluster: str) -> Backend:
     return LocalBackend(
         settings.home,
         cluster=cluster,
-        log_store=_log_config(settings),
-        metric_store=_metric_config(settings),
+        log_store=settings.log_store_config(),
+        metric_store=settings.metric_store_config(),
         julia=settings.julia,
         max_workers=settings.local_max_workers,
         kill_grace=settings.kill_grace,
@@ -85,14 +85,6 @@ BACKENDS: dict[str, Callable[[Settings, str], Backend]] = {
 }
 
 
-def _log_config(settings: Settings) -> dict[str, Any]:
-    return {"kind": settings.log_store, "path": str(settings.log_db)}
-
-
-def _metric_config(settings: Settings) -> dict[str, Any]:
-    return {"kind": settings.metric_store, "path": str(settings.metric_db)}
-
-
 def init(cluster: str | None = None) -> Context:
     """Connect to a cluster: ``init()`` takes ``JULIARUN_CLUSTER`` or the embedded ``local``
     default; ``init("local" | "docker" | "kubernetes")`` a backend configured from the
@@ -102,8 +94,8 @@ def init(cluster: str | None = None) -> Context:
     factory = BACKENDS.get(name)
     if factory is not None:
         backend = factory(settings, name)
-        logs = open_log_store(_log_config(settings))
-        metrics = open_metric_store(_metric_config(settings))
+        logs = open_log_store(settings.log_store_config())
+        metrics = open_metric_store(settings.metric_store_config())
     else:
         from juliarun.blocks.cluster import load_cluster
 

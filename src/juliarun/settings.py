@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from juliarun.errors import ConfigError
@@ -24,8 +24,17 @@ class Settings(BaseSettings):
         None,
         description="Cluster init() uses by default: local, docker, kubernetes or a block name.",
     )
-    log_store: Literal["sqlite"] = Field("sqlite", description="Where job output is stored.")
-    metric_store: Literal["sqlite"] = Field("sqlite", description="Where metrics are stored.")
+    log_store: Literal["sqlite", "elasticsearch"] = Field(
+        "sqlite", description="Where job output is stored: sqlite (embedded) or elasticsearch."
+    )
+    metric_store: Literal["sqlite", "influxdb"] = Field(
+        "sqlite", description="Where metrics are stored: sqlite (embedded) or influxdb."
+    )
+    es_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch URL.")
+    influx_url: str = Field("http://127.0.0.1:8086", description="InfluxDB URL (v2 API).")
+    influx_token: SecretStr = Field(SecretStr(":"), description="InfluxDB token.")
+    influx_org: str = Field("-", description="InfluxDB organisation.")
+    influx_bucket: str = Field("juliarun/autogen", description="InfluxDB bucket.")
     julia: str = Field("julia", description="The julia executable the local backend runs.")
     local_max_workers: int = Field(
         64, ge=1, le=4096, description="Worker processes the local backend runs at once."
@@ -44,6 +53,29 @@ class Settings(BaseSettings):
     @property
     def metric_db(self) -> Path:
         return self.home / "metrics.db"
+
+    def log_store_config(self) -> dict[str, Any]:
+        """The config mapping ``open_log_store`` takes for the selected log store."""
+        if self.log_store == "elasticsearch":
+            return {
+                "kind": "elasticsearch",
+                "url": self.es_url,
+                "spool": str(self.home / "spool" / "logs"),
+            }
+        return {"kind": "sqlite", "path": str(self.log_db)}
+
+    def metric_store_config(self) -> dict[str, Any]:
+        """The config mapping ``open_metric_store`` takes for the selected metric store."""
+        if self.metric_store == "influxdb":
+            return {
+                "kind": "influxdb",
+                "url": self.influx_url,
+                "token": self.influx_token.get_secret_value(),
+                "org": self.influx_org,
+                "bucket": self.influx_bucket,
+                "spool": str(self.home / "spool" / "metrics"),
+            }
+        return {"kind": "sqlite", "path": str(self.metric_db)}
 
 
 def load_settings() -> Settings:

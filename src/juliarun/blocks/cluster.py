@@ -16,7 +16,7 @@ from juliarun.backends.base import Backend
 from juliarun.errors import ConfigError
 from juliarun.logs import LogStore, open_log_store
 from juliarun.metrics import MetricStore, open_metric_store
-from juliarun.settings import load_settings
+from juliarun.settings import Settings, load_settings
 
 DOCS = "https://github.com/juliarun/juliarun#readme"
 LOGO = "https://julialang.org/assets/infra/logo.svg"
@@ -57,11 +57,25 @@ class LocalCluster(Cluster):
     julia: str = Field("julia", description="The julia executable to run.")
     max_workers: int = Field(64, ge=1, le=4096, description="Worker processes run at once.")
     kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
-    log_store_kind: Literal["sqlite"] = Field("sqlite", description="Log store.")
-    metric_store_kind: Literal["sqlite"] = Field("sqlite", description="Metric store.")
+    log_store_kind: Literal["sqlite", "elasticsearch"] = Field(
+        "sqlite", description="Log store (its endpoint from JULIARUN_ES_URL)."
+    )
+    metric_store_kind: Literal["sqlite", "influxdb"] = Field(
+        "sqlite", description="Metric store (its endpoint from JULIARUN_INFLUX_*)."
+    )
+
+    def _settings(self) -> Settings:
+        base = load_settings()
+        return base.model_copy(
+            update={
+                "home": Path(self.home) if self.home else base.home,
+                "log_store": self.log_store_kind,
+                "metric_store": self.metric_store_kind,
+            }
+        )
 
     def _home(self) -> Path:
-        return Path(self.home) if self.home else load_settings().home
+        return self._settings().home
 
     def _cluster_name(self) -> str:
         return getattr(self, "_block_document_name", None) or "local"
@@ -80,10 +94,10 @@ class LocalCluster(Cluster):
         )
 
     def _log_config(self) -> dict[str, Any]:
-        return {"kind": self.log_store_kind, "path": str(self._home() / "logs.db")}
+        return self._settings().log_store_config()
 
     def _metric_config(self) -> dict[str, Any]:
-        return {"kind": self.metric_store_kind, "path": str(self._home() / "metrics.db")}
+        return self._settings().metric_store_config()
 
     def log_store(self) -> LogStore:
         return open_log_store(self._log_config())
