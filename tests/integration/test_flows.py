@@ -3,12 +3,20 @@ blocks, cancellation-free failure reporting and artifacts."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import juliarun
@@ -53,14 +61,27 @@ def test_run_job_streams_lines_and_publishes_a_worker_table(
     assert result["status"] == "succeeded"
     assert result["workers"][0]["worker"] == f"{name}-0"
     assert result["workers"][0]["exit_code"] == 0
+    run_id = state.state_details.flow_run_id
+    want = f"{name}-0 | hello world!"
+    deadline = time.monotonic() + 30  # run logs reach the API in batches, shortly after the run
     with get_client(sync_client=True) as client:
-        logs = client.read_logs()
-        artifact = client.read_latest_artifacts()
-    messages = [entry.message for entry in logs]
-    assert f"{name}-0 | hello world!" in messages
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+            )
+            messages = [entry.message for entry in logs]
+            if want in messages or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"job-{name}"]))
+        )
+    assert want in messages
     assert f"{name}-0 | to err" in messages
-    keys = [a.key for a in artifact]
-    assert f"job-{name}" in keys
+    assert [a.flow_run_id for a in artifacts] == [run_id]
+    table = artifacts[0].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert rows[0]["worker"] == f"{name}-0" and rows[0]["exit_code"] == 0
     ctx = juliarun.init()
     assert juliarun.status(ctx, name).phase == "succeeded"
     juliarun.delete(ctx, name)

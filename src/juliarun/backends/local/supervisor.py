@@ -237,13 +237,15 @@ class Supervisor:
             return
         w.proc = proc
         status.pid = proc.pid
+        # Published before any of its output can be stored: a job whose lines are searchable
+        # reads as running, never as still waiting.
+        self._publish("running", final=False)
         w.readers = [
             threading.Thread(target=self._read, args=(w, proc.stdout, "stdout"), daemon=True),
             threading.Thread(target=self._read, args=(w, proc.stderr, "stderr"), daemon=True),
         ]
         for reader in w.readers:
             reader.start()
-        self._publish("running", final=False)
 
     def _read(self, w: _Worker, pipe: IO[bytes] | None, stream: str) -> None:
         if pipe is None:
