@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -31,6 +32,15 @@ pytestmark = pytest.mark.prefect_server
 def prefect_api(prefect_api_url: str) -> Iterator[str]:
     with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
         yield prefect_api_url
+
+
+@pytest.fixture
+def saved_blocks(prefect_api: str) -> Iterator[list[tuple[type[Block], str]]]:
+    """Blocks a test saves, deleted from the shared Prefect server afterwards."""
+    saved: list[tuple[type[Block], str]] = []
+    yield saved
+    for block_type, name in saved:
+        block_type.delete(name)
 
 
 @pytest.fixture
@@ -118,16 +128,21 @@ def test_cluster_report_records_free_capacity(prefect_api: str, juliarun_home: P
 
 
 def test_cluster_and_storage_blocks_round_trip(
-    prefect_api: str, juliarun_home: Path, tmp_path: Path
+    prefect_api: str,
+    juliarun_home: Path,
+    tmp_path: Path,
+    saved_blocks: list[tuple[type[Block], str]],
 ) -> None:
     block_name = _unique("laptop")
     LocalCluster(home=str(tmp_path / "other-home"), max_workers=5).save(block_name)
+    saved_blocks.append((LocalCluster, block_name))
     ctx = juliarun.init(block_name)
     assert ctx.backend.kind == "local"
     assert ctx.cluster == block_name
     assert juliarun.status(ctx).nodes[0].pod == 100
     storage_name = _unique("data")
     Storage(kind="host", path=str(tmp_path / "data")).save(storage_name)
+    saved_blocks.append((Storage, storage_name))
     spec = Storage.load(storage_name).spec()
     assert spec.name == storage_name and spec.path == str(tmp_path / "data")
 
@@ -138,12 +153,16 @@ def test_init_with_an_unknown_cluster_names_it(prefect_api: str, juliarun_home: 
 
 
 def test_run_job_uses_storage_saved_as_a_block(
-    prefect_api: str, juliarun_home: Path, tmp_path: Path
+    prefect_api: str,
+    juliarun_home: Path,
+    tmp_path: Path,
+    saved_blocks: list[tuple[type[Block], str]],
 ) -> None:
     storage_name = _unique("saved")
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "input.txt").write_text("from the block\n")
     Storage(kind="host", path=str(tmp_path / "saved")).save(storage_name)
+    saved_blocks.append((Storage, storage_name))
     name = _unique("reader")
     job = juliarun.Batch(
         name, command=["cat", f"/mnt/{storage_name}/input.txt"], storage=storage_name
