@@ -11,7 +11,10 @@ from juliarun.metrics.base import MetricQuery, MetricStore, Point, Row
 __all__ = ["MetricQuery", "MetricStore", "Point", "Row", "open_metric_store"]
 
 # kind -> "module:Class"; each class takes its config (less "kind") as keyword arguments.
-STORES: dict[str, str] = {"sqlite": "juliarun.metrics.sqlite:SqliteMetricStore"}
+STORES: dict[str, str] = {
+    "sqlite": "juliarun.metrics.sqlite:SqliteMetricStore",
+    "influxdb": "juliarun.metrics.influxdb:InfluxMetricStore",
+}
 
 
 def open_metric_store(config: Mapping[str, Any]) -> MetricStore:
