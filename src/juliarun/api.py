@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from juliarun.backends.base import Backend, ClusterStatus, JobStatus, wait_for_job
+from juliarun.backends.base import Backend, ClusterStatus, JobStatus, LogSource, wait_for_job
 from juliarun.errors import ConfigError, JuliaRunError
 from juliarun.logs import LogLine, LogQuery, LogStore, open_log_store
 from juliarun.logs.base import Stream
@@ -67,6 +67,27 @@ def _local(settings: Settings, cluster: str) -> Backend:
     )
 
 
+def _docker(settings: Settings, cluster: str) -> Backend:
+    from juliarun.backends.docker import DockerBackend
+
+    return DockerBackend(
+        settings.home,
+        cluster=cluster,
+        log_store=settings.log_store_config(),
+        metric_store=settings.metric_store_config(),
+        image=settings.julia_image,
+        labels=settings.docker_labels,
+        max_workers=settings.docker_max_workers,
+        kill_grace=settings.kill_grace,
+    )
+
+
+def _kubernetes(settings: Settings, cluster: str) -> Backend:
+    from juliarun.backends.kubernetes import from_settings
+
+    return from_settings(settings, cluster)
+
+
 def _not_yet(kind: str) -> Callable[[Settings, str], Backend]:
     def factory(settings: Settings, cluster: str) -> Backend:
         raise ConfigError(
@@ -80,8 +101,8 @@ def _not_yet(kind: str) -> Callable[[Settings, str], Backend]:
 # Backends configured from the environment, by kind.
 BACKENDS: dict[str, Callable[[Settings, str], Backend]] = {
     "local": _local,
-    "docker": _not_yet("docker"),
-    "kubernetes": _not_yet("kubernetes"),
+    "docker": _docker,
+    "kubernetes": _kubernetes,
 }
 
 
@@ -173,6 +194,20 @@ def tail(
     ``follow`` keeps printing until the job ends. Returns how many lines were printed."""
     out = out or sys.stdout
     name = None if job is None else _name(job)
+    if name is not None and isinstance(ctx.backend, LogSource):  # read from the workers
+        printed = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for line in ctx.backend.logs(
+            name,
+            follow=follow,
+            lines=lines,
+            worker=worker,
+            stop=lambda: deadline is not None and time.monotonic() >= deadline,
+        ):
+            if stream is None or line.stream == stream:
+                print(line.render(), file=out, flush=True)
+                printed += 1
+        return printed
     since = ctx.backend.status(name).created_at if name else None
     query = LogQuery(
         job=name,

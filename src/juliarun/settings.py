@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from juliarun.errors import ConfigError
@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         "sqlite", description="Where metrics are stored: sqlite (embedded) or influxdb."
     )
     es_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch URL.")
+    es_index_prefix: str = Field(
+        "juliarun-logs",
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description="Log indices are <prefix>-YYYY.MM.DD, from the index template <prefix>.",
+    )
     influx_url: str = Field("http://127.0.0.1:8086", description="InfluxDB URL (v2 API).")
     influx_token: SecretStr = Field(SecretStr(":"), description="InfluxDB token.")
     influx_org: str = Field("-", description="InfluxDB organisation.")
@@ -39,11 +44,39 @@ class Settings(BaseSettings):
     local_max_workers: int = Field(
         64, ge=1, le=4096, description="Worker processes the local backend runs at once."
     )
+    julia_image: str = Field(
+        "julia:1.10",
+        description="Image Julia jobs run in on Docker when a job names none.",
+    )
+    docker_max_workers: int = Field(
+        64, ge=1, le=4096, description="Worker containers the Docker backend runs at once."
+    )
+    docker_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on every container the Docker backend creates (JSON).",
+    )
     poll_interval: float = Field(
         0.5, ge=0.01, le=60, description="Seconds between status polls while waiting on a job."
     )
     kill_grace: float = Field(
         10, ge=0, le=600, description="Seconds a worker gets between SIGTERM and SIGKILL."
+    )
+    kubeconfig: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("JULIARUN_KUBECONFIG", "KUBECONFIG"),
+        description="Kubeconfig of the kubernetes backend (JULIARUN_KUBECONFIG, else KUBECONFIG).",
+    )
+    kube_context: str | None = Field(None, description="Kubeconfig context (default: current).")
+    kube_namespace: str = Field(
+        "juliarun",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Namespace the kubernetes backend runs jobs in (created if missing).",
+    )
+    kube_qps: float = Field(
+        50, ge=1, le=10000, description="Client-side limit on Kubernetes API requests a second."
+    )
+    kube_burst: int = Field(
+        100, ge=1, le=10000, description="Kubernetes API requests allowed in a burst."
     )
 
     @property
@@ -60,6 +93,7 @@ class Settings(BaseSettings):
             return {
                 "kind": "elasticsearch",
                 "url": self.es_url,
+                "index_prefix": self.es_index_prefix,
                 "spool": str(self.home / "spool" / "logs"),
             }
         return {"kind": "sqlite", "path": str(self.log_db)}

@@ -4,12 +4,13 @@ vocabulary (job, worker and cluster status) they report in."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from juliarun.errors import JobTimeoutError
+from juliarun.logs.base import LogLine
 from juliarun.specs import JobSpec, StorageSpec
 
 Phase = Literal["created", "running", "succeeded", "failed"]
@@ -84,6 +85,8 @@ class JobStatus:
     def describe(self) -> str:
         """A multi-line view: the status, then one line per worker."""
         lines = [f"{self.kind}({self.name}): {self}"]
+        if self.reason and self.phase in ("created", "running"):  # why it waits
+            lines[0] += f" ({self.reason})"
         for w in self.workers:
             extra = f" exit={w.exit_code}" if w.exit_code is not None else ""
             extra += f" restarts={w.restarts}" if w.restarts else ""
@@ -213,6 +216,26 @@ class Backend(Protocol):
     def cluster_status(self) -> ClusterStatus: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LogSource(Protocol):
+    """A backend that reads a job's output from the workers themselves (Kubernetes pod logs),
+    for backends whose lines are not (yet) shipped into the log store."""
+
+    def logs(
+        self,
+        name: str,
+        *,
+        follow: bool = False,
+        since: datetime | None = None,
+        lines: int | None = None,
+        worker: str | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[LogLine]:
+        """Lines of every worker interleaved by time (the last ``lines`` only when given);
+        ``follow`` keeps yielding until the job ends or ``stop()``."""
+        ...
 
 
 def wait_for_job(

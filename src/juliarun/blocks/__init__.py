@@ -1,6 +1,28 @@
 """Prefect blocks: saved cluster and storage configuration."""
 
+from typing import Any
+
 from juliarun.blocks.cluster import Cluster, LocalCluster, load_cluster
 from juliarun.blocks.storage import Storage
 
-__all__ = ["Cluster", "LocalCluster", "Storage", "load_cluster"]
+__all__ = [
+    "Cluster",
+    "DockerCluster",
+    "KubernetesCluster",
+    "LocalCluster",
+    "Storage",
+    "load_cluster",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # DockerCluster needs the docker extra (prefect-docker): imported on first use.
+    if name == "DockerCluster":
+        from juliarun.blocks.docker import DockerCluster
+
+        return DockerCluster
+    if name == "KubernetesCluster":  # needs the kubernetes extra
+        from juliarun.blocks.kubernetes import KubernetesCluster
+
+        return KubernetesCluster
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

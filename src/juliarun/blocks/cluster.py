@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -107,18 +109,34 @@ class LocalCluster(Cluster):
 
 
 CLUSTER_BLOCKS: tuple[type[Cluster], ...] = (LocalCluster,)
+# Cluster blocks needing an optional extra ("module:Class"), imported when a cluster is loaded.
+OPTIONAL_CLUSTER_BLOCKS: tuple[str, ...] = (
+    "juliarun.blocks.docker:DockerCluster",
+    "juliarun.blocks.kubernetes:KubernetesCluster",
+)
+
+
+def cluster_blocks() -> tuple[type[Cluster], ...]:
+    """Every cluster block type available: the built-in ones and those of installed extras."""
+    found = list(CLUSTER_BLOCKS)
+    for target in OPTIONAL_CLUSTER_BLOCKS:
+        module, _, name = target.partition(":")
+        with contextlib.suppress(ImportError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
 
 
 def load_cluster(name: str) -> Cluster:
     """The saved cluster block called ``name``, whatever its type."""
-    for block_type in CLUSTER_BLOCKS:
+    blocks = cluster_blocks()
+    for block_type in blocks:
         try:
             block = block_type.load(name)
         except ValueError:
             continue
         if isinstance(block, Cluster):
             return block
-    kinds = ", ".join(b.get_block_type_slug() for b in CLUSTER_BLOCKS)
+    kinds = ", ".join(b.get_block_type_slug() for b in blocks)
     raise ConfigError(
         f"no cluster {name!r}: not local, docker or kubernetes, and no saved cluster block "
         f"of that name ({kinds})",

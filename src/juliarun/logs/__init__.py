@@ -11,7 +11,10 @@ from juliarun.logs.base import LogLine, LogQuery, LogStore
 __all__ = ["LogLine", "LogQuery", "LogStore", "open_log_store"]
 
 # kind -> "module:Class"; each class takes its config (less "kind") as keyword arguments.
-STORES: dict[str, str] = {"sqlite": "juliarun.logs.sqlite:SqliteLogStore"}
+STORES: dict[str, str] = {
+    "sqlite": "juliarun.logs.sqlite:SqliteLogStore",
+    "elasticsearch": "juliarun.logs.elasticsearch:ElasticsearchLogStore",
+}
 
 
 def open_log_store(config: Mapping[str, Any]) -> LogStore:

@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from juliarun import api
-from juliarun.backends.base import JobStatus
+from juliarun.backends.base import JobStatus, LogSource
 from juliarun.errors import JobTimeoutError
 from juliarun.logs import LogQuery
 from juliarun.specs import JobSpec
@@ -42,9 +42,21 @@ def watch_job(cluster: str, name: str, timeout: float | None = None) -> JobStatu
                 return True
             return deadline is not None and time.monotonic() >= deadline
 
-        for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
+        def past_deadline() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
+        lines = (
+            ctx.backend.logs(name, follow=True, stop=past_deadline)  # read from the workers
+            if isinstance(ctx.backend, LogSource)
+            else ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval)
+        )
+        for line in lines:
             log = logger.warning if line.stream == "stderr" else logger.info
             log("%s | %s", line.worker, line.message)
+        if not final and isinstance(ctx.backend, LogSource):  # its follow ended with the job
+            current = ctx.backend.status(name)
+            if current.done:
+                final.append(current)
         if not final:
             raise JobTimeoutError(name, timeout or 0.0, str(ctx.backend.status(name)))
     return final[-1]

@@ -1,4 +1,4 @@
-"""A local job's directory: its spec, the desired scale, and the supervisor's view of it."""
+"""A supervised job's directory: its spec, the desired scale, and the supervisor's view of it."""
 
 from __future__ import annotations
 

@@ -1,22 +1,22 @@
-"""The supervisor of one local job: a detached process that runs the job's workers.
+"""The supervisor of one job: a detached process on this machine that runs the job's workers
+through a worker runtime (local process groups, Docker containers; see
+:mod:`juliarun.backends.runtime`).
 
-Each worker is its own process group. The supervisor captures stdout/stderr line by line (with a
-timestamp, the worker id and the stream) into the log store, ingests the metric lines workers
-append to ``$JULIARUN_METRICS_FILE`` plus per-worker cpu/memory samples into the metric store,
-applies the restart policy with exponential backoff, follows the desired worker count written by
-``scale``, and writes the job's state for every other process to read.
+The supervisor captures every stdout/stderr line (with a timestamp, the worker id and the
+stream) into the log store, ingests the metric lines workers append to their metrics file plus
+per-worker cpu/memory samples into the metric store, applies the restart policy with
+exponential backoff, follows the desired worker count written by ``scale``, and writes the job's
+state for every other process to read.
 
 SIGTERM stops the workers gracefully (SIGTERM, then SIGKILL after the grace period); SIGUSR1
-kills them at once. Run as ``python -m juliarun.backends.local.supervisor JOBDIR``.
+kills them at once. Run as ``python -m juliarun.backends.supervisor JOBDIR``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,39 +25,50 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
 from juliarun.backends.base import JobStatus, WorkerStatus
-from juliarun.backends.local.state import JobDir, now
+from juliarun.backends.jobdir import JobDir, now
+from juliarun.backends.runtime import (
+    Exit,
+    WorkerHandle,
+    WorkerLaunch,
+    WorkerRuntime,
+    WorkerStartError,
+    open_runtime,
+)
 from juliarun.logs import LogLine, LogStore, open_log_store
+from juliarun.logs.base import Stream
 from juliarun.metrics import MetricStore, Point, open_metric_store
 from juliarun.metrics.lineprotocol import parse_lines
 
 LAST_LINES = 10
 MAX_BACKOFF = 30.0
 SAMPLE_EVERY = 5.0
+# How long a worker killed with SIGKILL gets to be reported gone before the supervisor moves on.
+KILL_WAIT = 10.0
 
 
 @dataclass
 class _Worker:
     status: WorkerStatus
-    proc: subprocess.Popen[bytes] | None = None
-    readers: list[threading.Thread] = field(default_factory=list)
+    handle: WorkerHandle | None = None
     restart_at: float | None = None
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
     metrics_offset: int = 0
 
 
 class Supervisor:
-    """Runs one job described by ``jobdir`` until it ends or is stopped."""
+    """Runs one job described by ``jobdir`` through ``runtime`` until it ends or is stopped."""
 
     def __init__(
         self,
         jobdir: JobDir,
         logs: LogStore,
         metrics: MetricStore,
+        runtime: WorkerRuntime,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -67,6 +78,7 @@ class Supervisor:
         self.job = jobdir.read_job()
         self.logs = logs
         self.metrics = metrics
+        self.runtime = runtime
         self.clock = clock
         self.sleep = sleep
         self.tick = tick
@@ -140,39 +152,39 @@ class Supervisor:
                 self._start(index, restarts=w.status.restarts + 1)
             elif w.status.state == "removed":
                 self._start(index, restarts=w.status.restarts)
-        for index, w in list(self.workers.items()):
-            if index >= desired and w.status.state in ("running", "restarting", "waiting"):
-                self._terminate(w, force=False)
+        surplus = [
+            w
+            for index, w in self.workers.items()
+            if index >= desired and w.status.state in ("running", "restarting", "waiting")
+        ]
+        if surplus:
+            self._terminate(surplus, force=False)
+            for w in surplus:
                 w.status.state = "removed"
                 w.status.reason = "scaled down"
+                if w.handle is not None:
+                    w.handle.discard()
 
     def _poll(self) -> None:
         for w in self.workers.values():
-            if w.proc is None or w.status.state != "running":
+            if w.handle is None or w.status.state != "running":
                 continue
-            code = w.proc.poll()
-            if code is None:
-                continue
-            # The worker ends with its main process (as a container does): whatever it left
-            # running in its process group would hold the output pipes open and outlive it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(w.proc.pid, signal.SIGKILL)
-            for reader in w.readers:
-                reader.join(timeout=5)
-            self._exited(w, code)
+            ended = w.handle.poll()
+            if ended is not None:
+                self._exited(w, ended)
         if self.clock() - self._last_sample >= SAMPLE_EVERY:
             self._last_sample = self.clock()
             self._sample()
 
-    def _exited(self, w: _Worker, code: int) -> None:
+    def _exited(self, w: _Worker, ended: Exit) -> None:
         s = w.status
-        s.exit_code = code
+        s.exit_code = ended.code
         s.finished_at = now()
         s.pid = None
-        if code == 0:
+        if ended.code == 0:
             s.state = "succeeded"
             return
-        s.reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        s.reason = ended.reason
         if self.spec.get("restart") == "OnFailure" and s.restarts < int(
             self.spec.get("backoff_limit", 0)
         ):
@@ -203,96 +215,95 @@ class Supervisor:
         status = WorkerStatus(id=worker_id, state="running", restarts=restarts, started_at=now())
         w = self.workers.get(index) or _Worker(status=status)
         w.status = status
+        w.handle = None
         w.restart_at = None
         self.workers[index] = w
         metrics_file = self.jobdir.metrics_file(worker_id)
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
         metrics_file.touch()
         w.metrics_offset = metrics_file.stat().st_size
-        env = {
-            **os.environ,
-            **self.job["env"],
-            "JULIARUN_JOB": self.jobdir.name,
-            "JULIARUN_WORKER": worker_id,
-            "JULIARUN_WORKER_INDEX": str(index),
-            "JULIARUN_NWORKERS": str(self.desired()),
-            "JULIARUN_RESTARTS": str(restarts),
-            "JULIARUN_METRICS_FILE": str(metrics_file),
-        }
+        launch = WorkerLaunch(
+            id=worker_id,
+            index=index,
+            restarts=restarts,
+            env={
+                **self.job["env"],
+                "JULIARUN_JOB": self.jobdir.name,
+                "JULIARUN_WORKER": worker_id,
+                "JULIARUN_WORKER_INDEX": str(index),
+                "JULIARUN_NWORKERS": str(self.desired()),
+                "JULIARUN_RESTARTS": str(restarts),
+            },
+            metrics_file=metrics_file,
+        )
         try:
-            proc = subprocess.Popen(
-                self.job["command"],
-                cwd=self.job["cwd"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
+            w.handle = self.runtime.start(launch, lambda stream, line: self._line(w, stream, line))
+        except WorkerStartError as exc:
             status.state = "failed"
             status.finished_at = now()
-            status.reason = f"cannot start {self.job['command'][0]}: {exc.strerror}"
+            status.reason = exc.reason
             self.reason = self.reason or f"worker {worker_id} {status.reason}"
             return
-        w.proc = proc
-        status.pid = proc.pid
+        status.pid = w.handle.pid
         # Published before any of its output can be stored: a job whose lines are searchable
         # reads as running, never as still waiting.
         self._publish("running", final=False)
-        w.readers = [
-            threading.Thread(target=self._read, args=(w, proc.stdout, "stdout"), daemon=True),
-            threading.Thread(target=self._read, args=(w, proc.stderr, "stderr"), daemon=True),
-        ]
-        for reader in w.readers:
-            reader.start()
 
-    def _read(self, w: _Worker, pipe: IO[bytes] | None, stream: str) -> None:
-        if pipe is None:
-            return
-        worker_id = w.status.id
-        for raw in iter(pipe.readline, b""):
-            message = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            w.last_lines.append(message)
-            self.lines.put(
-                LogLine(
-                    timestamp=now(),
-                    job=self.jobdir.name,
-                    worker=worker_id,
-                    stream="stderr" if stream == "stderr" else "stdout",
-                    message=message,
-                    cluster=self.job["cluster"],
-                    tenant=self.spec.get("tenant", "default"),
-                )
+    def _line(self, w: _Worker, stream: Stream, message: str) -> None:
+        """Called from a runtime's reader threads with each line a worker prints."""
+        w.last_lines.append(message)
+        self.lines.put(
+            LogLine(
+                timestamp=now(),
+                job=self.jobdir.name,
+                worker=w.status.id,
+                stream=stream,
+                message=message,
+                cluster=self.job["cluster"],
+                tenant=self.spec.get("tenant", "default"),
             )
-        pipe.close()
+        )
 
-    def _terminate(self, w: _Worker, force: bool) -> None:
-        proc = w.proc
-        if proc is None or proc.poll() is not None:
-            return
-        grace = 0.0 if force else float(self.job.get("kill_grace", 10))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
-        deadline = self.clock() + grace
-        while proc.poll() is None and self.clock() < deadline:
+    def _terminate(self, workers: list[_Worker], force: bool) -> None:
+        """Stop running ``workers`` together: SIGTERM (SIGKILL when ``force``), then SIGKILL
+        to those still running after the grace period; records how each ended."""
+        live = {id(w): w for w in workers if w.handle is not None and w.status.state == "running"}
+        for w in live.values():
+            assert w.handle is not None
+            w.handle.terminate(force=force)
+        killed = force
+        deadline = self.clock() + (KILL_WAIT if force else float(self.job.get("kill_grace", 10)))
+        while live:
+            for key, w in list(live.items()):
+                assert w.handle is not None
+                ended = w.handle.poll()
+                if ended is not None:
+                    w.status.exit_code = ended.code
+                    w.status.finished_at = now()
+                    w.status.pid = None
+                    del live[key]
+            if not live:
+                break
+            if self.clock() >= deadline:
+                if killed:
+                    break  # the runtime did not report them gone: leave them to delete
+                for w in live.values():
+                    assert w.handle is not None
+                    w.handle.terminate(force=True)
+                killed = True
+                deadline = self.clock() + KILL_WAIT
             time.sleep(0.05)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        for reader in w.readers:
-            reader.join(timeout=5)
-        w.status.exit_code = proc.returncode
-        w.status.finished_at = now()
-        w.status.pid = None
 
     def _stop_all(self, force: bool) -> None:
-        for w in self.workers.values():
-            if w.status.state in ("running", "restarting", "waiting"):
-                self._terminate(w, force)
-                w.status.state = "removed"
-                w.status.reason = "stopped"
+        stopping = [
+            w
+            for w in self.workers.values()
+            if w.status.state in ("running", "restarting", "waiting")
+        ]
+        self._terminate(stopping, force)
+        for w in stopping:
+            w.status.state = "removed"
+            w.status.reason = "stopped"
 
     # -- outputs -------------------------------------------------------------------------
 
@@ -372,19 +383,15 @@ class Supervisor:
         points: list[Point] = []
         t = now()
         for w in self.workers.values():
-            if w.proc is None or w.status.state != "running":
+            if w.handle is None or w.status.state != "running":
                 continue
-            try:
-                root = psutil.Process(w.proc.pid)
-                procs = [root, *root.children(recursive=True)]
-                cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-                rss = sum(p.memory_info().rss for p in procs)
-            except psutil.Error:
+            sample = w.handle.sample()
+            if sample is None:
                 continue
             tags = self._tags(w.status.id)
             points += [
-                Point("juliarun.cpu_seconds", cpu, t, tags),
-                Point("juliarun.memory_bytes", float(rss), t, tags),
+                Point("juliarun.cpu_seconds", sample.cpu_seconds, t, tags),
+                Point("juliarun.memory_bytes", sample.memory_bytes, t, tags),
                 Point("juliarun.restarts", float(w.status.restarts), t, tags),
             ]
         if points:
@@ -419,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     jobdir = JobDir(Path(args[0]))
     job = jobdir.read_job()
     supervisor = Supervisor(
-        jobdir, open_log_store(job["log_store"]), open_metric_store(job["metric_store"])
+        jobdir,
+        open_log_store(job["log_store"]),
+        open_metric_store(job["metric_store"]),
+        open_runtime(job),
     )
     signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop("graceful"))
     signal.signal(signal.SIGUSR1, lambda *_: supervisor.request_stop("force"))
@@ -429,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return supervisor.run()
     finally:
+        supervisor.runtime.close()
         supervisor.logs.close()
         supervisor.metrics.close()
 

@@ -1,0 +1,321 @@
+"""The Docker backend: every job is a supervisor process on this machine (as on local) whose
+workers are containers on one Docker engine, with the job's cpu/memory limits, its storage at
+``/mnt/<name>`` and juliarun's labels. State lives under ``JULIARUN_HOME`` like local jobs, so
+every Python process on the machine sees the same jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import docker
+import docker.errors
+import requests
+
+from juliarun.backends.base import ClusterStatus, Component, NodeStatus
+from juliarun.backends.docker import storage as docker_storage
+from juliarun.backends.docker.engine import (
+    CLUSTER,
+    JOB,
+    MANAGED_BY,
+    SCOPE,
+    TENANT,
+    EngineConfig,
+    Names,
+    RegistryAuth,
+    ensure_image,
+    gpu_runtimes,
+    image_registry,
+    scope,
+)
+from juliarun.backends.docker.runtime import IN_CONTAINER, JULIARUN_JL
+from juliarun.backends.jobdir import JobDir
+from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
+from juliarun.backends.supervised import Plan, SupervisedBackend
+from juliarun.errors import BackendError, ConfigError, SpecError
+from juliarun.specs import Batch, JobSpec, StorageSpec
+
+DEFAULT_IMAGE = "julia:1.10"
+BUNDLES = f"{IN_CONTAINER}/bundles"
+
+
+class DockerBackend(SupervisedBackend):
+    """Jobs as containers on a Docker engine on this machine.
+
+    A job's script, args and command are used as they are (``/mnt/<name>`` is where its
+    storage is mounted). Inside a worker, ``JULIARUN_MNT`` is ``/mnt`` and
+    ``JULIARUN_STORAGE_<NAME>`` is ``/mnt/<name>``; the working directory is the first
+    storage. ``labels`` are added to every container (e.g. to clean up by label).
+    """
+
+    kind: ClassVar[str] = "docker"
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        cluster: str = "docker",
+        engine: EngineConfig | None = None,
+        image: str = DEFAULT_IMAGE,
+        registry_auth: RegistryAuth | None = None,
+        labels: Mapping[str, str] | None = None,
+        log_store: Mapping[str, Any] | None = None,
+        metric_store: Mapping[str, Any] | None = None,
+        max_workers: int = 64,
+        kill_grace: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(
+            home,
+            cluster=cluster,
+            log_store=log_store,
+            metric_store=metric_store,
+            max_workers=max_workers,
+            kill_grace=kill_grace,
+            clock=clock,
+            sleep=sleep,
+        )
+        self.engine = engine or EngineConfig()
+        self.image = image
+        self.registry_auth = registry_auth
+        self.labels = dict(labels or {})
+        self.names = Names(scope(self.home.resolve(), cluster))
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = self.engine.connect()
+        return self._client
+
+    def _info(self) -> dict[str, Any]:
+        try:
+            info: dict[str, Any] = self.client.info()
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise BackendError(
+                f"the Docker engine at {self.engine.endpoint} does not answer: {exc}",
+                hint="start it (scripts/testenv up docker) or set DOCKER_HOST",
+            ) from exc
+        return info
+
+    # -- checks and plan -------------------------------------------------------------------
+
+    def _check(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> None:
+        info = self._info()
+        cores, total = int(info.get("NCPU", 1)), int(info.get("MemTotal", 0))
+        res = job.resources
+        problems = []
+        if res.cpu_cores > cores:
+            problems.append(("resources.cpu", f"asks {res.cpu} but the engine has {cores} cpus"))
+        if total and res.memory_bytes > total:
+            problems.append(
+                ("resources.memory", f"asks {res.memory} but the engine has {total >> 20}Mi")
+            )
+        if res.gpu and not gpu_runtimes(info):
+            runtimes = ", ".join(sorted(info.get("Runtimes", {}))) or "none"
+            problems.append(
+                (
+                    "resources.gpu",
+                    f"the Docker engine at {self.engine.endpoint} has no GPU runtime "
+                    f"(its runtimes: {runtimes})",
+                )
+            )
+        if problems:
+            raise SpecError(
+                job.kind,
+                problems,
+                hint="lower the request, or submit to a cluster that has it (GPUs on Docker "
+                "need the NVIDIA Container Toolkit on the engine's host)",
+            )
+        ensure_image(
+            self.client,
+            job.image or self.image,
+            kind=job.kind,
+            auth=self.registry_auth,
+            default=job.image is None,
+        )
+
+    def _command(self, job: JobSpec) -> list[str]:
+        if isinstance(job, Batch):
+            return list(job.command)
+        script: str = job.script  # type: ignore[attr-defined]
+        args: list[str] = job.args  # type: ignore[attr-defined]
+        return ["julia", "--startup-file=no", "--color=no", script, *args]
+
+    def _plan(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> Plan:
+        mounts = [
+            docker_storage.mount_for(name, spec, self.provision_storage(spec))
+            for name, spec in storage.items()
+        ]
+        mounts += self._bundle_mounts(job)
+        command = self._command(job)
+        if not isinstance(job, Batch):
+            script = docker_storage.host_path(command[3], mounts)
+            if script is not None and not script.is_file():
+                raise SpecError(
+                    job.kind,
+                    [("script", f"{command[3]!r} does not exist (looked at {script})")],
+                    hint="put the script in the job's storage, e.g. /mnt/<storage>/main.jl",
+                )
+        env = dict(job.env)
+        if job.pkg_bundle is not None:
+            bundle = f"{BUNDLES}/{job.pkg_bundle}"
+            env.update({"JULIA_DEPOT_PATH": f"{bundle}/depot:", "JULIA_PROJECT": f"{bundle}/env"})
+        for name in storage:
+            env[f"JULIARUN_STORAGE_{name.upper().replace('-', '_')}"] = f"/mnt/{name}"
+        env["JULIARUN_MNT"] = "/mnt"
+        env["JULIARUN_CLUSTER"] = self.cluster
+        env["JULIARUN_JL"] = JULIARUN_JL
+        labels = {
+            **self.labels,
+            MANAGED_BY: "juliarun",
+            JOB: job.name,
+            TENANT: job.tenant,
+            CLUSTER: self.cluster,
+            SCOPE: self.names.scope,
+        }
+        runtime = {
+            "kind": "docker",
+            "engine": self.engine.to_json(),
+            "scope": self.names.scope,
+            "image": job.image or self.image,
+            "command": command,
+            "working_dir": f"/mnt/{next(iter(storage))}" if storage else None,
+            "mounts": mounts,
+            "labels": labels,  # the runtime adds the job's uid, the worker and the attempt
+            "nano_cpus": int(job.resources.cpu_cores * 1e9),
+            "mem_limit": job.resources.memory_bytes,
+            "gpus": job.resources.gpu,
+            "julia_jl": str(JULIARUN_JL_HOST),
+        }
+        return Plan(runtime=runtime, env=env)
+
+    def _bundle_mounts(self, job: JobSpec) -> list[dict[str, Any]]:
+        if job.pkg_bundle is None:
+            return []
+        bundle = self.home / "bundles" / job.pkg_bundle
+        if not bundle.is_dir():
+            raise SpecError(
+                job.kind,
+                [("pkg_bundle", f"package bundle {job.pkg_bundle!r} not found in {bundle.parent}")],
+                hint="build it first with the build_package_bundle flow",
+            )
+        target = f"{BUNDLES}/{job.pkg_bundle}"
+        return [
+            {
+                "type": "bind",
+                "target": target,
+                "source": str(bundle),
+                "read_only": True,
+                "tmpfs_size": None,
+            }
+        ]
+
+    def _remove_workers(self, jobdir: JobDir, state: Mapping[str, Any]) -> None:
+        try:
+            containers = self.client.containers.list(
+                all=True, filters=self.names.job_selector(jobdir.name)
+            )
+        except docker.errors.APIError as exc:
+            raise BackendError(
+                f"cannot list the containers of job {jobdir.name!r}: {exc}",
+                hint=f"remove them by hand: docker rm -f $(docker ps -aq --filter "
+                f"label={JOB}={jobdir.name} --filter label={SCOPE}={self.names.scope})",
+            ) from exc
+        for container in containers:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True, v=True)
+
+    # -- Backend protocol ------------------------------------------------------------------
+
+    def provision_storage(self, spec: StorageSpec) -> str:
+        return docker_storage.provision(spec, self.home)
+
+    def cluster_status(self) -> ClusterStatus:
+        components: list[Component] = []
+        try:
+            client = self.client
+            version = client.version()
+            info = client.info()
+            components.append(
+                Component(
+                    "docker-engine",
+                    True,
+                    f"{version.get('Version', '?')} (API {version.get('ApiVersion', '?')})",
+                )
+            )
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            ConfigError,
+        ) as exc:
+            info = {}
+            components.append(Component("docker-engine", False, str(exc)))
+        registry = image_registry(self.image)
+        reachable, detail = _registry_reachable(registry)
+        components += [
+            Component(f"registry {registry}", reachable, detail),
+            Component("log-store", True, f"{self.log_store['kind']}"),
+            Component("metric-store", True, f"{self.metric_store['kind']}"),
+        ]
+        waiting, running = self._waiting_and_running()
+        nodes = [self._node(info, running)] if info else []
+        return ClusterStatus(
+            cluster=self.cluster,
+            kind=self.kind,
+            endpoint=self.engine.endpoint,
+            components=components,
+            waiting_for_scheduler=waiting,
+            nodes=nodes,
+        )
+
+    def _node(self, info: Mapping[str, Any], running: int) -> NodeStatus:
+        """The engine's host: free cpu and memory after the limits of running containers."""
+        cores, total = int(info.get("NCPU", 1)), int(info.get("MemTotal", 1))
+        cpu_used = mem_used = 0.0
+        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+            for container in self.client.containers.list():
+                host = container.attrs.get("HostConfig", {})
+                cpu_used += (host.get("NanoCpus") or 0) / 1e9
+                mem_used += host.get("Memory") or 0
+        root = Path(str(info.get("DockerRootDir", "")))
+        disk = shutil.disk_usage(root if root.is_dir() else self.home.anchor)
+        return NodeStatus(
+            name=str(info.get("Name", "docker")),
+            ready=True,
+            cpu=max(0, round(100 * (1 - min(cpu_used / cores, 1.0)))),
+            gpu=0,
+            mem=max(0, round(100 * (1 - min(mem_used / total, 1.0)))),
+            dsk=round(100 * disk.free / disk.total),
+            pod=max(0, round(100 * (1 - running / self.max_workers))),
+            labels={"juliarun.io/gpu-runtimes": ",".join(gpu_runtimes(info)) or "none"},
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _registry_reachable(registry: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether ``registry`` answers its ``/v2/`` endpoint (401 counts: it wants a login)."""
+    host = "registry-1.docker.io" if registry == "docker.io" else registry
+    last = ""
+    for scheme in ("https", "http"):
+        try:
+            with urllib.request.urlopen(f"{scheme}://{host}/v2/", timeout=timeout) as resp:
+                return True, f"{scheme}://{host} answered {resp.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                return True, f"{scheme}://{host} answered 401 (login required)"
+            last = f"{scheme}://{host} answered {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = f"{scheme}://{host}: {getattr(exc, 'reason', exc)}"
+    return False, last

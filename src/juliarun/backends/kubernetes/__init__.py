@@ -1,0 +1,83 @@
+"""The Kubernetes backend: jobs as ``batch/v1`` Jobs, status with diagnosis, pod logs, and the
+cluster view. Modules: ``client`` (JSON requests, retries, rate limit), ``manifests`` (pure: spec →
+Job), ``diagnosis`` (pure: Job/pods/events/nodes → status), ``watch`` (pure resume logic + driver),
+``backend``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from juliarun.backends.kubernetes.backend import KubernetesBackend, not_configured
+from juliarun.backends.kubernetes.client import KubeApiError, KubeClient
+from juliarun.backends.kubernetes.manifests import NodeTypeRule, Toleration, default_node_types
+from juliarun.errors import ConfigError
+from juliarun.settings import Settings
+
+__all__ = [
+    "KubeApiError",
+    "KubeClient",
+    "KubernetesBackend",
+    "NodeTypeRule",
+    "Toleration",
+    "api_client",
+    "default_node_types",
+    "from_settings",
+]
+
+
+def api_client(
+    *,
+    kubeconfig: Path | str | None = None,
+    config_dict: Mapping[str, Any] | None = None,
+    context: str | None = None,
+) -> Any:
+    """A ``kubernetes.client.ApiClient`` with its own ``Configuration`` built from a kubeconfig
+    file or its parsed contents; the kubernetes package's process-wide default configuration is
+    never read or changed."""
+    from kubernetes import config
+    from kubernetes.client import Configuration
+
+    try:
+        if config_dict is not None:
+            return config.new_client_from_config_dict(  # type: ignore[no-untyped-call]
+                config_dict=dict(config_dict),
+                context=context,
+                persist_config=False,
+                client_configuration=Configuration(),
+            )
+        if kubeconfig is None:
+            raise not_configured("no kubeconfig given")
+        path = Path(kubeconfig).expanduser()
+        if not path.is_file():
+            raise not_configured(f"no kubeconfig at {path}")
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(path),
+            context=context,
+            persist_config=False,
+            client_configuration=Configuration(),
+        )
+    except config.ConfigException as exc:
+        raise ConfigError(
+            f"the kubeconfig cannot be used: {exc}",
+            hint="check its current-context / the context name, and its credentials",
+        ) from exc
+
+
+def from_settings(settings: Settings, cluster: str = "kubernetes") -> KubernetesBackend:
+    """The backend ``init("kubernetes")`` gives: kubeconfig from ``JULIARUN_KUBECONFIG`` (else
+    ``KUBECONFIG``, else ``~/.kube/config``), namespace ``JULIARUN_KUBE_NAMESPACE`` (created if
+    missing), image ``JULIARUN_JULIA_IMAGE``."""
+    kubeconfig = settings.kubeconfig or Path.home() / ".kube" / "config"
+    return KubernetesBackend(
+        api_client(kubeconfig=kubeconfig, context=settings.kube_context),
+        settings.kube_namespace,
+        cluster=cluster,
+        image=settings.julia_image,
+        home=settings.home,
+        qps=settings.kube_qps,
+        burst=settings.kube_burst,
+        kill_grace=settings.kill_grace,
+        poll_interval=settings.poll_interval,
+    )

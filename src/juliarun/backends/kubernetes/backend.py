@@ -1,0 +1,654 @@
+"""The Kubernetes backend: every job is a ``batch/v1`` Job (see :mod:`.manifests`), its status is
+diagnosed from the Job, its pods, its events and the nodes (see :mod:`.diagnosis`), and its
+output is read from the pods' logs."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+from juliarun.backends.base import ClusterStatus, Component, JobStatus, NodeStatus
+from juliarun.backends.kubernetes import diagnosis as dx
+from juliarun.backends.kubernetes import manifests as mf
+from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
+from juliarun.backends.kubernetes.watch import resumable_watch
+from juliarun.errors import (
+    BackendError,
+    ConfigError,
+    JobExistsError,
+    JobNotFoundError,
+    SpecError,
+    StorageError,
+)
+from juliarun.logs.base import LogLine
+from juliarun.specs import JobSpec, StorageSpec, parse_quantity, validate_spec
+
+_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d) ?(.*)$", re.S)
+LAST_LINES = 10
+
+
+def parse_log_line(line: str) -> tuple[datetime, str]:
+    """A ``timestamps=true`` pod log line as (UTC time, message).
+
+    >>> stamp, text = parse_log_line("2026-06-21T17:21:49.123456789Z hello world!")
+    >>> stamp.isoformat(), text
+    ('2026-06-21T17:21:49.123456+00:00', 'hello world!')
+    """
+    m = _LOG_TS.match(line)
+    if not m:
+        return datetime.now(UTC), line
+    frac = (m.group(2) or ".0")[1:7].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    stamp = datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
+    return stamp, m.group(4)
+
+
+class KubernetesBackend:
+    """Jobs as Kubernetes Jobs in one namespace.
+
+    ``api_client`` is a ``kubernetes.client.ApiClient`` with its own configuration (see
+    :func:`juliarun.backends.kubernetes.connect`); ``node_types`` maps ``gpu`` / ``spot`` /
+    ``highmem`` / ``highcpu`` to node labels and tolerations (defaults:
+    :func:`~juliarun.backends.kubernetes.manifests.default_node_types`). ``clock`` and ``sleep``
+    drive every wait (delete, retries, the rate limit)."""
+
+    kind: ClassVar[str] = "kubernetes"
+
+    def __init__(
+        self,
+        api_client: Any,
+        namespace: str = "juliarun",
+        node_types: Mapping[str, mf.NodeTypeRule] | None = None,
+        *,
+        cluster: str = "kubernetes",
+        image: str = "julia:1.5.3",
+        julia: str = "julia",
+        home: Path | None = None,
+        qps: float = 50.0,
+        burst: int = 100,
+        kill_grace: float = 10.0,
+        poll_interval: float = 0.5,
+        create_namespace: bool = True,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.log = logger or logging.getLogger("juliarun.kubernetes")
+        self.client = KubeClient(
+            api_client, qps=qps, burst=burst, logger=self.log, clock=clock, sleep=sleep
+        )
+        self.namespace = namespace
+        self.node_types = dict(node_types) if node_types is not None else mf.default_node_types()
+        self.cluster = cluster
+        self.image = image
+        self.julia = julia
+        self.home = home or Path.home() / ".juliarun"
+        self.kill_grace = kill_grace
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.sleep = sleep
+        if create_namespace:
+            self.ensure_namespace()
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def _jobs(self, name: str | None = None) -> str:
+        return ns_path(self.namespace, "jobs", name, group="batch/v1")
+
+    def _pods(self, name: str | None = None) -> str:
+        return ns_path(self.namespace, "pods", name)
+
+    def ensure_namespace(self) -> None:
+        """Create the namespace (labelled as juliarun's) unless it exists."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": self.namespace, "labels": {mf.MANAGED_BY: "juliarun"}},
+        }
+        try:
+            self.client.post("/api/v1/namespaces", body)
+        except KubeApiError as exc:
+            if exc.status == 409:
+                return
+            if exc.status == 403 and self.client.get_or_none(
+                f"/api/v1/namespaces/{self.namespace}"
+            ):
+                return
+            raise
+
+    # -- submit -----------------------------------------------------------------------------
+
+    def _check(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> None:
+        problems = [
+            ("storage", f"storage {name!r} was not given")
+            for name in job.storage
+            if name not in storage
+        ]
+        if job.pkg_bundle:  # fail loudly rather than run without the packages
+            problems.append(("pkg_bundle", "package bundles are not mounted on kubernetes yet"))
+        node_type = job.resources.node_type
+        if node_type and node_type not in self.node_types:
+            problems.append(
+                (
+                    "resources.node_type",
+                    f"{node_type!r} is not in this cluster's node-type map "
+                    f"({', '.join(sorted(self.node_types)) or 'empty'})",
+                )
+            )
+        if problems:
+            raise SpecError(job.kind, problems, hint="fix the job or the cluster's node types")
+
+    def provision_storage(self, spec: StorageSpec) -> str:
+        """host: the directory, made here (the test cluster's node is this machine; on other
+        clusters the kubelet creates it, hostPath ``DirectoryOrCreate``); ramdisk: nothing to
+        make (a memory-backed emptyDir per pod); git: a checkout made here and mounted
+        read-only from the node's path."""
+        if spec.kind == "host":
+            try:
+                Path(spec.path or "").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.log.debug("host storage %s not made here: %s", spec.path, exc)
+            return f"hostPath:{spec.path}"
+        if spec.kind == "ramdisk":
+            return f"emptyDir:Memory:{spec.size or 'unbounded'}"
+        from juliarun.backends.local import storage as local_storage
+
+        try:
+            return str(local_storage.provision(spec, self.home))
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"storage {spec.name!r}: {exc}") from exc
+
+    def manifest(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> dict[str, Any]:
+        """The Job object ``submit`` would create (storage is provisioned)."""
+        self._check(job, storage)
+        node_paths = {
+            name: self.provision_storage(spec)
+            for name, spec in storage.items()
+            if spec.kind == "git" and name in job.storage
+        }
+        return mf.job_manifest(
+            job,
+            storage,
+            namespace=self.namespace,
+            image=self.image,
+            node_types=self.node_types,
+            node_paths=node_paths,
+            cluster=self.cluster,
+            julia=self.julia,
+            kill_grace=self.kill_grace,
+        )
+
+    def submit(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> JobStatus:
+        body = self.manifest(job, storage)
+        try:
+            created = self.client.post(self._jobs(), body)
+        except KubeApiError as exc:
+            if exc.status == 409:
+                return self._existing(job)
+            if exc.status == 403 and "exceeded quota" in str(exc.body.get("message", "")):
+                raise BackendError(
+                    f"job {job.name!r}: quota exceeded: {exc.body.get('message')}",
+                    hint=f"raise the ResourceQuota in namespace {self.namespace}",
+                ) from exc
+            if exc.status == 422:
+                raise SpecError(
+                    job.kind,
+                    [("(kubernetes)", str(exc.body.get("message", exc)))],
+                    hint="the apiserver rejected the Job; nothing was created",
+                ) from exc
+            raise
+        return dx.diagnose(created, []).status
+
+    def _existing(self, job: JobSpec) -> JobStatus:
+        """A create met 409: the same spec (by hash) is success; anything else is not ours."""
+        current = self.client.get_or_none(self._jobs(job.name))
+        meta = (current or {}).get("metadata", {})
+        same = (meta.get("annotations") or {}).get(mf.SPEC_HASH) == job.spec_hash()
+        if current is None or not same or meta.get("deletionTimestamp"):
+            raise JobExistsError(job.name, self.cluster)
+        return self.status(job.name)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def _get_job(self, name: str) -> dict[str, Any]:
+        job = self.client.get_or_none(self._jobs(name))
+        if job is None:
+            raise JobNotFoundError(name, self.cluster)
+        return dict(job)
+
+    def _job_pods(self, name: str) -> list[dict[str, Any]]:
+        pods = self.client.get(self._pods(), labelSelector=mf.selector(name))
+        return list(pods.get("items") or [])
+
+    def status(self, name: str) -> JobStatus:
+        job = self._get_job(name)
+        pods = self._job_pods(name)
+        done = any(
+            c.get("status") == "True" and c.get("type") in {"Complete", "Failed"}
+            for c in job.get("status", {}).get("conditions") or []
+        )
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        desired = int(job["spec"].get("completions") or 0)
+        events: list[dict[str, Any]] = []
+        if not done and len(live) < desired:
+            uid = job["metadata"].get("uid")
+            listing = self.client.get(
+                ns_path(self.namespace, "events"),
+                fieldSelector=f"involvedObject.kind=Job,involvedObject.name={name}",
+            )
+            events = [
+                e for e in listing.get("items") or [] if e["involvedObject"].get("uid") == uid
+            ]
+        nodes = None
+        if any(
+            dx._pending_unscheduled(p)
+            or (dx._pending_unassigned(p) and p["spec"].get("nodeSelector"))
+            for p in pods
+        ):
+            nodes = self._nodes()
+        report = dx.diagnose(job, pods, events, nodes)
+        if report.log_pod:
+            report.status.last_lines = self._last_lines(report.log_pod)
+        return report.status
+
+    def _nodes(self) -> list[dict[str, Any]] | None:
+        try:
+            return list(self.client.get("/api/v1/nodes").get("items") or [])
+        except KubeApiError as exc:
+            if exc.status == 403:  # a tenant may not read nodes: diagnose from messages only
+                return None
+            raise
+
+    def _last_lines(self, pod: str) -> list[str]:
+        for previous in (False, True):
+            try:
+                text = self.client.request(
+                    "GET",
+                    f"{self._pods(pod)}/log",
+                    query={"container": mf.MAIN, "tailLines": LAST_LINES, "previous": previous},
+                    raw=True,
+                )
+            except KubeApiError:
+                continue
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            if lines:
+                return lines[-LAST_LINES:]
+        return []
+
+    def jobs(self) -> list[JobSpec]:
+        listing = self.client.get(self._jobs(), labelSelector=mf.selector())
+        items = sorted(
+            listing.get("items") or [],
+            key=lambda j: (j["metadata"].get("creationTimestamp", ""), j["metadata"]["name"]),
+        )
+        out: list[JobSpec] = []
+        for item in items:
+            raw = (item["metadata"].get("annotations") or {}).get(mf.SPEC)
+            if not raw:
+                continue
+            import json
+
+            data = json.loads(raw)
+            if data.get("kind") == "JuliaParBatchWorkers":
+                data["nworkers"] = int(item["spec"].get("completions") or 0)
+            try:
+                out.append(validate_spec(data))
+            except SpecError:
+                self.log.warning("job %s: unreadable spec annotation", item["metadata"]["name"])
+        return out
+
+    # -- delete / scale ---------------------------------------------------------------------
+
+    def delete(self, name: str, *, force: bool = False, timeout: float | None = None) -> bool:
+        """Delete the Job in the foreground (its pods first, then the Job) and wait until it
+        is gone; ``force`` kills the pods at once (grace period 0)."""
+        body: dict[str, Any] = {"propagationPolicy": "Foreground"}
+        if force:
+            body["gracePeriodSeconds"] = 0
+        try:
+            self.client.delete(self._jobs(name), body)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                raise JobNotFoundError(name, self.cluster) from exc
+            raise
+        if force:
+            self.client.delete(
+                self._pods(),
+                {"gracePeriodSeconds": 0, "propagationPolicy": "Background"},
+                labelSelector=mf.selector(name),
+            )
+        limit = timeout if timeout is not None else (0 if force else self.kill_grace) + 60
+        deadline = self.clock() + limit
+        while self.client.get_or_none(self._jobs(name)) is not None:
+            if self.clock() >= deadline:
+                raise BackendError(
+                    f"job {name!r} is still being deleted after {limit:g}s",
+                    hint=f"run `kubectl describe job {name} -n {self.namespace}`",
+                )
+            self.sleep(min(self.poll_interval, 0.25))
+        return True
+
+    def scale(self, name: str, workers: int) -> JobStatus:
+        job = self._get_job(name)
+        kind = (job["metadata"].get("labels") or {}).get(mf.KIND_LABEL, "Job")
+        if kind != "JuliaParBatchWorkers":
+            raise SpecError(kind, [("nworkers", "only JuliaParBatchWorkers jobs can be scaled")])
+        if not 0 <= workers <= 1000:
+            raise SpecError(kind, [("nworkers", f"must be between 0 and 1000 (got {workers})")])
+        current = dx.diagnose(job, []).status
+        if current.done:
+            raise BackendError(f"job {name!r} has already {current.phase}; it cannot be scaled")
+        self.client.merge_patch(self._jobs(name), mf.scale_patch(workers))
+        return self.status(name)
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def _read_log(
+        self, pod: str, *, lines: int | None = None, since: datetime | None = None
+    ) -> list[tuple[datetime, str]]:
+        query: dict[str, Any] = {"container": mf.MAIN, "timestamps": True}
+        if lines is not None:
+            query["tailLines"] = lines
+        if since is not None:
+            query["sinceTime"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            text = self.client.request("GET", f"{self._pods(pod)}/log", query=query, raw=True)
+        except KubeApiError as exc:
+            if exc.status in {400, 404}:  # not started yet, or gone
+                return []
+            raise
+        return [parse_log_line(ln) for ln in text.splitlines() if ln]
+
+    def _line(
+        self, name: str, wid: str, stamp: datetime, message: str, pod: dict[str, Any]
+    ) -> LogLine:
+        tenant = (pod["metadata"].get("labels") or {}).get(mf.TENANT_LABEL, "default")
+        return LogLine(stamp, name, wid, "stdout", message, cluster=self.cluster, tenant=tenant)
+
+    def logs(
+        self,
+        name: str,
+        *,
+        follow: bool = False,
+        since: datetime | None = None,
+        lines: int | None = None,
+        worker: str | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[LogLine]:
+        """The job's output read from its pods, every worker interleaved by time, as
+        :class:`~juliarun.logs.LogLine` with the worker id (``<job>-<index>``). ``follow``
+        keeps yielding new lines (from workers started later too) until the job ends or
+        ``stop()``. (Kubernetes merges stdout and stderr; lines are reported as stdout.)"""
+        self._get_job(name)
+        if follow:
+            yield from self._follow(name, since, worker, stop or (lambda: False))
+            return
+        found: list[LogLine] = []
+        for pod in sorted(self._job_pods(name), key=lambda p: p["metadata"]["creationTimestamp"]):
+            wid = dx.worker_id(name, pod)
+            if worker is not None and wid != worker:
+                continue
+            for stamp, message in self._read_log(pod["metadata"]["name"], lines=lines, since=since):
+                found.append(self._line(name, wid, stamp, message, pod))
+        found.sort(key=lambda ln: ln.timestamp)
+        yield from found[-lines:] if lines else found
+
+    def _follow(
+        self,
+        name: str,
+        since: datetime | None,
+        worker: str | None,
+        stop: Callable[[], bool],
+    ) -> Iterator[LogLine]:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stopped = threading.Event()
+        streams: dict[tuple[str, int], threading.Thread] = {}
+        finished: set[tuple[str, int]] = set()
+        open_responses: list[Any] = []
+
+        def pump(key: tuple[str, int], pod: dict[str, Any]) -> None:
+            wid = dx.worker_id(name, pod)
+            query: dict[str, Any] = {"container": mf.MAIN, "timestamps": True, "follow": True}
+            if since is not None:
+                query["sinceTime"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            try:
+                resp = self.client.stream(
+                    f"{self._pods(key[0])}/log", query=query, timeout=(10.0, 3600.0)
+                )
+                open_responses.append(resp)
+                for raw in resp.lines():
+                    if stopped.is_set():
+                        break
+                    if raw:
+                        stamp, message = parse_log_line(raw)
+                        events.put(("line", self._line(name, wid, stamp, message, pod)))
+            except (BackendError, OSError) as exc:
+                self.log.debug("log stream of %s ended: %s", key[0], exc)
+            finally:
+                events.put(("end", key))
+
+        def consider(pod: dict[str, Any]) -> None:
+            if worker is not None and dx.worker_id(name, pod) != worker:
+                return
+            cs = dx._main(pod)
+            state = cs.get("state") or {}
+            if not ("running" in state or "terminated" in state):
+                return
+            key = (pod["metadata"]["name"], int(cs.get("restartCount") or 0))
+            if key in streams:
+                return
+            thread = threading.Thread(target=pump, args=(key, pod), daemon=True)
+            streams[key] = thread
+            thread.start()
+
+        def watch_pods() -> None:
+            def list_fn() -> Mapping[str, Any]:
+                return self.client.get(self._pods(), labelSelector=mf.selector(name))  # type: ignore[no-any-return]
+
+            def watch_fn(version: str) -> Iterator[str]:
+                resp = self.client.stream(
+                    self._pods(),
+                    query={
+                        "watch": True,
+                        "resourceVersion": version,
+                        "allowWatchBookmarks": True,
+                        "labelSelector": mf.selector(name),
+                        "timeoutSeconds": 10,
+                    },
+                    timeout=(10, 30),
+                )
+                open_responses.append(resp)
+                return resp.lines()
+
+            try:
+                for kind, pod in resumable_watch(
+                    list_fn, watch_fn, stop=stopped.is_set, sleep=time.sleep
+                ):
+                    if kind != "DELETED":
+                        events.put(("pod", pod))
+            except Exception as exc:  # the follow ends on its own poll; say why
+                events.put(("watch-error", exc))
+
+        watcher = threading.Thread(target=watch_pods, daemon=True)
+        watcher.start()
+        next_check = 0.0
+        done = False
+        try:
+            while True:
+                try:
+                    kind, item = events.get(timeout=self.poll_interval)
+                except queue.Empty:
+                    kind, item = "tick", None
+                if kind == "line":
+                    yield item
+                    continue
+                if kind == "pod":
+                    consider(item)
+                elif kind == "end":
+                    finished.add(item)
+                if stop():
+                    return
+                if not done and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.poll_interval
+                    done = self.status(name).done
+                    if done:  # streams for pods whose events the watch has not shown yet
+                        for pod in self._job_pods(name):
+                            consider(pod)
+                if done and set(streams) <= finished and events.empty():
+                    return
+        finally:
+            stopped.set()
+            for resp in open_responses:
+                resp.close()
+
+    # -- the cluster view -------------------------------------------------------------------
+
+    def _health(self) -> list[Component]:
+        components: list[Component] = []
+        for check in ("livez", "readyz"):
+            try:
+                text = self.client.request(
+                    "GET", f"/{check}", query={"verbose": True}, raw=True, timeout=5, retries=0
+                )
+                ok = True
+            except KubeApiError as exc:
+                text, ok = str(exc.body or exc.message), False
+            except BackendError as exc:
+                return [Component("apiserver", False, exc.message)]
+            failed = re.findall(r"\[-\](\S+)", text)
+            detail = "ok" if ok else "failing: " + ", ".join(failed)
+            if check == "livez":
+                components.append(Component("apiserver", ok, f"/livez {detail}"))
+            else:
+                etcd = "[-]etcd" not in text
+                components.append(Component("etcd", etcd, "/readyz etcd check"))
+                components.append(Component("apiserver-ready", ok, f"/readyz {detail}"))
+        try:  # deprecated, but the only view of scheduler and controller-manager health
+            for item in self.client.get("/api/v1/componentstatuses").get("items") or []:
+                cname = item["metadata"]["name"]
+                if cname.startswith("etcd"):
+                    continue
+                cond: dict[str, Any] = next(iter(item.get("conditions") or []), {})
+                components.append(
+                    Component(
+                        cname,
+                        cond.get("status") == "True",
+                        str(cond.get("message") or cond.get("error") or ""),
+                    )
+                )
+        except (KubeApiError, BackendError) as exc:
+            self.log.debug("componentstatuses unavailable: %s", exc)
+        return components
+
+    def _all_pods(self, field_selector: str) -> list[dict[str, Any]]:
+        try:
+            listing = self.client.get("/api/v1/pods", fieldSelector=field_selector)
+        except KubeApiError as exc:
+            if exc.status != 403:
+                raise
+            listing = self.client.get(self._pods(), fieldSelector=field_selector)
+        return list(listing.get("items") or [])
+
+    def _disk_free(self, node: dict[str, Any]) -> float | None:
+        """Free fraction of the node's filesystem from the kubelet summary API (via the
+        apiserver proxy), when the node has a reachable kubelet."""
+        if (node["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node"):
+            return None  # simulated: no kubelet to ask
+        try:
+            summary = self.client.request(
+                "GET",
+                f"/api/v1/nodes/{node['metadata']['name']}/proxy/stats/summary",
+                timeout=3,
+                retries=0,
+            )
+        except (KubeApiError, BackendError, ValueError):
+            return None
+        fs = (summary.get("node") or {}).get("fs") or {}
+        if fs.get("capacityBytes"):
+            return float(fs.get("availableBytes", 0)) / float(fs["capacityBytes"])
+        return None
+
+    def cluster_status(self) -> ClusterStatus:
+        components = self._health()
+        nodes = list(self.client.get("/api/v1/nodes").get("items") or [])
+        pending = self._all_pods("status.phase=Pending")
+        waits = [dx.waiting_kind(p, nodes) for p in pending]
+        active = self._all_pods("status.phase!=Succeeded,status.phase!=Failed")
+        by_node: dict[str, list[dict[str, Any]]] = {}
+        for pod in active:
+            node_name = pod.get("spec", {}).get("nodeName")
+            if node_name:
+                by_node.setdefault(node_name, []).append(pod)
+        rows = [
+            node_status(n, by_node.get(n["metadata"]["name"], []), self._disk_free(n))
+            for n in sorted(nodes, key=lambda n: n["metadata"]["name"])
+        ]
+        return ClusterStatus(
+            cluster=self.cluster,
+            kind=self.kind,
+            endpoint=f"{self.client.host} (namespace {self.namespace})",
+            components=components,
+            waiting_for_scheduler=waits.count("scheduler"),
+            waiting_for_nodes=waits.count("nodes"),
+            resource_misfit=waits.count("misfit"),
+            nodes=rows,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _pct(free: Decimal, total: Decimal) -> int:
+    if total <= 0:
+        return 0
+    return max(0, min(100, round(100 * free / total)))
+
+
+def node_status(
+    node: Mapping[str, Any], pods: list[dict[str, Any]], disk_free: float | None = None
+) -> NodeStatus:
+    """Free percentages of one node: allocatable minus the requests of the pods on it (disk
+    from the kubelet's filesystem stats when known, else from ephemeral-storage requests)."""
+    alloc = {
+        k: parse_quantity(str(v)) for k, v in (node["status"].get("allocatable") or {}).items()
+    }
+    used: dict[str, Decimal] = {}
+    for pod in pods:
+        for k, v in dx.pod_requests(pod).items():
+            used[k] = used.get(k, Decimal(0)) + v
+
+    def free(resource: str) -> int:
+        total = alloc.get(resource, Decimal(0))
+        return _pct(total - used.get(resource, Decimal(0)), total)
+
+    disk = round(100 * disk_free) if disk_free is not None else free("ephemeral-storage")
+    pod_total = alloc.get("pods", Decimal(0))
+    labels = node["metadata"].get("labels") or {}
+    return NodeStatus(
+        name=node["metadata"]["name"],
+        ready=dx._true(node, "Ready"),
+        cpu=free("cpu"),
+        gpu=free(mf.GPU_RESOURCE),
+        mem=free("memory"),
+        dsk=disk,
+        pod=_pct(pod_total - len(pods), pod_total),
+        labels={k: v for k, v in labels.items() if k.startswith("juliarun.io/")},
+    )
+
+
+def not_configured(reason: str) -> ConfigError:
+    return ConfigError(
+        f"the kubernetes backend is not configured: {reason}",
+        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, e.g. "
+        'eval "$(scripts/testenv env)"',
+    )

@@ -1,0 +1,601 @@
+"""Pure diagnosis: from a Job, its pods, its events and the nodes (plain dicts as the apiserver
+sends them) to a :class:`~juliarun.backends.base.JobStatus` with a reason and a hint.
+
+What is recognised, and what the hint says:
+
+- waiting for the job controller / the scheduler (nothing to do yet);
+- unschedulable: no node of the job's type, no node with its custom labels, a request larger than
+  any matching node (resource misfit), insufficient cpu/memory/gpu right now (waiting for free
+  nodes), an untolerated taint — from the pod's ``PodScheduled=False`` message and the nodes;
+- quota exceeded (``FailedCreate`` events on the Job) — the quota to raise;
+- image pull failure (``ErrImagePull`` / ``ImagePullBackOff`` / ``InvalidImageName``);
+- ``CrashLoopBackOff``; ``OOMKilled``; a non-zero exit (the caller adds the last log lines);
+- each with the ``kubectl describe`` to run.
+
+Problems nobody but a person can fix (no node of the type, misfit, quota exceeded, an image that
+does not exist) make the job ``failed`` at once, although Kubernetes would keep trying: a job
+that cannot start must not make ``wait`` or the ``run_job`` flow hang.
+
+>>> pod = {"metadata": {"name": "x-0-abc", "labels": {INDEX_LABEL: "0"}},
+...        "spec": {"nodeSelector": {"juliarun.io/node-type": "gpu"}},
+...        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+...            "status": "False", "reason": "Unschedulable", "message":
+...            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."}]}}
+>>> job = {"metadata": {"name": "x", "namespace": "jr", "labels": {"juliarun.io/node-type":
+...        "gpu", "juliarun.io/kind": "JuliaBatch"}}, "spec": {"completions": 1}, "status": {}}
+>>> report = diagnose(job, [pod], nodes=[])
+>>> report.status.phase, report.status.reason
+('failed', 'unschedulable: no node of type gpu')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from juliarun.backends.base import JobStatus, WorkerState, WorkerStatus
+from juliarun.specs import parse_quantity
+
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+NODE_TYPE_LABEL = "juliarun.io/node-type"
+MAIN = "main"
+Obj = Mapping[str, Any]
+Waiting = Literal["scheduler", "nodes", "misfit"]
+
+_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CREATE_REASONS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+_CLAUSE = re.compile(r"(\d+) (.+)")
+
+
+def ts(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp from the apiserver as an aware datetime."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _cond(obj: Obj, kind: str) -> Obj | None:
+    for c in obj.get("status", {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def _true(obj: Obj, kind: str) -> bool:
+    c = _cond(obj, kind)
+    return c is not None and c.get("status") == "True"
+
+
+def _main(pod: Obj) -> Obj:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if cs.get("name") == MAIN:
+            return cs  # type: ignore[no-any-return]
+    statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+    return statuses[0]  # type: ignore[no-any-return]
+
+
+def pod_name(pod: Obj) -> str:
+    return str(pod.get("metadata", {}).get("name", ""))
+
+
+def worker_index(pod: Obj) -> int:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    value = labels.get(INDEX_LABEL) or annotations.get(INDEX_LABEL) or "0"
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def worker_id(job_name: str, pod: Obj) -> str:
+    return f"{job_name}-{worker_index(pod)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_from_pod(job_name: str, pod: Obj, earlier: int = 0) -> WorkerStatus:
+    """One worker from its newest pod; ``earlier`` pods of the same index count as restarts."""
+    status = pod.get("status", {})
+    cs = _main(pod)
+    state = cs.get("state") or {}
+    phase = status.get("phase")
+    worker = WorkerStatus(
+        id=worker_id(job_name, pod),
+        restarts=int(cs.get("restartCount") or 0) + earlier,
+        started_at=ts(status.get("startTime")),
+    )
+    ws: WorkerState = "waiting"
+    if pod.get("metadata", {}).get("deletionTimestamp") and phase not in {"Succeeded", "Failed"}:
+        ws = "removed"
+    elif phase == "Succeeded":
+        ws = "succeeded"
+    elif phase == "Failed":
+        ws = "failed"
+    elif "running" in state:
+        ws = "running"
+        worker.started_at = ts(state["running"].get("startedAt")) or worker.started_at
+    elif "waiting" in state:
+        reason = state["waiting"].get("reason")
+        ws = "restarting" if reason == "CrashLoopBackOff" or worker.restarts else "waiting"
+        worker.reason = reason if reason not in {None, "ContainerCreating"} else None
+    elif "terminated" in state:
+        ws = "succeeded" if state["terminated"].get("exitCode") == 0 else "failed"
+    term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+    if term:
+        worker.exit_code = term.get("exitCode")
+        if ws in {"succeeded", "failed"}:
+            worker.started_at = ts(term.get("startedAt")) or worker.started_at
+            worker.finished_at = ts(term.get("finishedAt"))
+        if term.get("reason") and term.get("reason") != "Completed":
+            worker.reason = worker.reason or term.get("reason")
+    elif phase == "Failed":
+        worker.reason = status.get("reason") or status.get("message")
+    worker.state = ws
+    return worker
+
+
+def newest_pods(pods: Iterable[Obj]) -> list[tuple[Obj, int]]:
+    """Per worker index, its newest pod and how many older pods it had, by index."""
+    by_index: dict[int, list[Obj]] = {}
+    for pod in pods:
+        by_index.setdefault(worker_index(pod), []).append(pod)
+    out = []
+    for index in sorted(by_index):
+        group = sorted(by_index[index], key=lambda p: p["metadata"].get("creationTimestamp", ""))
+        out.append((group[-1], len(group) - 1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SchedulerMessage:
+    """A parsed ``0/N nodes are available: ...`` message of the scheduler."""
+
+    total: int | None = None
+    insufficient: dict[str, int] = field(default_factory=dict)
+    selector_mismatch: int = 0
+    taints: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+
+
+def parse_scheduler_message(message: str) -> SchedulerMessage:
+    """
+    >>> m = parse_scheduler_message("0/3 nodes are available: 1 Insufficient cpu, 1 node(s) "
+    ...     "had untolerated taint {kwok.x-k8s.io/node: fake}, 1 node(s) didn't match Pod's "
+    ...     "node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not "
+    ...     "helpful for scheduling.")
+    >>> m.total, m.insufficient, m.taints, m.selector_mismatch
+    (3, {'cpu': 1}, ['kwok.x-k8s.io/node: fake'], 1)
+    """
+    out = SchedulerMessage()
+    head = re.match(r"\s*0/(\d+) nodes are available:?\s*(.*)", message, re.DOTALL)
+    if not head:
+        if message:
+            out.other.append(message)
+        return out
+    out.total = int(head.group(1))
+    # the first sentence lists why each node failed; later ones (claims, preemption) do not
+    body = re.split(r"\.(?:\s|$)", head.group(2), maxsplit=1)[0].strip()
+    for clause in re.split(r",\s*(?=\d+ )", body):
+        m = _CLAUSE.fullmatch(clause.strip())
+        if not m:
+            if clause.strip():
+                out.other.append(clause.strip())
+            continue
+        count, text = int(m.group(1)), m.group(2)
+        if text.startswith("Insufficient "):
+            resource = text[len("Insufficient ") :].strip()
+            out.insufficient[resource] = out.insufficient.get(resource, 0) + count
+        elif text.startswith("Too many pods"):
+            out.insufficient["pods"] = out.insufficient.get("pods", 0) + count
+        elif "didn't match Pod's node affinity/selector" in text:
+            out.selector_mismatch += count
+        elif "untolerated taint" in text:
+            taint = re.search(r"\{(.*)\}", text)
+            out.taints.append(taint.group(1) if taint else text)
+        else:
+            out.other.append(text)
+    return out
+
+
+def pod_requests(pod: Obj) -> dict[str, Decimal]:
+    """The resources one pod requests (containers summed; an init container's larger need
+    wins), as numbers."""
+    total: dict[str, Decimal] = {}
+    spec = pod.get("spec", {})
+    for c in spec.get("containers") or []:
+        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
+            total[k] = total.get(k, Decimal(0)) + parse_quantity(str(v))
+    for c in spec.get("initContainers") or []:
+        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
+            total[k] = max(total.get(k, Decimal(0)), parse_quantity(str(v)))
+    return total
+
+
+def _tolerates(pod: Obj, taint: Obj) -> bool:
+    if taint.get("effect") not in {"NoSchedule", "NoExecute"}:
+        return True
+    for tol in pod.get("spec", {}).get("tolerations") or []:
+        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+            continue
+        if tol.get("operator") == "Exists" and (not tol.get("key") or tol["key"] == taint["key"]):
+            return True
+        if tol.get("key") == taint.get("key") and tol.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def node_matches(pod: Obj, node: Obj) -> bool:
+    """Whether ``node`` carries the pod's nodeSelector labels and it tolerates the taints."""
+    labels = node.get("metadata", {}).get("labels") or {}
+    wanted = pod.get("spec", {}).get("nodeSelector") or {}
+    if any(labels.get(k) != v for k, v in wanted.items()):
+        return False
+    if node.get("spec", {}).get("unschedulable"):
+        return False
+    return all(_tolerates(pod, t) for t in node.get("spec", {}).get("taints") or [])
+
+
+def _fits_empty(pod: Obj, node: Obj) -> bool:
+    allocatable = node.get("status", {}).get("allocatable") or {}
+    for resource, amount in pod_requests(pod).items():
+        if amount > parse_quantity(str(allocatable.get(resource, "0"))):
+            return False
+    return True
+
+
+def _largest(nodes: Sequence[Obj], resource: str) -> str:
+    values = [str((n.get("status", {}).get("allocatable") or {}).get(resource, "0")) for n in nodes]
+    return max(values, key=parse_quantity) if values else "0"
+
+
+@dataclass
+class Problem:
+    """Why a job cannot progress; ``fatal`` when only a person can fix it."""
+
+    reason: str
+    hint: str
+    fatal: bool = False
+
+
+def missing_node(pod: Obj, nodes: Sequence[Obj]) -> Problem | None:
+    """The pod asks for node labels (a node type) no node carries."""
+    problem = unschedulable(pod, nodes, "")
+    return problem if problem.reason.startswith("unschedulable: no node ") else None
+
+
+def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Problem:
+    """Why the scheduler cannot place ``pod`` (``PodScheduled=False``), using the nodes when
+    known."""
+    cond = _cond(pod, "PodScheduled") or {}
+    message = str(cond.get("message") or "")
+    parsed = parse_scheduler_message(message)
+    selector_labels = pod.get("spec", {}).get("nodeSelector") or {}
+    node_type = selector_labels.get(NODE_TYPE_LABEL)
+    describe = f"kubectl describe pod {pod_name(pod)} -n {namespace}"
+    if nodes is not None:
+        typed = [
+            n
+            for n in nodes
+            if all(
+                (n.get("metadata", {}).get("labels") or {}).get(k) == v
+                for k, v in selector_labels.items()
+            )
+        ]
+        if not typed:
+            if node_type:
+                return Problem(
+                    f"unschedulable: no node of type {node_type}",
+                    f"add nodes labelled {NODE_TYPE_LABEL}={node_type} (tainted "
+                    f"{NODE_TYPE_LABEL}={node_type}:NoSchedule), or submit without "
+                    f"node_type={node_type!r}",
+                    fatal=True,
+                )
+            wanted = ",".join(f"{k}={v}" for k, v in sorted(selector_labels.items()))
+            return Problem(
+                f"unschedulable: no node has the labels {wanted}",
+                f"label a node (`kubectl label node <node> {wanted}`) or change node_labels",
+                fatal=True,
+            )
+        candidates = [n for n in typed if node_matches(pod, n)]
+        if not candidates:
+            taints = sorted(
+                {
+                    f"{t.get('key')}={t.get('value', '')}:{t.get('effect')}"
+                    for n in typed
+                    for t in n.get("spec", {}).get("taints") or []
+                    if not _tolerates(pod, t)
+                }
+            )
+            return Problem(
+                f"unschedulable: every matching node has a taint the job does not tolerate "
+                f"({', '.join(taints) or 'cordoned'})",
+                "add the toleration to the cluster's node-type map, or remove the taint "
+                f"(`{describe}`)",
+                fatal=True,
+            )
+        if not any(_fits_empty(pod, n) for n in candidates):
+            asks = pod_requests(pod)
+            too_big = [
+                f"{r}={_shown(pod, r, v)} (largest node: {_largest(candidates, r)})"
+                for r, v in sorted(asks.items())
+                if all(
+                    v > parse_quantity(str((n["status"].get("allocatable") or {}).get(r, "0")))
+                    for n in candidates
+                )
+            ]
+            where = f"{node_type} node" if node_type else "node"
+            return Problem(
+                f"unschedulable: resource misfit: each worker asks "
+                f"{', '.join(too_big) or 'more'}, more than any {where} has",
+                "lower the request (cpu=, memory=, gpu=) or add larger nodes",
+                fatal=True,
+            )
+    if parsed.insufficient:
+        what = ", ".join(f"{r} on {c} node(s)" for r, c in sorted(parsed.insufficient.items()))
+        return Problem(
+            f"unschedulable: insufficient {what} (waiting for free nodes)",
+            f"wait for other jobs to finish, add nodes, or lower the request (`{describe}`)",
+        )
+    if parsed.taints:
+        return Problem(
+            f"unschedulable: untolerated taint {'; '.join(parsed.taints)}",
+            f"add the toleration to the node-type map or remove the taint (`{describe}`)",
+        )
+    if parsed.selector_mismatch and node_type:
+        return Problem(
+            f"unschedulable: no free node of type {node_type}",
+            f"add nodes labelled {NODE_TYPE_LABEL}={node_type} (`{describe}`)",
+        )
+    return Problem(f"unschedulable: {message or 'no reason given'}", f"run `{describe}`")
+
+
+def waiting_kind(pod: Obj, nodes: Sequence[Obj]) -> Waiting | None:
+    """How a pending pod waits: for the ``scheduler`` (not looked at yet, or being placed), for
+    free ``nodes`` (a matching node would fit it once free), or ``misfit`` (no matching node
+    could ever hold it). ``None`` when it is scheduled or not pending."""
+    if pod.get("status", {}).get("phase") != "Pending" or pod.get("spec", {}).get("nodeName"):
+        return None
+    cond = _cond(pod, "PodScheduled")
+    if cond is None or cond.get("status") != "False" or cond.get("reason") != "Unschedulable":
+        return "scheduler"
+    candidates = [n for n in nodes if node_matches(pod, n)]
+    return "nodes" if any(_fits_empty(pod, n) for n in candidates) else "misfit"
+
+
+def _shown(pod: Obj, resource: str, total: Decimal) -> str:
+    """A request as the user wrote it (``100Gi``) when one container asks for it."""
+    asked = [
+        str(((c.get("resources") or {}).get("requests") or {})[resource])
+        for c in pod.get("spec", {}).get("containers") or []
+        if resource in ((c.get("resources") or {}).get("requests") or {})
+    ]
+    return asked[0] if len(asked) == 1 else _fmt(total)
+
+
+def _fmt(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value == value.to_integral() else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pods and events
+# ---------------------------------------------------------------------------------------------
+
+
+def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Problem | None:
+    """What is wrong with one pod's main container, if anything."""
+    name = pod_name(pod)
+    wid = worker_id(job_name, pod)
+    describe = f"kubectl describe pod {name} -n {namespace}"
+    cs = _main(pod)
+    state = cs.get("state") or {}
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    term = state.get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    limit = _memory_limit(pod)
+    if term.get("reason") == "OOMKilled" or (
+        waiting.get("reason") == "CrashLoopBackOff" and last.get("reason") == "OOMKilled"
+    ):
+        return Problem(
+            f"OOMKilled: worker {wid} ran out of memory (limit {limit or 'none'})",
+            f"raise memory= above {limit} or use less memory (`{describe}`)",
+            fatal=restart == "Never" or bool(term),
+        )
+    if waiting.get("reason") in _PULL_REASONS:
+        message = str(waiting.get("message") or "")
+        image = next(
+            (c.get("image") for c in pod["spec"].get("containers", []) if c.get("name") == MAIN),
+            "?",
+        )
+        fatal = waiting.get("reason") == "InvalidImageName" or bool(
+            re.search(r"not found|manifest unknown|does not exist|repository .* not", message)
+        )
+        return Problem(
+            f"image pull failure: {image}: {waiting.get('reason')}"
+            + (f": {_short(message)}" if message else ""),
+            f"check that {image} exists in its registry and the node can pull it (`{describe}`)",
+            fatal=fatal,
+        )
+    if waiting.get("reason") in _CREATE_REASONS:
+        return Problem(
+            f"cannot start worker {wid}: {waiting.get('reason')}: "
+            f"{_short(str(waiting.get('message') or ''))}",
+            f"run `{describe}`",
+            fatal=True,
+        )
+    if waiting.get("reason") == "CrashLoopBackOff":
+        code = last.get("exitCode")
+        return Problem(
+            f"CrashLoopBackOff: worker {wid} keeps failing (exit code {code}, "
+            f"{cs.get('restartCount', 0)} restarts)",
+            f"see its output (`juliarun tail {job_name}`, `kubectl logs {name} -n {namespace} "
+            f"--previous`)",
+        )
+    if term.get("exitCode") not in (None, 0):
+        return Problem(
+            f"worker {wid} exited with code {term['exitCode']}",
+            f"see its output with `juliarun tail {job_name}` (or `kubectl logs {name} -n "
+            f"{namespace}`)",
+            fatal=restart == "Never",
+        )
+    if pod.get("status", {}).get("phase") == "Failed" and not term:
+        reason = pod["status"].get("reason") or "failed"
+        return Problem(
+            f"worker {wid} failed: {reason}: {_short(str(pod['status'].get('message') or ''))}",
+            f"run `{describe}`",
+        )
+    return None
+
+
+def _memory_limit(pod: Obj) -> str | None:
+    for c in pod.get("spec", {}).get("containers") or []:
+        if c.get("name") == MAIN:
+            return ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    return None
+
+
+def _short(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def create_problem(events: Sequence[Obj], namespace: str) -> Problem | None:
+    """Why the Job controller cannot create pods (``FailedCreate`` events), newest first."""
+    failed = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not failed:
+        return None
+    event = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    message = str(event.get("message") or "")
+    quota = re.search(r"exceeded quota: ([\w.-]+)", message)
+    if quota:
+        detail = message.split("forbidden: ", 1)[-1]
+        return Problem(
+            f"quota exceeded: {_short(detail)}",
+            f"raise the ResourceQuota {quota.group(1)} in namespace {namespace} "
+            f"(`kubectl describe quota {quota.group(1)} -n {namespace}`) or lower the request",
+            fatal=True,
+        )
+    return Problem(
+        f"cannot create pods: {_short(message)}",
+        f"run `kubectl describe job {event.get('involvedObject', {}).get('name', '')} "
+        f"-n {namespace}`",
+        fatal="forbidden" in message,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """A job's status, and the pod whose last log lines explain its failure (if any)."""
+
+    status: JobStatus
+    log_pod: str | None = None
+
+
+def diagnose(
+    job: Obj,
+    pods: Sequence[Obj],
+    events: Sequence[Obj] = (),
+    nodes: Sequence[Obj] | None = None,
+) -> Report:
+    """The status of the juliarun job behind the Kubernetes Job ``job``."""
+    meta = job.get("metadata", {})
+    name = str(meta.get("name"))
+    namespace = str(meta.get("namespace") or "default")
+    spec = job.get("spec", {})
+    desired = int(spec.get("completions") if spec.get("completions") is not None else 1)
+    restart = spec.get("template", {}).get("spec", {}).get("restartPolicy") or (
+        "Never" if spec.get("podFailurePolicy") else "OnFailure"
+    )
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")] or list(pods)
+    newest = newest_pods(live)
+    workers = [worker_from_pod(name, pod, earlier) for pod, earlier in newest]
+    status = JobStatus(
+        name=name,
+        kind=str((meta.get("labels") or {}).get("juliarun.io/kind") or "Job"),
+        phase="created",
+        desired_workers=desired,
+        workers=workers,
+        created_at=ts(meta.get("creationTimestamp")),
+    )
+    report = Report(status)
+
+    problems: list[tuple[Problem, str | None]] = []
+    for pod, _ in newest:
+        problem = pod_problem(pod, name, namespace, restart)
+        if problem is None and _pending_unscheduled(pod):
+            problem = unschedulable(pod, nodes, namespace)
+        elif problem is None and _pending_unassigned(pod) and nodes is not None:
+            problem = missing_node(pod, nodes)  # known before the scheduler says so
+        if problem is not None:
+            problems.append((problem, pod_name(pod) if _has_run(pod) else None))
+    created = create_problem(events, namespace) if len(live) < desired else None
+    if created is not None:
+        problems.append((created, None))
+    problems.sort(key=lambda p: not p[0].fatal)  # the fatal ones explain most
+
+    if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+        status.phase = "succeeded"
+        status.finished_at = ts((_cond(job, "Complete") or {}).get("lastTransitionTime"))
+        return report
+    failed = _cond(job, "Failed") if _true(job, "Failed") else None
+    if failed is None and _true(job, "FailureTarget"):
+        failed = _cond(job, "FailureTarget")
+    if failed is not None or (problems and problems[0][0].fatal):
+        status.phase = "failed"
+        status.finished_at = ts((failed or {}).get("lastTransitionTime"))
+        if problems:
+            status.reason, status.hint = problems[0][0].reason, problems[0][0].hint
+            report.log_pod = problems[0][1]
+        else:
+            status.reason = f"{(failed or {}).get('reason')}: {(failed or {}).get('message')}"
+            status.hint = f"run `kubectl describe job {name} -n {namespace}`"
+        return report
+    if any(w.state in {"running", "succeeded", "failed", "restarting"} for w in workers):
+        status.phase = "running"
+    if problems:
+        status.reason, status.hint = problems[0][0].reason, problems[0][0].hint
+    elif not pods and status.phase == "created":
+        status.reason = "waiting for the job controller to create pods"
+    elif any(_pending_unassigned(p) for p, _ in newest):
+        status.reason = "waiting for scheduler"
+    return report
+
+
+def _pending_unscheduled(pod: Obj) -> bool:
+    cond = _cond(pod, "PodScheduled")
+    return (
+        pod.get("status", {}).get("phase") == "Pending"
+        and cond is not None
+        and cond.get("status") == "False"
+        and cond.get("reason") == "Unschedulable"
+    )
+
+
+def _pending_unassigned(pod: Obj) -> bool:
+    return pod.get("status", {}).get("phase") == "Pending" and not pod.get("spec", {}).get(
+        "nodeName"
+    )
+
+
+def _has_run(pod: Obj) -> bool:
+    cs = _main(pod)
+    return bool(
+        (cs.get("state") or {}).get("terminated") or cs.get("lastState", {}).get("terminated")
+    )

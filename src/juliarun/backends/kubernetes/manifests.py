@@ -1,0 +1,277 @@
+"""Pure functions from a job spec to the Kubernetes objects that run it (plain dicts, as sent).
+
+Every job becomes one ``batch/v1`` Job in Indexed completion mode: worker ``i`` is completion
+index ``i`` (pod label ``batch.kubernetes.io/job-completion-index``), so worker ids are stable
+(``<job>-<i>``) across pod retries. ``JuliaBatch`` and ``Batch`` run one index;
+``JuliaParBatchWorkers`` runs ``nworkers`` with ``completions == parallelism``, which an Indexed
+Job may change together while it runs (elastic Indexed Jobs, GA in Kubernetes 1.31) — that is
+``scale``.
+
+>>> from juliarun.specs import JuliaBatch, StorageSpec
+>>> job = JuliaBatch("hello", "/mnt/code/hello.jl", "code", node_type="highmem")
+>>> code = StorageSpec(name="code", kind="host", path="/srv/code")
+>>> m = job_manifest(job, {"code": code}, namespace="jr", image="julia:1.5.3")
+>>> m["metadata"]["labels"]["juliarun.io/job"], m["spec"]["completionMode"]
+('hello', 'Indexed')
+>>> pod = m["spec"]["template"]["spec"]
+>>> pod["nodeSelector"], pod["containers"][0]["command"][-1]
+({'juliarun.io/node-type': 'highmem'}, '/mnt/code/hello.jl')
+>>> [r["action"] for r in m["spec"]["podFailurePolicy"]["rules"]]
+['Ignore', 'FailJob']
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from juliarun.specs import Batch, JobSpec, JuliaParBatchWorkers, StorageSpec
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+JOB_LABEL = "juliarun.io/job"
+TENANT_LABEL = "juliarun.io/tenant"
+KIND_LABEL = "juliarun.io/kind"
+NODE_TYPE_LABEL = "juliarun.io/node-type"
+SPEC_HASH = "juliarun.io/spec-hash"
+SPEC = "juliarun.io/spec"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+MAIN = "main"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class Toleration(BaseModel):
+    """A taint the pods of a node type tolerate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(description="Taint key.")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal or Exists.")
+    value: str | None = Field(None, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        "NoSchedule", description="The taint effect tolerated (None: every effect)."
+    )
+
+    def manifest(self) -> dict[str, str]:
+        out = {"key": self.key, "operator": self.operator}
+        if self.value is not None and self.operator == "Equal":
+            out["value"] = self.value
+        if self.effect:
+            out["effect"] = self.effect
+        return out
+
+
+class NodeTypeRule(BaseModel):
+    """How a node type (``gpu``, ``spot``, ``highmem``, ``highcpu``) maps onto the cluster: the
+    labels its nodes carry (the pods' nodeSelector), the taints its pods tolerate, and the
+    extended resource a job's ``gpu`` count requests."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    labels: dict[str, str] = Field(description="Labels every node of the type carries.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints of the type's nodes that its pods tolerate."
+    )
+    gpu_resource: str = Field(GPU_RESOURCE, description="Extended resource for `gpu`.")
+
+
+NODE_TYPES: tuple[str, ...] = ("gpu", "spot", "highmem", "highcpu")
+
+
+def default_node_types() -> dict[str, NodeTypeRule]:
+    """Each type: label ``juliarun.io/node-type=<type>``, taint ``juliarun.io/node-type=<type>:
+    NoSchedule`` tolerated."""
+    return {
+        t: NodeTypeRule(
+            labels={NODE_TYPE_LABEL: t},
+            tolerations=[Toleration(key=NODE_TYPE_LABEL, value=t, effect="NoSchedule")],
+        )
+        for t in NODE_TYPES
+    }
+
+
+def ownership_labels(job: JobSpec) -> dict[str, str]:
+    """The labels every object made for ``job`` carries (cleanup and listing go by them)."""
+    labels = {
+        MANAGED_BY: "juliarun",
+        JOB_LABEL: job.name,
+        TENANT_LABEL: job.tenant,
+        KIND_LABEL: job.kind,
+    }
+    if job.resources.node_type:
+        labels[NODE_TYPE_LABEL] = job.resources.node_type
+    return labels
+
+
+def selector(name: str | None = None) -> str:
+    """The label selector of juliarun's objects (of one job when ``name`` is given)."""
+    base = f"{MANAGED_BY}=juliarun"
+    return f"{base},{JOB_LABEL}={name}" if name else base
+
+
+def env_name(storage: str) -> str:
+    return f"JULIARUN_STORAGE_{storage.upper().replace('-', '_')}"
+
+
+def storage_volume(spec: StorageSpec, node_path: str | None = None) -> dict[str, Any]:
+    """The pod volume of one storage: host → hostPath (created if missing), ramdisk → a
+    memory-backed emptyDir with its size limit, git → hostPath of the checkout ``node_path``
+    made on the node (read-only mount).
+
+    >>> storage_volume(StorageSpec(name="scratch", kind="ramdisk", size="64Mi"))
+    {'name': 'st-scratch', 'emptyDir': {'medium': 'Memory', 'sizeLimit': '64Mi'}}
+    """
+    volume: dict[str, Any] = {"name": f"st-{spec.name}"}
+    if spec.kind == "ramdisk":
+        volume["emptyDir"] = {"medium": "Memory", **({"sizeLimit": spec.size} if spec.size else {})}
+    elif spec.kind == "host":
+        volume["hostPath"] = {"path": spec.path, "type": "DirectoryOrCreate"}
+    else:
+        volume["hostPath"] = {"path": node_path or "", "type": "Directory"}
+    return volume
+
+
+def command(job: JobSpec, julia: str = "julia") -> list[str]:
+    if isinstance(job, Batch):
+        return list(job.command)
+    script: str = getattr(job, "script", "")
+    args: list[str] = list(getattr(job, "args", []))
+    return [julia, "--startup-file=no", "--color=no", script, *args]
+
+
+def worker_count(job: JobSpec) -> int:
+    return job.nworkers if isinstance(job, JuliaParBatchWorkers) else 1
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """For ``restart="Never"``: a disruption (preemption, eviction, node drain — pod condition
+    ``DisruptionTarget``) is retried without counting against ``backoffLimit``; any non-zero
+    exit of the ``main`` container is the program's own failure — deterministic, retrying
+    runs the same code on the same data — and fails the whole Job at once."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": MAIN, "operator": "NotIn", "values": [0]},
+            },
+        ]
+    }
+
+
+def job_manifest(
+    job: JobSpec,
+    storage: Mapping[str, StorageSpec],
+    *,
+    namespace: str,
+    image: str,
+    node_types: Mapping[str, NodeTypeRule] | None = None,
+    node_paths: Mapping[str, str] | None = None,
+    cluster: str = "kubernetes",
+    julia: str = "julia",
+    kill_grace: float = 10,
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job that runs ``job`` in ``namespace``. ``storage`` maps each name the
+    job uses to its spec; ``node_paths`` gives git checkouts' directories on the node."""
+    rules = dict(node_types) if node_types is not None else default_node_types()
+    res = job.resources
+    n = worker_count(job)
+    labels = ownership_labels(job)
+
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, str]] = []
+    gpu_resource = GPU_RESOURCE
+    if res.node_type:
+        rule = rules.get(res.node_type) or default_node_types()[res.node_type]
+        node_selector.update(rule.labels)
+        tolerations = [t.manifest() for t in rule.tolerations]
+        gpu_resource = rule.gpu_resource
+    node_selector.update(res.node_labels)
+
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpu:
+        requests[gpu_resource] = limits[gpu_resource] = str(res.gpu)
+
+    env: list[dict[str, Any]] = [
+        {"name": "JULIARUN_JOB", "value": job.name},
+        {
+            "name": "JULIARUN_WORKER_INDEX",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{INDEX_LABEL}']"}},
+        },
+        {"name": "JULIARUN_WORKER", "value": "$(JULIARUN_JOB)-$(JULIARUN_WORKER_INDEX)"},
+        {"name": "JULIARUN_NWORKERS", "value": str(n)},
+        {"name": "JULIARUN_CLUSTER", "value": cluster},
+        {"name": "JULIARUN_MNT", "value": "/mnt"},
+    ]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for name in job.storage:
+        st = storage[name]
+        volume = storage_volume(st, (node_paths or {}).get(name))
+        volumes.append(volume)
+        mount = {"name": volume["name"], "mountPath": f"/mnt/{name}"}
+        if st.kind == "git":
+            mount["readOnly"] = True
+        mounts.append(mount)
+        env.append({"name": env_name(name), "value": f"/mnt/{name}"})
+    env += [{"name": k, "value": v} for k, v in sorted(job.env.items())]
+
+    container: dict[str, Any] = {
+        "name": MAIN,
+        "image": job.image or image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command(job, julia),
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": mounts,
+    }
+    if job.storage:
+        container["workingDir"] = f"/mnt/{job.storage[0]}"
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": job.restart,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": round(kill_grace),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": n,
+        "parallelism": n,
+        # OnFailure restarts containers in place; the Job counts every restart of every pod,
+        # so the per-worker limit is spread over the workers it starts with.
+        "backoffLimit": job.backoff_limit * max(n, 1)
+        if job.restart == "OnFailure"
+        else job.backoff_limit,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if job.restart == "Never":  # the API allows a podFailurePolicy only with Never
+        job_spec["podFailurePolicy"] = pod_failure_policy()
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job.name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {
+                SPEC_HASH: job.spec_hash(),
+                SPEC: json.dumps(job.model_dump(mode="json"), sort_keys=True),
+            },
+        },
+        "spec": job_spec,
+    }
+
+
+def scale_patch(workers: int) -> dict[str, Any]:
+    """The merge patch that changes an elastic Indexed Job's worker count."""
+    return {"spec": {"completions": workers, "parallelism": workers}}

@@ -1,0 +1,120 @@
+"""The Kubernetes cluster block (needs the ``kubernetes`` extra): jobs as Kubernetes Jobs.
+
+prefect-kubernetes' ``KubernetesClusterConfig`` is not reused: it keeps the whole kubeconfig —
+client keys and tokens included — in a plain ``Dict`` field (shown in the UI, stored unencrypted),
+and its ``configure_client`` loads it into the kubernetes package's process-wide default
+configuration. This block keeps the kubeconfig as a ``SecretDict`` (masked, stored encrypted),
+unwrapped only to build an ``ApiClient`` with its own ``Configuration``.
+
+>>> block = KubernetesCluster(kubeconfig={"apiVersion": "v1", "users": []}, namespace="jr")
+>>> block.kubeconfig
+SecretDict('**********')
+>>> sorted(block.node_types)
+['gpu', 'highcpu', 'highmem', 'spot']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from prefect.types import SecretDict
+from pydantic import Field
+
+from juliarun.backends.base import Backend
+from juliarun.backends.kubernetes import (
+    KubernetesBackend,
+    NodeTypeRule,
+    api_client,
+    default_node_types,
+)
+from juliarun.blocks.cluster import Cluster
+from juliarun.errors import ConfigError
+from juliarun.logs import LogStore, open_log_store
+from juliarun.metrics import MetricStore, open_metric_store
+from juliarun.settings import Settings, load_settings
+
+
+class KubernetesCluster(Cluster):
+    """Run Julia jobs as Kubernetes Jobs in one namespace of a cluster."""
+
+    _block_type_name = "juliarun Kubernetes Cluster"
+    _block_type_slug = "juliarun-kubernetes-cluster"
+    _description = (
+        "Run Julia jobs as Kubernetes Jobs: node types, diagnosis of stuck and failed jobs, "
+        "pod logs and the cluster view."
+    )
+    kind: ClassVar[str] = "kubernetes"
+
+    kubeconfig: SecretDict = Field(
+        description="The kubeconfig's contents (kept secret: it holds credentials)."
+    )
+    context: str | None = Field(None, description="Context to use (default: current-context).")
+    namespace: str = Field(
+        "juliarun",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Namespace jobs run in (created if missing).",
+    )
+    node_types: dict[str, NodeTypeRule] = Field(
+        default_factory=default_node_types,
+        description="gpu / spot / highmem / highcpu → node labels and tolerated taints.",
+    )
+    image: str | None = Field(
+        None, description="Image for jobs that name none (default: JULIARUN_JULIA_IMAGE)."
+    )
+    qps: float = Field(50, ge=1, le=10000, description="Client-side API requests a second.")
+    burst: int = Field(100, ge=1, le=10000, description="API requests allowed in a burst.")
+    kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
+    home: str | None = Field(
+        None, description="Local state (storage catalog, git checkouts); default JULIARUN_HOME."
+    )
+    log_store_kind: Literal["sqlite", "elasticsearch"] = Field(
+        "sqlite", description="Log store (its endpoint from JULIARUN_ES_URL)."
+    )
+    metric_store_kind: Literal["sqlite", "influxdb"] = Field(
+        "sqlite", description="Metric store (its endpoint from JULIARUN_INFLUX_*)."
+    )
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path, **fields: Any) -> KubernetesCluster:
+        """A block holding the kubeconfig file at ``path`` (with embedded credentials)."""
+        file = Path(path).expanduser()
+        try:
+            data = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read kubeconfig {file}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file} is not a kubeconfig")
+        return cls(kubeconfig=data, **fields)
+
+    def _settings(self) -> Settings:
+        base = load_settings()
+        return base.model_copy(
+            update={
+                "home": Path(self.home) if self.home else base.home,
+                "log_store": self.log_store_kind,
+                "metric_store": self.metric_store_kind,
+            }
+        )
+
+    def backend(self) -> Backend:
+        settings = self._settings()
+        return KubernetesBackend(
+            api_client(config_dict=self.kubeconfig.get_secret_value(), context=self.context),
+            self.namespace,
+            self.node_types,
+            cluster=getattr(self, "_block_document_name", None) or "kubernetes",
+            image=self.image or settings.julia_image,
+            home=settings.home,
+            qps=self.qps,
+            burst=self.burst,
+            kill_grace=self.kill_grace,
+            poll_interval=settings.poll_interval,
+        )
+
+    def log_store(self) -> LogStore:
+        return open_log_store(self._settings().log_store_config())
+
+    def metric_store(self) -> MetricStore:
+        return open_metric_store(self._settings().metric_store_config())

@@ -1,0 +1,850 @@
+"""The Elasticsearch log store: daily indices, idempotent bulk shipping and a local spool.
+
+**Indices.** Lines go to ``<prefix>-YYYY.MM.DD`` (the UTC day of the line's timestamp), created on
+demand from the composable index template ``<prefix>`` (put idempotently before the first bulk;
+its priority grows with the prefix length, so a longer prefix wins over a shorter one that also
+matches). One primary shard per day (``follow`` reads per-shard sequence numbers) and
+``auto_expand_replicas: 0-1``. Fields: ``@timestamp`` (``date_nanos``, microseconds kept),
+``cluster``/``tenant``/``job``/``worker``/``stream`` (``keyword``), ``message`` (``text`` with a
+``message.keyword`` subfield, ``ignore_above`` 2048), and ``writer`` (``keyword``) + ``seq``
+(``long``): the writing store instance and its line counter, which order lines of equal timestamp
+(the order is ``@timestamp``, ``writer``, ``seq``: arrival order within a writer) and make the
+document id ``<writer>.<seq>``.
+
+**Exactly once.** Every line gets its id before its first attempt and is sent with the bulk
+``create`` action: a retried bulk whose first attempt was stored (a timeout, a crash between
+shipping and forgetting a spooled line) meets ``409`` for those lines, which counts as success.
+Per-item results are inspected: ``429`` and ``5xx`` items are retried (with backoff, through the
+injected ``sleep``), as are whole requests refused with those statuses or a connection error; a
+request that times out goes straight to the spool (the drainer retries it later, without blocking
+the writer again); any other item error (a mapping error) is printed on stderr with the line,
+counted in :attr:`rejected`, and not retried.
+
+**Write-through, then the spool.** ``write`` ships its lines (in bulks of ``bulk_size``) before it
+returns, so a line ``write`` accepted is in Elasticsearch or in the spool on disk, never only in
+memory: the local supervisor publishes a job as finished right after its last ``write``, and a
+``wait`` followed by ``tail`` must see every line. Memory is bounded by ``bulk_size`` (an iterable
+is consumed a bulk at a time; callers batch, as the supervisor does, up to 1000 lines). When
+retries are exhausted, the unsent lines are appended to this writer's spool, an SQLite file
+``<spool>/<writer>.db`` (WAL, ``synchronous=FULL``: every appended batch is fsync'd); from then on
+lines go to the spool too, so the writer's lines reach Elasticsearch in order, and a background
+thread drains the spool, oldest first, as soon as Elasticsearch answers (retrying every
+``retry_interval`` seconds). ``close`` drains for at most ``close_timeout`` seconds and leaves the
+rest in the spool.
+
+**Dead writers' spools.** A writer holds an exclusive ``flock`` on ``<spool>/<writer>.lock`` for
+its lifetime (the kernel drops it when the process dies). The background thread of *every* store
+instance, on start and every ``adopt_interval`` seconds, tries that lock on the other spool files
+of its directory; one it obtains belongs to a closed or dead writer, and it drains it (the ids in
+the spool keep this idempotent) and removes it. So a supervisor that exited during an outage is
+drained by the next juliarun process that opens the store: the next job's supervisor, ``juliarun
+tail``/``search``, a flow.
+
+**Reads.** ``query``/``count``/``follow`` refresh the store's indices first, so a line written by
+any process before the read started is seen (a refresh of an unchanged index costs a round trip;
+``bench/es_shipping.py`` measures it). ``text``: every whitespace-separated word must appear, each
+word as a phrase of its tokens (``match_phrase``; the standard analyzer), like the SQLite store's
+FTS5 query. ``regex``: the other filters run in Elasticsearch and Python's :func:`re.search` is
+applied to each returned message, so the semantics are exactly the SQLite store's (Lucene's
+``regexp`` is anchored and lacks ``\\d``, ``(?i)``, lookarounds); a regex query therefore reads
+every line the other filters match. ``limit=n``: the ``n`` most recent, oldest first.
+
+**Follow.** Each poll reads the local checkpoint of every index's primary shard (all operations up
+to it are applied), refreshes, then fetches the lines whose ``_seq_no`` lies between the previous
+poll's checkpoint and this one. Unlike polling on timestamps, this sees late lines too (a drained
+spool, a writer whose clock lags) and never yields a line twice.
+
+**Deleting.** This distribution has no ``_delete_by_query``: ``delete(job)`` pages through the
+job's lines with ``search_after`` and bulk-deletes them by id; the job's lines still in this
+writer's spool are dropped too (lines in a dead writer's spool arrive later, when it is drained).
+
+>>> ElasticsearchLogStore.index_for(datetime(2024, 3, 1, 23, 59, tzinfo=UTC), "juliarun-logs")
+'juliarun-logs-2024.03.01'
+>>> ElasticsearchLogStore.text_query("loss=0.25 done!")
+[{'match_phrase': {'message': 'loss=0.25'}}, {'match_phrase': {'message': 'done!'}}]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import json
+import os
+import re
+import secrets
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, cast
+
+from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, TransportError
+
+from juliarun.errors import StoreError
+from juliarun.logs.base import LogLine, LogQuery, Stream
+
+__all__ = ["ElasticsearchLogStore", "index_template"]
+
+TEMPLATE_VERSION = 1
+PAGE = 5000
+MESSAGE_KEYWORD_MAX = 2048
+
+# (index, document id, job, document JSON)
+_Item = tuple[str, str, str, str]
+# index -> (index uuid, local checkpoint of its primary shard)
+_Marks = dict[str, tuple[str, int]]
+# index -> (after, upto]: the _seq_no range to read
+_Ranges = dict[str, tuple[int, int]]
+
+
+def _retriable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise StoreError(
+            f"invalid regular expression {pattern!r}: {exc}",
+            hint="the regex filter takes Python `re` syntax",
+        ) from exc
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _iso(ts: datetime) -> str:
+    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def index_template(prefix: str) -> dict[str, Any]:
+    """The template of ``<prefix>-*`` indices, as ``put_index_template`` keywords.
+
+    >>> index_template("juliarun-logs")["template"]["mappings"]["properties"]["job"]
+    {'type': 'keyword'}
+    """
+    keyword = {"type": "keyword"}
+    return {
+        "index_patterns": [f"{prefix}-*"],
+        "priority": 100 + len(prefix),
+        "template": {
+            "settings": {
+                "number_of_shards": 1,
+                "auto_expand_replicas": "0-1",
+                "refresh_interval": "1s",
+            },
+            "mappings": {
+                "dynamic": False,
+                "properties": {
+                    "@timestamp": {"type": "date_nanos"},
+                    "cluster": keyword,
+                    "tenant": keyword,
+                    "job": keyword,
+                    "worker": keyword,
+                    "stream": keyword,
+                    "message": {
+                        "type": "text",
+                        "fields": {
+                            "keyword": {"type": "keyword", "ignore_above": MESSAGE_KEYWORD_MAX}
+                        },
+                    },
+                    "writer": keyword,
+                    "seq": {"type": "long"},
+                },
+            },
+        },
+        "meta": {"managed_by": "juliarun", "version": TEMPLATE_VERSION},
+    }
+
+
+class _Spool:
+    """One writer's backlog: an SQLite file of ``(n, index, id, job, doc)`` rows, oldest first."""
+
+    def __init__(self, path: Path, *, create: bool) -> None:
+        self.path = path
+        mode = "rwc" if create else "rw"
+        self.conn = sqlite3.connect(
+            f"file:{path}?mode={mode}",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+        )
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS spool (n INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " idx TEXT NOT NULL, id TEXT NOT NULL, job TEXT NOT NULL, doc TEXT NOT NULL)"
+        )
+
+    def append(self, items: list[_Item]) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "INSERT INTO spool (idx, id, job, doc) VALUES (?, ?, ?, ?)", items
+            )
+
+    def head(self, n: int) -> tuple[int, list[_Item]]:
+        """The oldest ``n`` items and the row number of the last one (0 when empty)."""
+        rows = self.conn.execute(
+            "SELECT n, idx, id, job, doc FROM spool ORDER BY n LIMIT ?", (n,)
+        ).fetchall()
+        last = rows[-1][0] if rows else 0
+        return last, [(r[1], r[2], r[3], r[4]) for r in rows]
+
+    def forget(self, upto: int) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("DELETE FROM spool WHERE n <= ?", (upto,))
+
+    def drop_job(self, job: str) -> int:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn.execute("DELETE FROM spool WHERE job = ?", (job,)).rowcount
+
+    def size(self) -> int:
+        (n,) = self.conn.execute("SELECT count(*) FROM spool").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def remove(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
+
+class ElasticsearchLogStore:
+    """A :class:`~juliarun.logs.base.LogStore` in Elasticsearch (see the module docstring).
+
+    ``url``: the cluster; ``spool``: the directory for this host's spool files (shared by every
+    store instance on the host, e.g. ``$JULIARUN_HOME/spool/logs``); ``index_prefix``: index and
+    template name prefix (prefixes in one cluster must not extend each other with ``-``);
+    ``bulk_size``: lines per bulk request; ``max_retries``: retries of a bulk's retriable
+    failures before its lines are spooled; ``retry_interval``: seconds between attempts to drain
+    the spool while Elasticsearch is unreachable; ``request_timeout``: seconds per request;
+    ``close_timeout``: the longest ``close`` spends draining; ``adopt_interval``: how often dead
+    writers' spools are looked for. ``clock`` (monotonic seconds) and ``sleep`` drive backoff and
+    deadlines.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool: Path | str,
+        index_prefix: str = "juliarun-logs",
+        bulk_size: int = 1000,
+        max_retries: int = 3,
+        retry_interval: float = 1.0,
+        request_timeout: float = 10.0,
+        close_timeout: float = 10.0,
+        adopt_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", index_prefix):
+            raise StoreError(
+                f"invalid index prefix {index_prefix!r}",
+                hint="use lowercase letters, digits, '.', '_' and '-'",
+            )
+        if bulk_size < 1:
+            raise StoreError(f"bulk_size must be at least 1, got {bulk_size}")
+        self.url = url
+        self.prefix = index_prefix
+        self.pattern = f"{index_prefix}-*"
+        self.spool_dir = Path(spool)
+        self.bulk_size = bulk_size
+        self.max_retries = max_retries
+        self.retry_interval = retry_interval
+        self.close_timeout = close_timeout
+        self.adopt_interval = adopt_interval
+        self.clock = clock
+        self.sleep = sleep
+        self.writer = secrets.token_hex(6)
+        self.rejected = 0
+        """Lines Elasticsearch refused for good (each printed on stderr)."""
+        self.spooled = 0
+        """Lines this instance appended to its spool."""
+        self._es = Elasticsearch(
+            url, request_timeout=request_timeout, max_retries=0, retry_on_timeout=False
+        )
+        self._seq = 0
+        self._template_ready = False
+        self._write_lock = threading.Lock()  # one write() at a time: a writer's order
+        self._spool_lock = threading.Lock()  # the spool connection and the backlog count
+        self._spool: _Spool | None = None
+        self._lock_fd: int | None = None
+        self._backlog = 0
+        self._down_until = 0.0
+        self._closed = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(
+            target=self._background, name=f"es-log-spool-{self.writer}", daemon=True
+        )
+        self._thread.start()
+
+    # -- naming and documents ---------------------------------------------------------------
+
+    @staticmethod
+    def index_for(ts: datetime, prefix: str) -> str:
+        """The daily index of a line stamped ``ts`` (naive is UTC)."""
+        return f"{prefix}-{_utc(ts):%Y.%m.%d}"
+
+    @staticmethod
+    def text_query(text: str) -> list[dict[str, Any]]:
+        """One ``match_phrase`` per whitespace-separated word of ``text`` (all must match)."""
+        return [{"match_phrase": {"message": word}} for word in text.split()]
+
+    def template(self) -> dict[str, Any]:
+        """The index template body (``put_index_template`` keywords)."""
+        return index_template(self.prefix)
+
+    def _item(self, line: LogLine) -> _Item:
+        seq = self._seq
+        self._seq += 1
+        doc = {
+            "@timestamp": _iso(line.timestamp),
+            "cluster": line.cluster,
+            "tenant": line.tenant,
+            "job": line.job,
+            "worker": line.worker,
+            "stream": line.stream,
+            "message": line.message,
+            "writer": self.writer,
+            "seq": seq,
+        }
+        return (
+            self.index_for(line.timestamp, self.prefix),
+            f"{self.writer}.{seq}",
+            line.job,
+            json.dumps(doc, ensure_ascii=False),
+        )
+
+    @staticmethod
+    def _line(source: Mapping[str, Any]) -> LogLine:
+        return LogLine(
+            timestamp=datetime.fromisoformat(source["@timestamp"]),
+            job=source["job"],
+            worker=source["worker"],
+            stream=cast(Stream, source["stream"]),
+            message=source["message"],
+            cluster=source["cluster"],
+            tenant=source["tenant"],
+        )
+
+    # -- shipping ---------------------------------------------------------------------------
+
+    def _ensure_template(self) -> None:
+        if self._template_ready:
+            return
+        try:
+            self._es.indices.put_index_template(name=self.prefix, **self.template())
+        except ApiError as exc:
+            if _retriable(exc.meta.status):
+                raise
+            # Not allowed or not accepted: ship anyway (indices then get dynamic mappings).
+            print(f"juliarun: cannot put index template {self.prefix}: {exc}", file=sys.stderr)
+        self._template_ready = True
+
+    def _reject(self, item: _Item, error: Any) -> None:
+        self.rejected += 1
+        print(
+            f"juliarun: Elasticsearch refused a log line for {item[0]} ({error}): {item[3]}",
+            file=sys.stderr,
+        )
+
+    def _send(
+        self, items: list[_Item], *, retries: int, timeout: float | None = None
+    ) -> tuple[list[_Item], int]:
+        """Bulk-create ``items``; returns those still unsent after ``retries`` retries of
+        retriable failures (the others are stored, already stored, or rejected for good) and
+        how many were rejected. A request that times out is not retried here: the server is
+        struggling, so the lines go to the spool and the drainer tries again later."""
+        es = self._es if timeout is None else self._es.options(request_timeout=max(timeout, 0.1))
+        pending = items
+        rejected = 0
+        for attempt in range(retries + 1):
+            if attempt:
+                self.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+            body: list[str] = []
+            for index, doc_id, _job, doc in pending:
+                body.append(json.dumps({"create": {"_index": index, "_id": doc_id}}))
+                body.append(doc)
+            try:
+                self._ensure_template()
+                response = es.bulk(operations=cast(Any, body))  # NDJSON lines
+            except ApiError as exc:
+                if _retriable(exc.meta.status):
+                    continue
+                for item in pending:
+                    self._reject(item, f"HTTP {exc.meta.status}: {exc.message}")
+                return [], rejected + len(pending)
+            except ConnectionTimeout:
+                return pending, rejected
+            except TransportError:  # connection refused or reset
+                continue
+            retry: list[_Item] = []
+            for item, result in zip(pending, response["items"], strict=True):
+                outcome = result["create"]
+                status = int(outcome["status"])
+                if status < 300 or status == 409:  # 409: stored by an earlier attempt
+                    continue
+                if _retriable(status):
+                    retry.append(item)
+                else:
+                    error = outcome.get("error", {})
+                    self._reject(item, f"{status} {error.get('type')}: {error.get('reason')}")
+                    rejected += 1
+            pending = retry
+            if not pending:
+                return [], rejected
+        return pending, rejected
+
+    def _open_spool(self) -> _Spool:
+        if self._spool is None:
+            try:
+                self.spool_dir.mkdir(parents=True, exist_ok=True)
+                # Locked before it appears under its name, so no adopter takes it for a
+                # dead writer's.
+                lock = self.spool_dir / f"{self.writer}.lock"
+                fresh = lock.with_suffix(".lock-new")
+                fd = os.open(fresh, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fresh.rename(lock)
+                self._lock_fd = fd
+                self._spool = _Spool(self.spool_dir / f"{self.writer}.db", create=True)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(
+                    f"cannot open the log spool in {self.spool_dir}: {exc}",
+                    hint="check that the spool directory is writable",
+                ) from exc
+        return self._spool
+
+    def _to_spool(self, items: list[_Item]) -> None:
+        """Append ``items`` to the spool (caller holds the spool lock)."""
+        try:
+            self._open_spool().append(items)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot spool {len(items)} log lines to {self.spool_dir}: {exc}",
+                hint="free disk space under the spool directory; Elasticsearch is unreachable",
+            ) from exc
+        self._backlog += len(items)
+        self.spooled += len(items)
+        self._wake.set()
+
+    def write(self, lines: Iterable[LogLine]) -> int:
+        """Ship ``lines`` (spooling what cannot be shipped now); returns how many were accepted
+        (all but those Elasticsearch refused for good)."""
+        accepted = 0
+        it = iter(lines)
+        with self._write_lock:
+            if self._closed:
+                raise StoreError("the Elasticsearch log store is closed")
+            while chunk := list(islice(it, self.bulk_size)):
+                items = [self._item(line) for line in chunk]
+                with self._spool_lock:
+                    spool_now = self._backlog > 0 or self.clock() < self._down_until
+                    if spool_now:
+                        self._to_spool(items)
+                rejected = 0
+                if not spool_now:
+                    unsent, rejected = self._send(items, retries=self.max_retries)
+                    if unsent:
+                        with self._spool_lock:
+                            self._down_until = self.clock() + self.retry_interval
+                            self._to_spool(unsent)
+                accepted += len(items) - rejected
+        return accepted
+
+    # -- the spool's drainer ----------------------------------------------------------------
+
+    def _drain_own(self, timeout: float | None = None) -> bool:
+        """Ship one bulk from this writer's spool; False when Elasticsearch did not take it."""
+        with self._spool_lock:
+            if self._spool is None or self._backlog == 0:
+                return True
+            last, items = self._spool.head(self.bulk_size)
+        if not items:
+            with self._spool_lock:
+                self._backlog = 0
+            return True
+        unsent, _ = self._send(items, retries=0, timeout=timeout)
+        with self._spool_lock:
+            if unsent:
+                self._down_until = self.clock() + self.retry_interval
+                return False
+            if self._spool is not None:
+                self._spool.forget(last)
+                self._backlog = self._spool.size()
+        return True
+
+    def backlog(self) -> int:
+        """Lines of this writer waiting in its spool."""
+        with self._spool_lock:
+            return self._backlog
+
+    def _adopt(self) -> int:
+        """Drain the spools of writers that are gone; returns how many lines were shipped."""
+        shipped = 0
+        try:
+            locks = sorted(self.spool_dir.glob("*.lock"))
+        except OSError:
+            return 0
+        for lock_path in locks:
+            if self._stop.is_set():
+                break
+            if lock_path.stem == self.writer:
+                continue
+            shipped += self._adopt_one(lock_path)
+        return shipped
+
+    def _adopt_one(self, lock_path: Path) -> int:
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            return 0
+        shipped = 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return 0  # its writer is alive
+            try:
+                if os.fstat(fd).st_ino != os.stat(lock_path).st_ino:
+                    return 0  # removed by another adopter meanwhile
+            except FileNotFoundError:
+                return 0
+            db = lock_path.with_suffix(".db")
+            if not db.exists():
+                lock_path.unlink(missing_ok=True)
+                return 0
+            spool = _Spool(db, create=False)
+            try:
+                while not self._stop.is_set():
+                    last, items = spool.head(self.bulk_size)
+                    if not items:
+                        spool.close()
+                        spool.remove()
+                        lock_path.unlink(missing_ok=True)
+                        return shipped
+                    if self._send(items, retries=0)[0]:
+                        return shipped
+                    spool.forget(last)
+                    shipped += len(items)
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    spool.close()
+        except sqlite3.Error as exc:
+            print(f"juliarun: cannot drain log spool {lock_path}: {exc}", file=sys.stderr)
+        finally:
+            os.close(fd)
+        return shipped
+
+    def _background(self) -> None:
+        next_adopt = 0.0
+        while not self._stop.is_set():
+            try:
+                busy = False
+                if self.backlog() and self.clock() >= self._down_until:
+                    busy = self._drain_own() and self.backlog() > 0
+                if self.clock() >= next_adopt:
+                    self._adopt()
+                    next_adopt = self.clock() + self.adopt_interval
+            except Exception as exc:  # keep draining; report
+                if not self._stop.is_set():
+                    print(f"juliarun: log spool drainer: {exc!r}", file=sys.stderr)
+                busy = False
+            if not busy:
+                self._wake.wait(self.retry_interval)
+                self._wake.clear()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return _guard(self.url, action)
+
+    def refresh(self) -> None:
+        """Make every line stored so far visible to searches."""
+        with self._guard("refresh the log indices"):
+            self._es.indices.refresh(
+                index=self.pattern, ignore_unavailable=True, allow_no_indices=True
+            )
+
+    def _filters(self, q: LogQuery) -> list[dict[str, Any]]:
+        filters: list[dict[str, Any]] = []
+        for name, value in (
+            ("job", q.job),
+            ("worker", q.worker),
+            ("stream", q.stream),
+            ("cluster", q.cluster),
+            ("tenant", q.tenant),
+        ):
+            if value is not None:
+                filters.append({"term": {name: value}})
+        if q.jobs:
+            filters.append({"terms": {"job": list(q.jobs)}})
+        span: dict[str, str] = {}
+        if q.since is not None:
+            span["gte"] = _iso(q.since)
+        if q.until is not None:
+            span["lt"] = _iso(q.until)
+        if span:
+            filters.append({"range": {"@timestamp": span}})
+        if q.text is not None:
+            filters.extend(self.text_query(q.text))
+        if q.regex is not None:
+            _compile(q.regex)
+        if q.limit is not None and q.limit < 0:
+            raise StoreError(f"limit must not be negative, got {q.limit}", hint="pass None for all")
+        return filters
+
+    @staticmethod
+    def _ranges_filter(ranges: _Ranges) -> dict[str, Any]:
+        return {
+            "bool": {
+                "should": [
+                    {
+                        "bool": {
+                            "filter": [
+                                {"term": {"_index": index}},
+                                {"range": {"_seq_no": {"gt": after, "lte": upto}}},
+                            ]
+                        }
+                    }
+                    for index, (after, upto) in ranges.items()
+                ],
+                "minimum_should_match": 1,
+            }
+        }
+
+    def _scan(
+        self, filters: list[dict[str, Any]], *, newest_first: bool, source: bool = True
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching hit, in (timestamp, writer, seq) order, a page at a time."""
+        order = "desc" if newest_first else "asc"
+        sort = [{"@timestamp": order}, {"writer": order}, {"seq": order}]
+        after: list[Any] | None = None
+        while True:
+            with self._guard("search the log indices"):
+                page = self._es.search(
+                    index=self.pattern,
+                    query={"bool": {"filter": filters}},
+                    sort=sort,
+                    size=PAGE,
+                    search_after=after,
+                    source=source,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                    track_total_hits=False,
+                )
+            hits = page["hits"]["hits"]
+            yield from hits
+            if len(hits) < PAGE:
+                return
+            after = hits[-1]["sort"]
+
+    def _select(self, q: LogQuery, ranges: _Ranges | None = None) -> list[LogLine]:
+        filters = self._filters(q)
+        if ranges is not None:
+            if not ranges:
+                return []
+            filters.append(self._ranges_filter(ranges))
+        pattern = None if q.regex is None else _compile(q.regex)
+        if q.limit == 0:
+            return []
+        newest_first = q.limit is not None
+        lines: list[LogLine] = []
+        for hit in self._scan(filters, newest_first=newest_first):
+            line = self._line(hit["_source"])
+            if pattern is not None and pattern.search(line.message) is None:
+                continue
+            lines.append(line)
+            if q.limit is not None and len(lines) >= q.limit:
+                break
+        if newest_first:
+            lines.reverse()
+        return lines
+
+    def query(self, q: LogQuery) -> list[LogLine]:
+        """Matching lines ordered by timestamp, then arrival within a writer; with
+        ``limit=n`` the most recent ``n`` (still oldest first)."""
+        self._filters(q)  # bad input fails before any request
+        self.refresh()
+        return self._select(q)
+
+    def count(self, q: LogQuery) -> int:
+        """How many lines match (at most ``limit`` when one is given)."""
+        filters = self._filters(q)
+        self.refresh()
+        if q.regex is not None:
+            pattern = _compile(q.regex)
+            n = sum(
+                1
+                for hit in self._scan(filters, newest_first=False)
+                if pattern.search(hit["_source"]["message"])
+            )
+        else:
+            with self._guard("count log lines"):
+                n = int(
+                    self._es.count(
+                        index=self.pattern,
+                        query={"bool": {"filter": filters}},
+                        ignore_unavailable=True,
+                        allow_no_indices=True,
+                    )["count"]
+                )
+        return n if q.limit is None else min(n, q.limit)
+
+    def _marks(self) -> _Marks:
+        """Each index's uuid and the local checkpoint of its primary shard."""
+        with self._guard("read the log indices' checkpoints"):
+            stats = self._es.indices.stats(
+                index=self.pattern,
+                level="shards",
+                metric="docs",
+                filter_path="indices.*.uuid,indices.*.shards.*.routing.primary,"
+                "indices.*.shards.*.seq_no.local_checkpoint",
+            )
+        marks: _Marks = {}
+        for index, info in (stats.get("indices") or {}).items():
+            checkpoint = -1
+            for copies in info.get("shards", {}).values():
+                for copy in copies:
+                    if copy.get("routing", {}).get("primary"):
+                        checkpoint = int(copy["seq_no"]["local_checkpoint"])
+            marks[index] = (info["uuid"], checkpoint)
+        return marks
+
+    def follow(
+        self,
+        q: LogQuery,
+        *,
+        stop: Callable[[], bool],
+        poll_interval: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[LogLine]:
+        """Yield the lines :meth:`query` returns, then lines stored later.
+
+        Polls every ``poll_interval`` seconds (through ``sleep``) for lines past each index's
+        last seen checkpoint (see the module docstring); ``stop()`` is checked before each poll
+        and the poll after it turns true is the last, so every line stored before then is
+        yielded. ``limit`` applies only to the lines already stored.
+        """
+        self._filters(q)
+        marks = self._marks()
+        self.refresh()
+        yield from self._select(q, {i: (-1, cp) for i, (_u, cp) in marks.items()})
+        unlimited = dataclasses.replace(q, limit=None)
+        while True:
+            stopping = stop()
+            now = self._marks()
+            ranges: _Ranges = {}
+            for index, (uuid, checkpoint) in now.items():
+                seen = marks.get(index)
+                after = seen[1] if seen is not None and seen[0] == uuid else -1
+                if checkpoint > after:
+                    ranges[index] = (after, checkpoint)
+            if ranges:
+                self.refresh()
+                new = self._select(unlimited, ranges)
+                marks = now
+                yield from new
+            else:
+                marks = now
+            if stopping:
+                return
+            sleep(poll_interval)
+
+    # -- deleting ---------------------------------------------------------------------------
+
+    def delete(self, job: str) -> int:
+        """Remove every line of ``job`` (including those in this writer's spool); returns how
+        many were removed from Elasticsearch."""
+        with self._spool_lock:
+            if self._spool is not None:
+                self._spool.drop_job(job)
+                self._backlog = self._spool.size()
+        self.refresh()
+        removed = 0
+        batch: list[str] = []
+
+        def flush() -> int:
+            with self._guard("delete log lines"):
+                response = self._es.bulk(operations=cast(Any, batch))
+            batch.clear()
+            return sum(1 for r in response["items"] if r["delete"].get("result") == "deleted")
+
+        for hit in self._scan([{"term": {"job": job}}], newest_first=False, source=False):
+            batch.append(json.dumps({"delete": {"_index": hit["_index"], "_id": hit["_id"]}}))
+            if len(batch) >= PAGE:
+                removed += flush()
+        if batch:
+            removed += flush()
+        self.refresh()
+        return removed
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain this writer's spool for at most ``timeout`` (default ``close_timeout``)
+        seconds, then release it: what is left is drained by the next store that starts."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        wait = self.close_timeout if timeout is None else timeout
+        deadline = self.clock() + wait
+        self._thread.join(max(0.0, wait))
+        while self.backlog() and self.clock() < deadline:
+            if not self._drain_own(timeout=deadline - self.clock()):
+                self.sleep(min(self.retry_interval, max(0.0, deadline - self.clock())))
+        with self._spool_lock:
+            if self._spool is not None:
+                empty = self._spool.size() == 0
+                self._spool.close()
+                if empty:
+                    self._spool.remove()
+                    (self.spool_dir / f"{self.writer}.lock").unlink(missing_ok=True)
+                self._spool = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock: the spool is anyone's to drain
+                self._lock_fd = None
+        self._es.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _guard(url: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except (ApiError, TransportError) as exc:
+        raise StoreError(
+            f"Elasticsearch at {url}: cannot {action}: {exc}",
+            hint="check that Elasticsearch is up (scripts/testenv status elasticsearch)",
+        ) from exc

@@ -1,0 +1,759 @@
+"""The Elasticsearch log store against the real test server: the SQLite store's behaviours where
+they apply, exactly-once shipping, the spool, jobs on the local backend, and an outage."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+import juliarun
+from juliarun.errors import StoreError
+from juliarun.logs import open_log_store
+from juliarun.logs.base import LogLine, LogQuery, LogStore, Stream
+from juliarun.logs.elasticsearch import ElasticsearchLogStore
+
+pytestmark = pytest.mark.elasticsearch
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+NOWHERE = "http://127.0.0.1:9"  # nothing listens on the discard port: connection refused
+
+
+def line(
+    seconds: float,
+    message: str,
+    *,
+    job: str = "job-a",
+    worker: str = "w1",
+    stream: Stream = "stdout",
+    cluster: str = "local",
+    tenant: str = "default",
+) -> LogLine:
+    return LogLine(
+        timestamp=T0 + timedelta(seconds=seconds),
+        job=job,
+        worker=worker,
+        stream=stream,
+        message=message,
+        cluster=cluster,
+        tenant=tenant,
+    )
+
+
+def messages(lines: list[LogLine]) -> list[str]:
+    return [x.message for x in lines]
+
+
+def eventually(probe: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def drop_prefix(es: Elasticsearch, prefix: str) -> None:
+    """Delete the prefix's indices (by name: wildcard deletes are refused) and template."""
+    names = list(es.options(ignore_status=404).indices.get(index=f"{prefix}-*"))
+    if names:
+        es.options(ignore_status=404).indices.delete(index=",".join(names))
+    es.options(ignore_status=404).indices.delete_index_template(name=prefix)
+
+
+@pytest.fixture
+def es_url(es_client: Elasticsearch) -> str:
+    return os.environ["JULIARUN_ES_URL"]
+
+
+@pytest.fixture
+def prefix(es_client: Elasticsearch) -> Iterator[str]:
+    """A per-test index prefix; its indices and template are deleted afterwards."""
+    name = f"juliarun-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_prefix(es_client, name)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def make_store(
+    es_url: str, prefix: str, spool: Path
+) -> Iterator[Callable[..., ElasticsearchLogStore]]:
+    made: list[ElasticsearchLogStore] = []
+
+    def make(**options: object) -> ElasticsearchLogStore:
+        options = {"spool": spool, "index_prefix": prefix, **options}
+        store = ElasticsearchLogStore(str(options.pop("url", es_url)), **options)  # type: ignore[arg-type]
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close(timeout=0)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., ElasticsearchLogStore]) -> ElasticsearchLogStore:
+    return make_store()
+
+
+@pytest.fixture
+def sample(store: ElasticsearchLogStore) -> list[LogLine]:
+    lines = [
+        line(0, "starting job", job="job-a", worker="w1"),
+        line(1, "hello world!", job="job-a", worker="w2", stream="stderr"),
+        line(2, "epoch 1 loss=0.50", job="job-b", worker="w1", cluster="gke"),
+        line(3, 'she said "hi" (twice)', job="job-b", worker="w2", tenant="acme"),
+        line(4, "epoch 2 loss=0.25", job="job-c", worker="w1", stream="stderr"),
+        line(5, "done: world saved", job="job-a", worker="w1"),
+    ]
+    assert store.write(lines) == len(lines)
+    return lines
+
+
+# -- the store's shape ---------------------------------------------------------------------
+
+
+def test_implements_the_protocol_and_is_registered(
+    store: ElasticsearchLogStore, es_url: str, prefix: str, spool: Path
+) -> None:
+    assert isinstance(store, LogStore)
+    other = open_log_store(
+        {"kind": "elasticsearch", "url": es_url, "spool": str(spool), "index_prefix": prefix}
+    )
+    assert isinstance(other, ElasticsearchLogStore)
+    other.close()
+
+
+def test_daily_indices_from_an_idempotent_template(
+    make_store: Callable[..., ElasticsearchLogStore], es_client: Elasticsearch, prefix: str
+) -> None:
+    first, second = make_store(), make_store()
+    first.write([line(0, "day one")])
+    second.write([line(86_400, "day two")])  # puts the same template again: no error
+    indices = es_client.indices.get(index=f"{prefix}-*")
+    assert sorted(indices) == [f"{prefix}-2024.03.01", f"{prefix}-2024.03.02"]
+    mapping = indices[f"{prefix}-2024.03.01"]["mappings"]["properties"]
+    assert mapping["@timestamp"]["type"] == "date_nanos"
+    assert {mapping[f]["type"] for f in ("cluster", "tenant", "job", "worker", "stream")} == {
+        "keyword"
+    }
+    assert mapping["message"]["type"] == "text"
+    assert mapping["message"]["fields"]["keyword"]["type"] == "keyword"
+    template = es_client.indices.get_index_template(name=prefix)["index_templates"][0]
+    assert template["index_template"]["_meta"]["managed_by"] == "juliarun"
+    settings = indices[f"{prefix}-2024.03.01"]["settings"]["index"]
+    assert settings["number_of_shards"] == "1"
+
+
+def test_invalid_prefix_is_refused(spool: Path) -> None:
+    with pytest.raises(StoreError, match="invalid index prefix"):
+        ElasticsearchLogStore(NOWHERE, spool=spool, index_prefix="Bad*Prefix")
+
+
+# -- the SQLite store's behaviours ---------------------------------------------------------
+
+
+def test_round_trip_preserves_every_field(store: ElasticsearchLogStore) -> None:
+    original = line(
+        1.234567, "ünïcode ✓", job="j", worker="w", stream="stderr", cluster="c", tenant="t"
+    )
+    store.write([original])
+    assert store.query(LogQuery()) == [original]
+
+
+def test_naive_timestamps_are_taken_as_utc(store: ElasticsearchLogStore) -> None:
+    naive = LogLine(datetime(2024, 1, 1, 5), "j", "w", "stdout", "m")
+    store.write([naive])
+    (got,) = store.query(LogQuery(since=datetime(2024, 1, 1, 5, tzinfo=UTC)))
+    assert got.timestamp == datetime(2024, 1, 1, 5, tzinfo=UTC)
+
+
+def test_write_nothing(store: ElasticsearchLogStore) -> None:
+    assert store.write([]) == 0
+    assert store.count(LogQuery()) == 0
+    assert store.query(LogQuery()) == []
+
+
+def test_order_is_timestamp_then_arrival(store: ElasticsearchLogStore) -> None:
+    store.write([line(5, "late"), line(1, "early-1")])
+    store.write([line(1, "early-2"), line(3, "middle")])
+    assert messages(store.query(LogQuery())) == ["early-1", "early-2", "middle", "late"]
+
+
+def test_query_after_write_sees_a_large_write_split_into_bulks(
+    make_store: Callable[..., ElasticsearchLogStore],
+) -> None:
+    store = make_store(bulk_size=100)
+    n = 12_345  # several bulks, and more than one search page
+    assert store.write(line(i / 1000, f"m{i}") for i in range(n)) == n
+    assert store.count(LogQuery()) == n
+    got = store.query(LogQuery())
+    assert messages(got) == [f"m{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        (LogQuery(), ["starting job", "hello world!", "epoch 1 loss=0.50",
+                      'she said "hi" (twice)', "epoch 2 loss=0.25", "done: world saved"]),
+        (LogQuery(job="job-a"), ["starting job", "hello world!", "done: world saved"]),
+        (LogQuery(jobs=("job-b", "job-c")),
+         ["epoch 1 loss=0.50", 'she said "hi" (twice)', "epoch 2 loss=0.25"]),
+        (LogQuery(job="job-a", jobs=("job-a", "job-b")),
+         ["starting job", "hello world!", "done: world saved"]),
+        (LogQuery(job="job-c", jobs=("job-a",)), []),
+        (LogQuery(worker="w2"), ["hello world!", 'she said "hi" (twice)']),
+        (LogQuery(stream="stderr"), ["hello world!", "epoch 2 loss=0.25"]),
+        (LogQuery(cluster="gke"), ["epoch 1 loss=0.50"]),
+        (LogQuery(tenant="acme"), ['she said "hi" (twice)']),
+        (LogQuery(since=T0 + timedelta(seconds=4)), ["epoch 2 loss=0.25", "done: world saved"]),
+        (LogQuery(until=T0 + timedelta(seconds=1)), ["starting job"]),
+        (LogQuery(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=3)),
+         ["hello world!", "epoch 1 loss=0.50"]),
+        (LogQuery(job="job-a", worker="w1", stream="stdout"),
+         ["starting job", "done: world saved"]),
+        (LogQuery(job="nope"), []),
+    ],
+)  # fmt: skip
+def test_filters(
+    store: ElasticsearchLogStore, sample: list[LogLine], q: LogQuery, expected: list[str]
+) -> None:
+    assert messages(store.query(q)) == expected
+    assert store.count(q) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("world", ["hello world!", "done: world saved"]),
+        ("WORLD hello", ["hello world!"]),  # all words, any order, case-folded
+        ("hello world!", ["hello world!"]),  # punctuation is not syntax
+        ('"hi"', ['she said "hi" (twice)']),  # quotes in user input
+        ('said "hi', ['she said "hi" (twice)']),  # an unbalanced quote
+        ("(twice) AND OR NOT", []),  # operators are words, not syntax
+        ("loss=0.25", ["epoch 2 loss=0.25"]),  # tokens inside one word form a phrase
+        ("done:", ["done: world saved"]),
+        ("*", []),
+        ("NEAR(hello world)", []),
+        ("wor", []),  # words, not substrings (use regex for those)
+        ("   ", None),  # no words: no text constraint
+    ],
+)
+def test_full_text_search(
+    store: ElasticsearchLogStore, sample: list[LogLine], text: str, expected: list[str] | None
+) -> None:
+    got = messages(store.query(LogQuery(text=text)))
+    assert got == (messages(sample) if expected is None else expected)
+
+
+def test_full_text_combines_with_other_filters(
+    store: ElasticsearchLogStore, sample: list[LogLine]
+) -> None:
+    assert messages(store.query(LogQuery(text="epoch", job="job-c"))) == ["epoch 2 loss=0.25"]
+    assert store.count(LogQuery(text="world", worker="w1")) == 1
+
+
+@pytest.mark.parametrize(
+    ("regex", "expected"),
+    [
+        (r"loss=0\.\d+", ["epoch 1 loss=0.50", "epoch 2 loss=0.25"]),
+        (r"^epoch 2", ["epoch 2 loss=0.25"]),
+        (r"wor", ["hello world!", "done: world saved"]),  # substrings
+        (r"\(twice\)$", ['she said "hi" (twice)']),
+        (r"(?i)HELLO", ["hello world!"]),
+        (r"zzz", []),
+    ],
+)
+def test_regex_has_python_semantics(
+    store: ElasticsearchLogStore, sample: list[LogLine], regex: str, expected: list[str]
+) -> None:
+    assert messages(store.query(LogQuery(regex=regex))) == expected
+    assert store.count(LogQuery(regex=regex)) == len(expected)
+
+
+def test_regex_and_text_together(store: ElasticsearchLogStore, sample: list[LogLine]) -> None:
+    q = LogQuery(text="epoch", regex=r"0\.5")
+    assert messages(store.query(q)) == ["epoch 1 loss=0.50"]
+
+
+def test_regex_with_limit_takes_the_most_recent_matches(store: ElasticsearchLogStore) -> None:
+    store.write([line(i, f"{'even' if i % 2 == 0 else 'odd'} {i}") for i in range(10)])
+    assert messages(store.query(LogQuery(regex=r"^even", limit=2))) == ["even 6", "even 8"]
+    assert store.count(LogQuery(regex=r"^odd", limit=3)) == 3
+
+
+def test_invalid_regex_is_a_store_error(store: ElasticsearchLogStore) -> None:
+    with pytest.raises(StoreError, match="invalid regular expression") as info:
+        store.query(LogQuery(regex="(unclosed"))
+    assert info.value.hint
+    assert isinstance(info.value.__cause__, re.error)
+
+
+def test_limit_returns_most_recent_lines_oldest_first(
+    store: ElasticsearchLogStore, sample: list[LogLine]
+) -> None:
+    assert messages(store.query(LogQuery(limit=2))) == ["epoch 2 loss=0.25", "done: world saved"]
+    assert messages(store.query(LogQuery(job="job-a", limit=2))) == [
+        "hello world!",
+        "done: world saved",
+    ]
+    assert store.query(LogQuery(limit=0)) == []
+    assert len(store.query(LogQuery(limit=100))) == len(sample)
+    assert store.count(LogQuery(limit=2)) == 2
+    assert store.count(LogQuery(limit=100)) == len(sample)
+
+
+def test_limit_breaks_timestamp_ties_by_arrival(store: ElasticsearchLogStore) -> None:
+    store.write([line(1, f"m{i}") for i in range(5)])
+    assert messages(store.query(LogQuery(limit=2))) == ["m3", "m4"]
+
+
+def test_negative_limit_is_refused(store: ElasticsearchLogStore) -> None:
+    with pytest.raises(StoreError, match="limit"):
+        store.query(LogQuery(limit=-1))
+
+
+def test_delete_removes_a_jobs_lines(store: ElasticsearchLogStore, sample: list[LogLine]) -> None:
+    assert store.delete("job-a") == 3
+    assert store.delete("job-a") == 0
+    assert store.count(LogQuery(job="job-a")) == 0
+    assert messages(store.query(LogQuery(text="world"))) == []
+    assert store.count(LogQuery()) == 3
+
+
+def test_delete_pages_through_many_lines(store: ElasticsearchLogStore) -> None:
+    store.write(line(i / 100, f"m{i}", job="big") for i in range(7000))
+    store.write([line(0, "kept", job="small")])
+    assert store.delete("big") == 7000
+    assert messages(store.query(LogQuery())) == ["kept"]
+
+
+def test_reopening_keeps_lines(make_store: Callable[..., ElasticsearchLogStore]) -> None:
+    with make_store() as first:
+        first.write([line(0, "kept")])
+    with make_store() as second:
+        assert messages(second.query(LogQuery())) == ["kept"]
+
+
+def test_use_after_close_is_a_store_error(
+    make_store: Callable[..., ElasticsearchLogStore],
+) -> None:
+    store = make_store()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.write([line(0, "late")])
+
+
+def test_unreachable_server_is_a_store_error_on_read(
+    make_store: Callable[..., ElasticsearchLogStore],
+) -> None:
+    store = make_store(url=NOWHERE)
+    with pytest.raises(StoreError, match="cannot refresh") as info:
+        store.query(LogQuery())
+    assert "elasticsearch" in info.value.hint
+
+
+# -- follow --------------------------------------------------------------------------------
+
+
+def test_follow_yields_existing_then_new_lines_from_another_writer(
+    store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
+) -> None:
+    store.write([line(0, "old-1"), line(1, "old-2"), line(2, "other", job="job-z")])
+    other = make_store()  # a second writer, as a job's supervisor process would be
+    sleeps: list[float] = []
+    batches = iter(
+        [
+            [line(3, "new-1"), line(3, "noise", job="job-z")],
+            [],
+            [line(4, "new-2"), line(5, "new-3")],
+        ]
+    )
+
+    def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        other.write(next(batches, []))
+
+    def stop() -> bool:
+        return len(sleeps) >= 3
+
+    got = store.follow(LogQuery(job="job-a"), stop=stop, poll_interval=0.25, sleep=fake_sleep)
+    assert messages(list(got)) == ["old-1", "old-2", "new-1", "new-2", "new-3"]
+    assert sleeps == [0.25, 0.25, 0.25]
+
+
+def test_follow_sees_late_lines_with_old_timestamps(
+    store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
+) -> None:
+    """A drained spool delivers lines older than ones already seen: follow still yields them."""
+    store.write([line(100, "recent")])
+    other = make_store()
+    polls = 0
+
+    def fake_sleep(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        other.write([line(1, "from a drained spool"), line(200, "newest")])
+
+    got = store.follow(LogQuery(), stop=lambda: polls >= 1, sleep=fake_sleep)
+    assert messages(list(got)) == ["recent", "from a drained spool", "newest"]
+
+
+def test_follow_polls_once_more_after_stop(
+    store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
+) -> None:
+    other = make_store()
+    stopped = False
+
+    def fake_sleep(_: float) -> None:
+        nonlocal stopped
+        other.write([line(9, "written just before stop")])
+        stopped = True
+
+    got = list(store.follow(LogQuery(), stop=lambda: stopped, sleep=fake_sleep))
+    assert messages(got) == ["written just before stop"]
+
+
+def test_follow_applies_limit_to_existing_lines_only(store: ElasticsearchLogStore) -> None:
+    store.write([line(i, f"old-{i}") for i in range(5)])
+    polls = 0
+
+    def fake_sleep(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        store.write([line(10 + i, f"new-{i}") for i in range(3)])
+
+    got = store.follow(LogQuery(limit=2), stop=lambda: polls >= 1, sleep=fake_sleep)
+    assert messages(list(got)) == ["old-3", "old-4", "new-0", "new-1", "new-2"]
+
+
+def test_follow_applies_filters_to_new_lines(store: ElasticsearchLogStore) -> None:
+    polls = 0
+
+    def fake_sleep(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        store.write([line(1, "error: disk full"), line(2, "all good"), line(3, "ERROR again")])
+
+    q = LogQuery(text="error", stream="stdout")
+    got = store.follow(q, stop=lambda: polls >= 1, sleep=fake_sleep)
+    assert messages(list(got)) == ["error: disk full", "ERROR again"]
+
+
+def test_follow_stops_immediately_with_nothing_new(store: ElasticsearchLogStore) -> None:
+    store.write([line(0, "only")])
+
+    def no_sleep(_: float) -> None:
+        raise AssertionError("must not sleep when already stopped")
+
+    assert messages(list(store.follow(LogQuery(), stop=lambda: True, sleep=no_sleep))) == ["only"]
+
+
+def test_follow_ignores_deleted_lines_and_a_new_day(store: ElasticsearchLogStore) -> None:
+    store.write([line(0, "a", job="gone"), line(1, "b")])
+    polls = 0
+
+    def fake_sleep(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            store.delete("gone")
+        else:
+            store.write([line(86_400, "next day")])
+
+    got = store.follow(LogQuery(job="job-a"), stop=lambda: polls >= 2, sleep=fake_sleep)
+    assert messages(list(got)) == ["b", "next day"]
+
+
+# -- shipping: exactly once, rejections, the spool -----------------------------------------
+
+
+def test_a_retried_bulk_stores_each_line_once(store: ElasticsearchLogStore) -> None:
+    """A bulk retried after its response was lost meets 409 for what it already stored."""
+    items = [store._item(line(i, f"m{i}")) for i in range(50)]
+    assert store._send(items[:30], retries=0) == ([], 0)
+    assert store._send(items, retries=0) == ([], 0)  # the first 30 again, plus 20 new
+    assert store.count(LogQuery()) == 50
+    assert sorted(messages(store.query(LogQuery()))) == sorted(f"m{i}" for i in range(50))
+
+
+def test_a_refused_line_is_reported_and_counted_not_retried(
+    store: ElasticsearchLogStore,
+    es_client: Elasticsearch,
+    prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A day whose index maps `job` as a number: a line of job "job-a" is a mapping error there.
+    es_client.indices.create(
+        index=f"{prefix}-2024.02.01", mappings={"properties": {"job": {"type": "long"}}}
+    )
+    bad = LogLine(datetime(2024, 2, 1, tzinfo=UTC), "job-a", "w1", "stdout", "unmappable")
+    assert store.write([bad, line(0, "fine")]) == 1
+    assert store.rejected == 1
+    assert store.backlog() == 0
+    err = capsys.readouterr().err
+    assert "Elasticsearch refused a log line" in err
+    assert "document_parsing_exception" in err or "mapper_parsing_exception" in err
+    assert "unmappable" in err
+    assert messages(store.query(LogQuery())) == ["fine"]
+
+
+def test_unreachable_server_spools_and_a_later_store_drains_it(
+    make_store: Callable[..., ElasticsearchLogStore], spool: Path
+) -> None:
+    down = make_store(url=NOWHERE, sleep=lambda _: None, retry_interval=60)
+    assert down.write([line(i, f"m{i}") for i in range(100)]) == 100
+    assert down.write([line(100, "m100")]) == 1  # spooled at once, behind the backlog
+    assert down.backlog() == 101
+    assert down.spooled == 101
+    down.close(timeout=0)
+    assert len(list(spool.glob("*.db"))) == 1
+
+    reader = make_store()  # any store adopts the spool of a writer that is gone
+    eventually(lambda: reader.count(LogQuery()) == 101, 30, "the spool to drain")
+    assert messages(reader.query(LogQuery())) == [f"m{i}" for i in range(101)]
+    eventually(lambda: not list(spool.glob("*.db")), 10, "the drained spool to be removed")
+    assert not list(spool.glob("*.lock"))
+
+
+def test_a_timed_out_bulk_is_spooled_not_retried_in_place(
+    make_store: Callable[..., ElasticsearchLogStore],
+) -> None:
+    """A hung server (accepts connections, never answers): one attempt, then the spool."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        port = server.getsockname()[1]
+        hung = make_store(url=f"http://127.0.0.1:{port}", request_timeout=0.5, retry_interval=60)
+        assert hung.write([line(i, f"m{i}") for i in range(10)]) == 10
+        assert hung.backlog() == 10
+        assert len(accepted) == 1
+        assert hung.write([line(10, "m10")]) == 1  # behind the backlog: no new attempt
+        assert len(accepted) == 1
+    finally:
+        done.set()
+        acceptor.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_a_spool_drained_twice_stores_each_line_once(
+    make_store: Callable[..., ElasticsearchLogStore], spool: Path, tmp_path: Path
+) -> None:
+    """A crash between shipping a spooled bulk and forgetting it: the copy ships again."""
+    down = make_store(url=NOWHERE, sleep=lambda _: None, retry_interval=60)
+    down.write([line(i, f"m{i}") for i in range(40)])
+    down.close(timeout=0)
+    (db,) = spool.glob("*.db")
+    shutil.copy(db, tmp_path / "copy.db")
+
+    reader = make_store(adopt_interval=0.2)
+    eventually(lambda: not db.exists(), 30, "the first drain")
+    shutil.copy(tmp_path / "copy.db", db)
+    db.with_suffix(".lock").touch()
+    eventually(lambda: not db.exists(), 30, "the second drain")
+    assert reader.count(LogQuery()) == 40
+
+
+def test_a_live_writers_spool_is_not_adopted(
+    make_store: Callable[..., ElasticsearchLogStore], spool: Path
+) -> None:
+    down = make_store(url=NOWHERE, sleep=lambda _: None, retry_interval=60)
+    down.write([line(0, "still mine")])
+    reader = make_store(adopt_interval=0.1)
+    time.sleep(1)
+    assert reader.count(LogQuery()) == 0
+    assert down.backlog() == 1
+
+
+def test_delete_drops_the_jobs_lines_from_the_spool(
+    make_store: Callable[..., ElasticsearchLogStore],
+) -> None:
+    down = make_store(url=NOWHERE, sleep=lambda _: None, retry_interval=60)
+    down.write([line(0, "a", job="x"), line(1, "b", job="y")])
+    with pytest.raises(StoreError):  # the spool part is done; the server is unreachable
+        down.delete("x")
+    assert down.backlog() == 1
+
+
+def _write_from_process(url: str, spool: str, prefix: str, worker: str, n: int) -> None:
+    store = ElasticsearchLogStore(url, spool=spool, index_prefix=prefix, bulk_size=50)
+    try:
+        for i in range(0, n, 25):
+            store.write([line(i / 1000 + j / 1000, f"{worker} line {i + j}", worker=worker)
+                         for j in range(25)])  # fmt: skip
+    finally:
+        store.close()
+
+
+def test_two_processes_write_concurrently(
+    store: ElasticsearchLogStore, es_url: str, spool: Path, prefix: str
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_write_from_process, args=(es_url, str(spool), prefix, f"p{n}", 500))
+        for n in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert store.count(LogQuery()) == 1000
+    assert store.count(LogQuery(worker="p1")) == 500
+    assert store.count(LogQuery(text="line")) == 1000
+    assert messages(store.query(LogQuery(worker="p0"))) == [f"p0 line {i}" for i in range(500)]
+
+
+# -- jobs on the local backend -------------------------------------------------------------
+
+
+@pytest.fixture
+def es_env(juliarun_home: Path, monkeypatch: pytest.MonkeyPatch, es_url: str, prefix: str) -> Path:
+    monkeypatch.setenv("JULIARUN_LOG_STORE", "elasticsearch")
+    monkeypatch.setenv("JULIARUN_ES_URL", es_url)
+    monkeypatch.setenv("JULIARUN_ES_INDEX_PREFIX", prefix)
+    return juliarun_home
+
+
+@pytest.mark.julia
+def test_lines_of_a_running_three_worker_job_are_searchable(
+    es_env: Path, tmp_path: Path, julia: str
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "w.jl").write_text(
+        'for i in 1:150\n    println("worker ", ENV["JULIARUN_WORKER_INDEX"], " line ", i)\n'
+        "    flush(stdout)\n    sleep(0.04)\nend\n"
+        'println(stderr, "worker ", ENV["JULIARUN_WORKER_INDEX"], " done")\n'
+    )
+    name = f"esjob-{uuid.uuid4().hex[:6]}"
+    with juliarun.init("local") as ctx:
+        assert isinstance(ctx.logs, ElasticsearchLogStore)
+        juliarun.define_storage(ctx, name="code", kind="host", path=str(code))
+        job = juliarun.JuliaParBatchWorkers(name, "/mnt/code/w.jl", "code", nworkers=3)
+        juliarun.submit(ctx, job)
+
+        # searchable while it runs
+        def some_from_every_worker() -> bool:
+            found = ctx.logs.query(LogQuery(job=name, text="line"))
+            return {x.worker for x in found} == {f"{name}-{i}" for i in range(3)}
+
+        eventually(some_from_every_worker, 60, "lines from all three workers")
+        assert not ctx.backend.status(name).done
+
+        # follow streams them live, until the job ends
+        followed = list(
+            ctx.logs.follow(
+                LogQuery(job=name),
+                stop=lambda: ctx.backend.status(name).done,
+                poll_interval=0.2,
+            )
+        )
+        assert juliarun.wait(ctx, job, timeout=120).phase == "succeeded"
+
+        # and after it ends: every line, once
+        got = ctx.logs.query(LogQuery(job=name))
+        assert len(got) == 3 * 151
+        assert Counter(x.message for x in got) == Counter(
+            [f"worker {w} line {i}" for w in range(3) for i in range(1, 151)]
+            + [f"worker {w} done" for w in range(3)]
+        )
+        assert sorted(x.message for x in followed) == sorted(x.message for x in got)
+        assert ctx.logs.count(LogQuery(job=name, stream="stderr")) == 3
+        hits = juliarun.search(ctx, "line 150", job=name)
+        assert sorted(x.worker for x in hits) == [f"{name}-{i}" for i in range(3)]
+        hits = juliarun.search(ctx, regex=r"^worker 1 line 15\d?$", job=name)
+        assert [x.message for x in hits] == ["worker 1 line 15", "worker 1 line 150"]
+        juliarun.delete(ctx, job)
+
+
+def _testenv(action: str) -> None:
+    subprocess.run(
+        [str(ROOT / "scripts" / "testenv"), action, "elasticsearch"],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+
+
+def _node_start(es: Elasticsearch) -> int:
+    (node,) = es.nodes.info(node_id="_local", metric="jvm")["nodes"].values()
+    return int(node["jvm"]["start_time_in_millis"])
+
+
+def test_no_line_is_lost_or_doubled_when_elasticsearch_restarts_mid_job(
+    es_env: Path, es_client: Elasticsearch
+) -> None:
+    """The job (~22 s) usually outlives the outage (~8 s), so its supervisor drains its own
+    spool while still writing; if it ends first, it leaves the spool to this process's store
+    (adoption is also tested on its own above)."""
+    n = 2000
+    script = (
+        "import sys, time\n"
+        f"for i in range({n}):\n"
+        "    print(f'number {i}', flush=True)\n"
+        "    time.sleep(0.01)\n"
+    )
+    name = f"outage-{uuid.uuid4().hex[:6]}"
+    with juliarun.init("local") as ctx:
+        job = juliarun.Batch(name, command=[sys.executable, "-c", script])
+        juliarun.submit(ctx, job)
+        eventually(lambda: ctx.logs.count(LogQuery(job=name)) >= 200, 60, "the first lines")
+        started = _node_start(es_client)
+        spool = es_env / "spool" / "logs"
+        try:
+            _testenv("down")
+            # the job keeps printing: its supervisor spools the lines
+            eventually(lambda: any(spool.glob("*.db")), 30, "the supervisor to spool")
+        finally:
+            _testenv("up")
+        assert _node_start(es_client) > started  # it really was a restart
+        assert juliarun.wait(ctx, job, timeout=300).phase == "succeeded"
+
+        def all_stored() -> bool:
+            try:
+                return ctx.logs.count(LogQuery(job=name)) >= n
+            except StoreError:
+                return False
+
+        eventually(all_stored, 180, "every line to be shipped after the restart")
+        eventually(lambda: not any(spool.glob("*.db")), 60, "the spool to be emptied")
+        got = ctx.logs.query(LogQuery(job=name))
+    numbers = Counter(int(x.message.split()[1]) for x in got)
+    assert len(got) == n
+    assert set(numbers) == set(range(n))
+    assert max(numbers.values()) == 1

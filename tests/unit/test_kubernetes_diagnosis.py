@@ -1,0 +1,247 @@
+"""Diagnosis from objects recorded on the test cluster (tests/unit/data/kubernetes/*.json, made by
+running each scenario on the real node / apiserver): Job, pods, Job events and nodes in, status
+with reason and hint out."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from juliarun.backends.kubernetes.backend import node_status
+from juliarun.backends.kubernetes.diagnosis import (
+    diagnose,
+    parse_scheduler_message,
+    waiting_kind,
+)
+from juliarun.backends.kubernetes.watch import Cursor, advance, after_disconnect
+
+DATA = Path(__file__).parent / "data" / "kubernetes"
+
+
+def recorded(case: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{case}.json").read_text())  # type: ignore[no-any-return]
+
+
+def run(case: str, **override: Any) -> Any:
+    d = {**recorded(case), **override}
+    return diagnose(d["job"], d["pods"], d["events"], d["nodes"])
+
+
+def test_succeeded() -> None:
+    report = run("succeeded")
+    status = report.status
+    assert (status.phase, status.reason, report.log_pod) == ("succeeded", None, None)
+    [w] = status.workers
+    assert (w.id, w.state, w.exit_code, w.restarts) == ("hello-0", "succeeded", 0, 0)
+    assert w.duration is not None and w.duration >= 0
+    assert status.finished_at is not None
+
+
+def test_nonzero_exit_names_the_worker_and_asks_for_the_last_lines() -> None:
+    report = run("exit3")
+    assert report.status.phase == "failed"
+    assert report.status.reason == "worker fails-0 exited with code 3"
+    assert report.log_pod and report.log_pod.startswith("fails-0-")
+    assert "juliarun tail fails" in (report.status.hint or "")
+    assert report.status.workers[0].exit_code == 3
+
+
+def test_oomkilled() -> None:
+    status = run("oomkilled").status
+    assert status.phase == "failed"
+    assert status.reason == "OOMKilled: worker hog-0 ran out of memory (limit 64Mi)"
+    assert "raise memory= above 64Mi" in (status.hint or "")
+    assert "kubectl describe pod hog-0-" in (status.hint or "")
+    assert status.workers[0].reason == "OOMKilled"
+
+
+def test_image_that_does_not_exist_fails_at_once() -> None:
+    status = run("image_pull").status
+    assert status.phase == "failed"
+    assert status.reason is not None
+    assert status.reason.startswith(
+        "image pull failure: localhost:5000/juliarun/does-not-exist:0.0.1: ErrImagePull"
+    )
+    assert "exists in its registry" in (status.hint or "")
+
+
+def test_transient_pull_error_keeps_waiting() -> None:
+    data = recorded("image_pull")
+    pod = copy.deepcopy(data["pods"][0])
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    waiting.update(reason="ImagePullBackOff", message="Back-off pulling image: i/o timeout")
+    status = diagnose(data["job"], [pod], [], data["nodes"]).status
+    assert status.phase == "created"
+    assert status.reason is not None and status.reason.startswith("image pull failure")
+
+
+def test_crashloop_is_reported_while_restarts_remain() -> None:
+    status = run("crashloop").status
+    assert status.phase == "running"
+    assert status.reason is not None
+    assert status.reason.startswith("CrashLoopBackOff: worker crashy-0 keeps failing (exit code 1")
+    assert "--previous" in (status.hint or "")
+    assert status.workers[0].state == "restarting"
+
+
+def test_no_node_of_the_type() -> None:
+    status = run("no_gpu_node").status
+    assert (status.phase, status.reason) == ("failed", "unschedulable: no node of type gpu")
+    assert "juliarun.io/node-type=gpu" in (status.hint or "")
+
+
+def test_no_node_of_the_type_is_known_before_the_scheduler_speaks() -> None:
+    data = recorded("no_gpu_node")
+    pod = copy.deepcopy(data["pods"][0])
+    pod["status"]["conditions"] = []
+    status = diagnose(data["job"], [pod], [], data["nodes"]).status
+    assert status.reason == "unschedulable: no node of type gpu"
+
+
+def test_request_beyond_every_node_is_a_misfit() -> None:
+    status = run("cpu_misfit").status
+    assert status.phase == "failed"
+    assert status.reason == (
+        "unschedulable: resource misfit: each worker asks cpu=64 (largest node: 2), "
+        "more than any node has"
+    )
+
+
+def test_insufficient_now_but_fits_an_empty_node_waits_for_free_nodes() -> None:
+    data = recorded("cpu_misfit")
+    nodes = copy.deepcopy(data["nodes"])
+    for node in nodes:
+        node["status"]["allocatable"]["cpu"] = "128"
+    status = diagnose(data["job"], data["pods"], [], nodes).status
+    assert status.phase == "created"
+    assert status.reason == "unschedulable: insufficient cpu on 1 node(s) (waiting for free nodes)"
+    assert waiting_kind(data["pods"][0], nodes) == "nodes"
+    assert waiting_kind(data["pods"][0], data["nodes"]) == "misfit"
+
+
+def test_without_node_access_the_scheduler_message_is_used() -> None:
+    status = run("cpu_misfit", nodes=None).status
+    assert status.phase == "created"
+    assert status.reason == "unschedulable: insufficient cpu on 1 node(s) (waiting for free nodes)"
+
+
+def test_quota_exceeded_names_the_quota() -> None:
+    status = run("quota").status
+    assert status.phase == "failed"
+    assert status.reason is not None
+    assert status.reason.startswith(
+        "quota exceeded: exceeded quota: small, requested: requests.cpu=2"
+    )
+    assert "raise the ResourceQuota small in namespace jr-record-" in (status.hint or "")
+
+
+def test_events_of_an_earlier_job_do_not_count_once_pods_exist() -> None:
+    data = recorded("succeeded")
+    quota_events = recorded("quota")["events"]
+    status = diagnose(data["job"], data["pods"], quota_events, data["nodes"]).status
+    assert status.phase == "succeeded"
+
+
+def test_waiting_for_the_job_controller_and_the_scheduler() -> None:
+    data = recorded("succeeded")
+    job = copy.deepcopy(data["job"])
+    job["status"] = {}
+    assert diagnose(job, []).status.reason == "waiting for the job controller to create pods"
+    pod = copy.deepcopy(data["pods"][0])
+    pod["spec"].pop("nodeName")
+    pod["status"] = {"phase": "Pending"}
+    status = diagnose(job, [pod], [], data["nodes"]).status
+    assert (str(status), status.reason) == ("created, 1 processes waiting", "waiting for scheduler")
+    assert waiting_kind(pod, data["nodes"]) == "scheduler"
+
+
+@pytest.mark.parametrize(
+    ("message", "insufficient", "taints", "mismatch"),
+    [
+        (
+            "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: "
+            "0/1 nodes are available: 1 Preemption is not helpful for scheduling.",
+            {"cpu": 1},
+            [],
+            0,
+        ),
+        (
+            "0/4 nodes are available: 2 Insufficient memory, 2 Insufficient nvidia.com/gpu.",
+            {"memory": 2, "nvidia.com/gpu": 2},
+            [],
+            0,
+        ),
+        (
+            "0/2 nodes are available: 1 node(s) had untolerated taint {a: b}, 1 node(s) didn't "
+            "match Pod's node affinity/selector.",
+            {},
+            ["a: b"],
+            1,
+        ),
+        ("0/3 nodes are available: 3 Too many pods.", {"pods": 3}, [], 0),
+    ],
+)
+def test_scheduler_messages(
+    message: str, insufficient: dict[str, int], taints: list[str], mismatch: int
+) -> None:
+    parsed = parse_scheduler_message(message)
+    assert parsed.insufficient == insufficient
+    assert parsed.taints == taints
+    assert parsed.selector_mismatch == mismatch
+
+
+def test_free_percentages_of_a_node() -> None:
+    data = recorded("succeeded")
+    node = next(n for n in data["nodes"] if n["metadata"]["name"] == "juliarun-node")
+    node = copy.deepcopy(node)
+    node["status"]["allocatable"].update({"cpu": "2", "memory": "4Gi", "pods": "10"})
+    pod = {"spec": {"containers": [{"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]}}
+    row = node_status(node, [pod], disk_free=0.42)
+    assert (row.cpu, row.mem, row.pod, row.dsk, row.gpu, row.ready) == (75, 75, 90, 42, 0, True)
+    assert row.labels == {"juliarun.io/node-kind": "real"}
+
+
+# -- watch resume, from recorded events --------------------------------------------------------
+
+EVENTS = [  # a pod watch as the apiserver sent it, then the apiserver restarted (stream ended)
+    {"type": "ADDED", "object": {"metadata": {"name": "w-0-a", "resourceVersion": "1201"}}},
+    {"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "1250"}}},
+    {"type": "MODIFIED", "object": {"metadata": {"name": "w-0-a", "resourceVersion": "1262"}}},
+]
+EXPIRED = {
+    "type": "ERROR",
+    "object": {
+        "kind": "Status",
+        "status": "Failure",
+        "reason": "Expired",
+        "code": 410,
+        "message": "too old resource version: 1262 (1900)",
+    },
+}
+
+
+def test_watch_resumes_from_the_last_version_after_a_restart() -> None:
+    cursor = Cursor("1200")
+    delivered = []
+    for event in EVENTS:
+        cursor, obj = advance(cursor, event)
+        if obj is not None:
+            delivered.append(obj["metadata"]["resourceVersion"])
+    assert delivered == ["1201", "1262"]  # the bookmark moved the cursor, delivered nothing
+    resumed = after_disconnect(cursor)
+    assert resumed == Cursor("1262")  # the next watch starts after what was seen: no dupes
+
+
+def test_an_expired_version_forces_a_relist() -> None:
+    cursor, obj = advance(Cursor("1262"), EXPIRED)
+    assert obj is None
+    assert cursor.relist and cursor.resource_version is None
+
+
+def test_other_errors_keep_the_cursor() -> None:
+    error = {"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError"}}
+    assert advance(Cursor("7"), error) == (Cursor("7"), None)
