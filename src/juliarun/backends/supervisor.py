@@ -138,6 +138,7 @@ class Supervisor:
     def _flush(self) -> None:
         """Store every captured line and metric point, and stop the log writer (idempotent)."""
         self._ingest_metrics()
+        self.metrics.flush()
         if self.writer.is_alive():
             self.lines.put(None)
             self.writer.join(timeout=30)

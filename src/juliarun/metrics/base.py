@@ -66,4 +66,9 @@ class MetricStore(Protocol):
         """Aggregated rows ordered by group, then window start."""
         ...
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Hand every point written so far to the store or its durable spool; ``True`` when
+        all of them are stored (queries see them), ``False`` when some wait in a spool."""
+        ...
+
     def close(self) -> None: ...

@@ -257,6 +257,10 @@ class SqliteMetricStore:
             for key in sorted(accs)
         ]
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Writes are stored when ``write`` returns; nothing to wait for."""
+        return True
+
     def close(self) -> None:
         """Close the connection; further calls raise :class:`~juliarun.errors.StoreError`."""
         with self._lock:
