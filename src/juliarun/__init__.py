@@ -6,6 +6,7 @@ The seed's session API (``init``, ``status``, ``submit``, ``list``, ``tail``, ``
 
 from juliarun.api import (
     Context,
+    collect,
     define_storage,
     delete,
     init,
@@ -23,6 +24,9 @@ from juliarun.backends.base import ClusterStatus, JobStatus
 from juliarun.errors import JuliaRunError
 from juliarun.specs import (
     Batch,
+    BundlePackage,
+    BundleSpec,
+    ImageSpec,
     JuliaBatch,
     JuliaParBatchWorkers,
     Resources,
@@ -33,14 +37,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch",
+    "BundlePackage",
+    "BundleSpec",
     "ClusterStatus",
     "Context",
+    "ImageSpec",
     "JobStatus",
     "JuliaBatch",
     "JuliaParBatchWorkers",
     "JuliaRunError",
     "Resources",
     "StorageSpec",
+    "collect",
     "define_storage",
     "delete",
     "init",

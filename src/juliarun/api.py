@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from juliarun.backends.base import Backend, ClusterStatus, JobStatus, LogSource, wait_for_job
+from juliarun.backends.base import (
+    Backend,
+    ClusterStatus,
+    CollectResult,
+    JobStatus,
+    LogCollector,
+    LogSource,
+    wait_for_job,
+)
 from juliarun.errors import ConfigError, JuliaRunError
 from juliarun.logs import LogLine, LogQuery, LogStore, open_log_store
 from juliarun.logs.base import Stream
@@ -280,10 +288,50 @@ def search(
     job: JobRef | None = None,
     regex: str | None = None,
     limit: int | None = None,
+    worker: str | None = None,
+    stream: Stream | None = None,
+    tenant: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> builtins.list[LogLine]:
-    """Full-text (``text``) or regular-expression search over stored output."""
+    """Full-text (``text``) or regular-expression search over stored output, narrowed by job,
+    worker, stream, tenant and the time range ``[since, until)``."""
     if text is None and regex is None:
         raise JuliaRunError("search needs text or regex", hint="e.g. search(ctx, 'hello world')")
     return ctx.logs.query(
-        LogQuery(text=text, regex=regex, job=None if job is None else _name(job), limit=limit)
+        LogQuery(
+            text=text,
+            regex=regex,
+            job=None if job is None else _name(job),
+            worker=worker,
+            stream=stream,
+            tenant=tenant,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+    )
+
+
+def collect(
+    ctx: Context,
+    job: JobRef,
+    *,
+    on_line: Callable[[LogLine], None] | None = None,
+    timeout: float | None = None,
+) -> CollectResult:
+    """Ship a job's output and metrics into the stores until it ends (Kubernetes: its pod logs,
+    exactly once, resuming after what the store already holds). On backends whose supervisor
+    ships everything already (local, Docker) there is nothing to do."""
+    name = _name(job)
+    if not isinstance(ctx.backend, LogCollector):
+        ctx.backend.status(name)  # the job must exist
+        return CollectResult(name, ended="shipped by the supervisor")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return ctx.backend.collect(
+        name,
+        ctx.logs,
+        ctx.metrics,
+        on_line=on_line,
+        stop=lambda: deadline is not None and time.monotonic() >= deadline,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import re
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -14,9 +17,13 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from juliarun import api
 from juliarun.errors import JuliaRunError, SpecError
+from juliarun.logs import LogQuery
+from juliarun.logs.base import Stream
+from juliarun.metrics import Row
 from juliarun.specs import StorageKind, validate_spec
 
 app = typer.Typer(
@@ -26,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-logs_app = typer.Typer(help="Search stored job output.", no_args_is_help=True)
+logs_app = typer.Typer(help="Search, follow and collect stored job output.", no_args_is_help=True)
 storage_app = typer.Typer(help="Define named storage.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 app.add_typer(storage_app, name="storage")
@@ -154,22 +161,132 @@ def scale(
         print(api.scale(ctx, job, workers))
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
+    """A time option: a duration ago (``90s``, ``10m``, ``2h``, ``1d``, ``1w``) or an ISO 8601
+    time (UTC unless it names a zone).
+
+    >>> t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    >>> parse_when("10m", t).isoformat(), parse_when("2026-01-01T11:00", t).isoformat()
+    ('2026-01-01T11:50:00+00:00', '2026-01-01T11:00:00+00:00')
+    """
+    if text is None:
+        return None
+    m = _DURATION.match(text.strip())
+    if m:
+        ago = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        return (now or datetime.now(UTC)) - ago
+    try:
+        stamp = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise SpecError(
+            "logs", [("since/until", f"{text!r} is neither a duration (10m) nor an ISO time")]
+        ) from exc
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _stream(value: str | None) -> Stream | None:
+    if value not in (None, "stdout", "stderr"):
+        raise SpecError("logs", [("stream", "must be stdout or stderr")])
+    return value  # type: ignore[return-value]
+
+
+JobOpt = Annotated[str | None, typer.Option(help="Only this job.")]
+WorkerOpt = Annotated[str | None, typer.Option(help="Only this worker (<job>-<i>).")]
+StreamOpt = Annotated[str | None, typer.Option(help="Only stdout or stderr.")]
+TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant's jobs.")]
+SinceOpt = Annotated[
+    str | None, typer.Option(help="From this time: a duration ago (10m, 2h) or ISO time.")
+]
+UntilOpt = Annotated[str | None, typer.Option(help="Before this time (same forms as --since).")]
+
+
 @logs_app.command("search")
 @clean_errors
 def logs_search(
     query: Annotated[str, typer.Argument(help="Words that must all appear.")],
-    job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
+    job: JobOpt = None,
+    worker: WorkerOpt = None,
+    stream: StreamOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    tenant: TenantOpt = None,
     regex: Annotated[bool, typer.Option(help="QUERY is a regular expression.")] = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many (latest) lines.")] = 200,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Search stored output of every job (full text, or --regex)."""
+    """Search stored output of every job (full text, or --regex), narrowed by the filters."""
     with api.init(cluster) as ctx:
         found = api.search(
-            ctx, None if regex else query, regex=query if regex else None, job=job, limit=limit
+            ctx,
+            None if regex else query,
+            regex=query if regex else None,
+            job=job,
+            worker=worker,
+            stream=_stream(stream),
+            tenant=tenant,
+            since=parse_when(since),
+            until=parse_when(until),
+            limit=limit,
         )
         for line in found:
             print(f"{line.job}: {line.render()}")
+
+
+@logs_app.command("follow")
+@clean_errors
+def logs_follow(
+    job: JobOpt = None,
+    worker: WorkerOpt = None,
+    stream: StreamOpt = None,
+    tenant: TenantOpt = None,
+    since: SinceOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many seconds.")
+    ] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Print stored lines as they arrive (until --job ends, --timeout, or Ctrl-C)."""
+    with api.init(cluster) as ctx:
+        query = LogQuery(
+            job=job,
+            worker=worker,
+            stream=_stream(stream),
+            tenant=tenant,
+            since=parse_when(since),
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def stop() -> bool:
+            if deadline is not None and time.monotonic() >= deadline:
+                return True
+            return job is not None and ctx.backend.status(job).done
+
+        with contextlib.suppress(KeyboardInterrupt):
+            for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
+                print(f"{line.job}: {line.render()}", flush=True)
+
+
+@logs_app.command("collect")
+@clean_errors
+def logs_collect(
+    job: Annotated[str, typer.Argument(help="The job name.")],
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many seconds.")
+    ] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Ship a Kubernetes job's pod logs and metrics into the stores until it ends (exactly once:
+    resumes after what the store holds). Local and Docker jobs are shipped already."""
+    with api.init(cluster) as ctx:
+        result = api.collect(ctx, job, timeout=timeout)
+        print(
+            f"{job}: {result.lines} lines, {result.metric_points} metric points, "
+            f"{result.system_points} system samples ({result.ended})"
+        )
 
 
 @storage_app.command("define")
@@ -202,30 +319,95 @@ def storage_list(cluster: ClusterOpt = None) -> None:
             print(f"{spec.name}\t{spec.kind}\t{where}")
 
 
-@app.command()
+class _DefaultQuery(TyperGroup):
+    """``juliarun metrics NAME ...`` is ``juliarun metrics query NAME ...``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["query", *args]
+        return super().parse_args(ctx, args)
+
+
+metrics_app = typer.Typer(
+    help="Aggregate and plot metrics.", no_args_is_help=True, cls=_DefaultQuery
+)
+app.add_typer(metrics_app, name="metrics")
+AGGS = ("mean", "max", "min", "sum", "last", "count")
+NameArg = Annotated[str, typer.Argument(help="The metric name.")]
+AggOpt = Annotated[str, typer.Option(help="mean, max, min, sum, last or count.")]
+WindowOpt = Annotated[float | None, typer.Option(help="Window in seconds.")]
+ByOpt = Annotated[list[str] | None, typer.Option("--by", help="Group by this tag.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Only points with tag=value.")]
+LastOpt = Annotated[str | None, typer.Option(help="Only the last period: 10m, 2h, 1d.")]
+
+
+def _metric_rows(
+    ctx: api.Context,
+    name: str,
+    agg: str,
+    window: float | None,
+    group_by: list[str] | None,
+    tags: list[str] | None,
+    last: str | None,
+) -> list[Row]:
+    if agg not in AGGS:
+        raise SpecError("metrics", [("agg", f"must be one of {', '.join(AGGS)}")])
+    pairs = [t.partition("=") for t in tags or []]
+    if any(not k or not sep for k, sep, _ in pairs):
+        raise SpecError("metrics", [("tag", "must be key=value")])
+    since = parse_when(last)
+    return api.metrics(
+        ctx,
+        name,
+        tags={k: v for k, _, v in pairs},
+        last=None if since is None else datetime.now(UTC) - since,
+        agg=agg,  # type: ignore[arg-type]
+        window=timedelta(seconds=window) if window else None,
+        group_by=tuple(group_by or ()),
+    )
+
+
+@metrics_app.command("query")
 @clean_errors
 def metrics(
-    name: Annotated[str, typer.Argument(help="The metric name.")],
-    agg: Annotated[str, typer.Option(help="mean, max, min, sum, last or count.")] = "mean",
-    window: Annotated[float | None, typer.Option(help="Window in seconds.")] = None,
-    group_by: Annotated[list[str] | None, typer.Option("--by", help="Group by this tag.")] = None,
+    name: NameArg,
+    agg: AggOpt = "mean",
+    window: WindowOpt = None,
+    group_by: ByOpt = None,
+    tag: TagOpt = None,
+    last: LastOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Aggregate a metric."""
-    aggs = ("mean", "max", "min", "sum", "last", "count")
-    if agg not in aggs:
-        raise SpecError("metrics", [("agg", f"must be one of {', '.join(aggs)}")])
+    """Aggregate a metric (also: `juliarun metrics NAME ...`)."""
     with api.init(cluster) as ctx:
-        rows = api.metrics(
-            ctx,
-            name,
-            agg=agg,  # type: ignore[arg-type]
-            window=timedelta(seconds=window) if window else None,
-            group_by=tuple(group_by or ()),
-        )
-        for row in rows:
+        for row in _metric_rows(ctx, name, agg, window, group_by, tag, last):
             group = ",".join(f"{k}={v}" for k, v in row.group.items())
             print(f"{row.start.isoformat(timespec='seconds')}\t{group}\t{row.value:g}")
+
+
+@metrics_app.command("plot")
+@clean_errors
+def metrics_plot(
+    name: NameArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")],
+    agg: AggOpt = "mean",
+    window: WindowOpt = None,
+    group_by: ByOpt = None,
+    tag: TagOpt = None,
+    last: LastOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Plot an aggregated metric as a PNG, one line per group."""
+    from juliarun.metrics.plot import plot
+
+    with api.init(cluster) as ctx:
+        rows = _metric_rows(ctx, name, agg, window, group_by, tag, last)
+        if not rows:
+            raise JuliaRunError(
+                f"no points of {name!r} match", hint="check the name, --tag and --last"
+            )
+        path = plot(rows, out, title=f"{agg}({name})", ylabel=name)
+        print(f"{path}: {len(rows)} points")
 
 
 @app.command()

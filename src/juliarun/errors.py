@@ -121,6 +121,61 @@ class BackendError(JuliaRunError):
     """The execution platform refused or failed an operation."""
 
 
+class PermissionDeniedError(BackendError):
+    """The platform refused an operation for lack of permission (a Kubernetes RBAC 403):
+    ``user`` may not ``verb`` the ``resource`` in ``namespace`` (each ``None`` when unknown)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        user: str | None = None,
+        verb: str | None = None,
+        resource: str | None = None,
+        namespace: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.user = user
+        self.verb = verb
+        self.resource = resource
+        self.namespace = namespace
+        if hint is None and verb and resource:
+            where = f" in namespace {namespace}" if namespace else " cluster-wide"
+            hint = (
+                f"the credentials ({user or 'this user'}) lack `{verb}` on {resource}{where}: "
+                "use a context for your own tenant's namespace, or ask the cluster admin for a "
+                "Role granting it"
+            )
+        super().__init__(message, hint=hint)
+
+
+class QuotaExceededError(BackendError):
+    """A job cannot fit a ResourceQuota: ``problems`` lists ``(resource, needed, hard)``."""
+
+    def __init__(
+        self,
+        job: str,
+        namespace: str,
+        quota: str,
+        problems: list[tuple[str, str, str]],
+        *,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.job = job
+        self.namespace = namespace
+        self.quota = quota
+        self.problems = problems
+        what = "; ".join(f"{res} needs {need} > hard {hard}" for res, need, hard in problems)
+        super().__init__(
+            f"job {job!r}: quota exceeded: ResourceQuota {quota!r} in namespace "
+            f"{namespace!r}: {detail or what}",
+            hint=hint
+            or f"ask for less (fewer workers, smaller requests) or raise the ResourceQuota "
+            f"{quota} in namespace {namespace}; nothing was created",
+        )
+
+
 class StoreError(JuliaRunError):
     """A log or metric store could not be read or written."""
 
@@ -157,3 +212,20 @@ class LineProtocolError(JuliaRunError):
             where.append(f"column {column}")
         at = f" at {', '.join(where)}" if where else ""
         super().__init__(f"invalid line protocol{at}: {rule}: {line!r}", hint=hint)
+
+
+class BuildError(JuliaRunError):
+    """An image or package-bundle build failed: ``step`` is what failed (a Dockerfile
+    instruction, a builder command), ``output`` the last lines it printed."""
+
+    def __init__(
+        self, what: str, step: str, output: list[str] | None = None, *, hint: str | None = None
+    ) -> None:
+        self.what = what
+        self.step = step
+        self.output = output or []
+        tail = "\n  ".join(self.output)
+        super().__init__(
+            f"{what} failed at step: {step}" + (f"\noutput:\n  {tail}" if tail else ""),
+            hint=hint or "fix the step (see its output above) and build again",
+        )

@@ -40,12 +40,19 @@ from juliarun.errors import SpecError
 
 __all__ = [
     "Batch",
+    "BundlePackage",
+    "BundleSpec",
+    "ContainerDefaults",
+    "ImageSpec",
     "JobSpec",
     "JuliaBatch",
     "JuliaParBatchWorkers",
     "NodeType",
     "Resources",
     "StorageSpec",
+    "TenantQuota",
+    "TenantSpec",
+    "TenantUser",
     "parse_cpu",
     "parse_memory",
     "parse_quantity",
@@ -444,3 +451,238 @@ def validate_spec(data: dict[str, Any]) -> JuliaBatch | JuliaParBatchWorkers | B
     except ValidationError as exc:
         raise spec_error(str(kind), exc) from exc
     return job
+
+
+# ---------------------------------------------------------------------------------------------
+# Tenants
+# ---------------------------------------------------------------------------------------------
+
+
+class TenantQuota(_Model):
+    """A tenant's ResourceQuota: totals over every pod of the namespace (``None``: no limit)."""
+
+    cpu: Cpu | None = Field(None, description="Total CPU requested (requests.cpu), e.g. 8.")
+    memory: Memory | None = Field(
+        None, description="Total memory requested and limited (requests/limits.memory), e.g. 32Gi."
+    )
+    gpu: int | None = Field(None, ge=0, description="Total GPUs (requests.nvidia.com/gpu).")
+    pods: int | None = Field(None, ge=0, description="Pods at once (workers of all jobs).")
+    jobs: int | None = Field(None, ge=0, description="Jobs at once (count/jobs.batch).")
+
+
+class ContainerDefaults(_Model):
+    """The tenant's LimitRange: what a container that sets no request or limit gets.
+
+    juliarun's jobs always request cpu and memory and limit memory; only a CPU limit comes from
+    here, so leave ``cpu_limit`` unset or at least the CPU jobs request."""
+
+    cpu_request: Cpu | None = Field("100m", description="Default CPU request.")
+    memory_request: Memory | None = Field("256Mi", description="Default memory request.")
+    cpu_limit: Cpu | None = Field(None, description="Default CPU limit (None: unlimited).")
+    memory_limit: Memory | None = Field("1Gi", description="Default memory limit.")
+
+    @model_validator(mode="after")
+    def _request_within_limit(self) -> Self:
+        for what in ("cpu", "memory"):
+            request, limit = getattr(self, f"{what}_request"), getattr(self, f"{what}_limit")
+            if request and limit and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(f"{what}_request: must not exceed {what}_limit ({limit})")
+        return self
+
+
+class TenantUser(_Model):
+    """A user or group of the tenant and its role: ``edit`` submits, lists and deletes jobs and
+    reads pods and logs; ``view`` only reads."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[^\s/]+$",
+        description="User name (a client certificate's CN) or group name (its O).",
+    )
+    kind: Literal["User", "Group"] = Field("User", description="User or Group.")
+    role: Literal["edit", "view"] = Field("edit", description="edit or view.")
+
+
+class TenantSpec(_Model):
+    """A tenant: namespace ``name`` with a ResourceQuota, a LimitRange, and roles for its users.
+
+    >>> t = TenantSpec(name="team-a", quota={"cpu": 4, "jobs": 10}, users=[{"name": "alice"}])
+    >>> t.quota.cpu, t.users[0].role
+    ('4', 'edit')
+    >>> TenantSpec(name="kube-system")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid TenantSpec: name: is reserved...
+    """
+
+    name: Name = Field(description="The tenant; its namespace has the same name.")
+    quota: TenantQuota = Field(default_factory=TenantQuota, description="The ResourceQuota.")
+    defaults: ContainerDefaults = Field(
+        default_factory=ContainerDefaults, description="The LimitRange's container defaults."
+    )
+    users: list[TenantUser] = Field(
+        default_factory=list, description="Users and groups with their role."
+    )
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> Self:
+        if self.name == "default" or self.name.startswith("kube-"):
+            raise ValueError(
+                f"name: is reserved ({self.name!r}: 'default' and 'kube-*' are not tenants)"
+            )
+        seen: set[tuple[str, str]] = set()
+        for user in self.users:
+            key = (user.kind, user.name)
+            if key in seen:
+                raise ValueError(f"users: {user.kind} {user.name!r} is listed twice")
+            seen.add(key)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and package bundles
+# ---------------------------------------------------------------------------------------------
+
+# A repository path as Docker names it: lowercase components joined by '/'.
+_IMAGE_NAME = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+_APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(?:=[A-Za-z0-9.+:~-]+)?")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_JULIA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _image_name(value: str) -> str:
+    if len(value) > 200 or not _IMAGE_NAME.fullmatch(value):
+        raise ValueError(
+            "must be an image repository name: lowercase components of letters, digits, "
+            f"'.', '_' or '-', joined by '/' (got {value!r})"
+        )
+    return value
+
+
+def _apt_packages(value: list[str]) -> list[str]:
+    for package in value:
+        if not _APT_PACKAGE.fullmatch(package):
+            raise ValueError(f"{package!r} is not a Debian package name (optionally =version)")
+    return value
+
+
+def _absolute_keys(value: dict[str, str]) -> dict[str, str]:
+    for dest in value:
+        if not dest.startswith("/"):
+            raise ValueError(f"destination {dest!r} must be an absolute path in the image")
+    return value
+
+
+class ImageSpec(_Model):
+    """A container image, built from a base image by :func:`juliarun.builders.images.build_image`
+    and tagged ``<registry>/<name>:<content hash>``.
+
+    >>> spec = ImageSpec(name="juliarun/app", base="debian:bookworm", apt=["curl"])
+    >>> spec.apt, spec.bundle
+    (['curl'], None)
+    >>> ImageSpec(name="App", base="debian:bookworm")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid ImageSpec: name: must be an image repository name...
+    """
+
+    name: Annotated[str, AfterValidator(_image_name)] = Field(
+        description="Repository name in the registry, e.g. juliarun/app."
+    )
+    base: str = Field(min_length=1, description="Base image (present on the engine or pullable).")
+    apt: Annotated[list[str], AfterValidator(_apt_packages)] = Field(
+        default_factory=list, description="Debian packages to install with apt-get."
+    )
+    files: Annotated[dict[str, str], AfterValidator(_absolute_keys)] = Field(
+        default_factory=dict,
+        description="Files or directories to copy in: destination in the image -> path here.",
+    )
+    context: str | None = Field(
+        None, description="A build-context directory here, copied to `workdir` in the image."
+    )
+    workdir: str = Field("/opt/app", description="Working directory (and where context goes).")
+    run: list[str] = Field(
+        default_factory=list, description="Shell commands run at build time, one RUN step each."
+    )
+    env: EnvMap = Field(default_factory=dict, description="Environment variables of the image.")
+    entrypoint: list[str] | None = Field(None, description="The image's entrypoint.")
+    bundle: str | None = Field(
+        None,
+        description="A built package bundle address (directory here) to bake in; the image's "
+        "JULIA_DEPOT_PATH/JULIA_PROJECT then point at it.",
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of the image.")
+
+    @model_validator(mode="after")
+    def _paths(self) -> Self:
+        if not self.workdir.startswith("/"):
+            raise ValueError(f"workdir: must be absolute (got {self.workdir!r})")
+        return self
+
+
+def _julia_name(value: str) -> str:
+    if not _JULIA_NAME.fullmatch(value):
+        raise ValueError(f"must be a Julia package name (got {value!r})")
+    return value
+
+
+def _uuid(value: str) -> str:
+    if not _UUID.fullmatch(value):
+        raise ValueError(f"must be a lowercase UUID (got {value!r})")
+    return value
+
+
+class BundlePackage(_Model):
+    """A Julia package from a local directory (its ``Project.toml`` names it)."""
+
+    name: Annotated[str, AfterValidator(_julia_name)] = Field(
+        description="Package name, as in its Project.toml."
+    )
+    uuid: Annotated[str, AfterValidator(_uuid)] = Field(
+        description="Package UUID, as in its Project.toml."
+    )
+    path: str = Field(min_length=1, description="The package directory on this machine.")
+
+
+class BundleSpec(_Model):
+    """A Julia package bundle: an environment precompiled into a depot that jobs with
+    ``pkg_bundle=<name>`` use read-only. Give either ``packages`` (local path packages and
+    standard-library names; juliarun writes Project.toml and Manifest.toml) or ``project`` and
+    ``manifest`` (the texts of both files, already resolved).
+
+    >>> spec = BundleSpec(name="greet", packages=["Statistics"])
+    >>> spec.packages
+    ['Statistics']
+    >>> BundleSpec(name="greet")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid BundleSpec: packages: give packages, or project and...
+    """
+
+    name: Name = Field(description="Bundle name jobs use as pkg_bundle (a DNS-1123 label).")
+    packages: list[BundlePackage | str] = Field(
+        default_factory=list,
+        description="Local path packages (name, uuid, path) and standard-library names.",
+    )
+    project: str | None = Field(None, description="Project.toml text (with manifest).")
+    manifest: str | None = Field(None, description="Manifest.toml text (with project).")
+    julia_image: str | None = Field(
+        None, description="Image the builder runs in on Docker (default: the cluster's)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        texts = self.project is not None or self.manifest is not None
+        if self.packages and texts:
+            raise ValueError("packages: give packages, or project and manifest, not both")
+        if not self.packages and not texts:
+            raise ValueError("packages: give packages, or project and manifest")
+        if texts and (self.project is None or self.manifest is None):
+            missing = "manifest" if self.manifest is None else "project"
+            raise ValueError(
+                f"{missing}: is required with {'project' if missing == 'manifest' else 'manifest'}"
+            )
+        return self

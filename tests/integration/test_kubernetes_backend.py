@@ -265,7 +265,7 @@ def test_job_over_quota_reports_the_quota(
         kube_namespace,
         client.V1ResourceQuota(
             metadata=client.V1ObjectMeta(name="small"),
-            spec=client.V1ResourceQuotaSpec(hard={"requests.cpu": "500m"}),
+            spec=client.V1ResourceQuotaSpec(hard={"requests.cpu": "1"}),
         ),
     )
     wait_for(
@@ -274,7 +274,25 @@ def test_job_over_quota_reports_the_quota(
         0.2,
         "the quota to be counted",
     )
-    job = Batch("greedy", ["true"], cpu="2", memory="64Mi")
+    # A job over the hard limit alone is refused at submit (test_tenants.py); this one fits
+    # the quota, but not next to a pending pod that already holds 800m of it.
+    kube_core.create_namespaced_pod(
+        kube_namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="holder"),
+            spec=client.V1PodSpec(
+                node_selector={"juliarun.io/no-such-node": "true"},
+                containers=[
+                    client.V1Container(
+                        name="c",
+                        image="pause",
+                        resources=client.V1ResourceRequirements(requests={"cpu": "800m"}),
+                    )
+                ],
+            ),
+        ),
+    )
+    job = Batch("greedy", ["true"], cpu="500m", memory="64Mi")
     juliarun.submit(kube_ctx, job)
     status = wait_for(
         lambda: (s := juliarun.status(kube_ctx, job)).done and s, 60, POLL, "quota diagnosis"

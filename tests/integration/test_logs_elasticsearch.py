@@ -1,12 +1,11 @@
-"""The Elasticsearch log store against the real test server: the SQLite store's behaviours where
-they apply, exactly-once shipping, the spool, jobs on the local backend, and an outage."""
+"""The Elasticsearch log store against the real test server: the shared LogStore contract
+(tests/contracts/log_store_contract.py), exactly-once shipping, the spool, jobs on the local
+backend, and an outage."""
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,39 +24,14 @@ from elasticsearch import Elasticsearch
 import juliarun
 from juliarun.errors import StoreError
 from juliarun.logs import open_log_store
-from juliarun.logs.base import LogLine, LogQuery, LogStore, Stream
+from juliarun.logs.base import LogLine, LogQuery
 from juliarun.logs.elasticsearch import ElasticsearchLogStore
+from tests.contracts.log_store_contract import LogStoreContract, WriterProcess, line, messages
 
 pytestmark = pytest.mark.elasticsearch
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 NOWHERE = "http://127.0.0.1:9"  # nothing listens on the discard port: connection refused
-
-
-def line(
-    seconds: float,
-    message: str,
-    *,
-    job: str = "job-a",
-    worker: str = "w1",
-    stream: Stream = "stdout",
-    cluster: str = "local",
-    tenant: str = "default",
-) -> LogLine:
-    return LogLine(
-        timestamp=T0 + timedelta(seconds=seconds),
-        job=job,
-        worker=worker,
-        stream=stream,
-        message=message,
-        cluster=cluster,
-        tenant=tenant,
-    )
-
-
-def messages(lines: list[LogLine]) -> list[str]:
-    return [x.message for x in lines]
 
 
 def eventually(probe: Callable[[], bool], timeout: float, what: str) -> None:
@@ -116,27 +90,10 @@ def store(make_store: Callable[..., ElasticsearchLogStore]) -> ElasticsearchLogS
     return make_store()
 
 
-@pytest.fixture
-def sample(store: ElasticsearchLogStore) -> list[LogLine]:
-    lines = [
-        line(0, "starting job", job="job-a", worker="w1"),
-        line(1, "hello world!", job="job-a", worker="w2", stream="stderr"),
-        line(2, "epoch 1 loss=0.50", job="job-b", worker="w1", cluster="gke"),
-        line(3, 'she said "hi" (twice)', job="job-b", worker="w2", tenant="acme"),
-        line(4, "epoch 2 loss=0.25", job="job-c", worker="w1", stream="stderr"),
-        line(5, "done: world saved", job="job-a", worker="w1"),
-    ]
-    assert store.write(lines) == len(lines)
-    return lines
-
-
 # -- the store's shape ---------------------------------------------------------------------
 
 
-def test_implements_the_protocol_and_is_registered(
-    store: ElasticsearchLogStore, es_url: str, prefix: str, spool: Path
-) -> None:
-    assert isinstance(store, LogStore)
+def test_is_registered(es_url: str, prefix: str, spool: Path) -> None:
     other = open_log_store(
         {"kind": "elasticsearch", "url": es_url, "spool": str(spool), "index_prefix": prefix}
     )
@@ -170,34 +127,32 @@ def test_invalid_prefix_is_refused(spool: Path) -> None:
         ElasticsearchLogStore(NOWHERE, spool=spool, index_prefix="Bad*Prefix")
 
 
-# -- the SQLite store's behaviours ---------------------------------------------------------
+# -- the LogStore contract (tests/contracts/log_store_contract.py) --------------------------
 
 
-def test_round_trip_preserves_every_field(store: ElasticsearchLogStore) -> None:
-    original = line(
-        1.234567, "ünïcode ✓", job="j", worker="w", stream="stderr", cluster="c", tenant="t"
-    )
-    store.write([original])
-    assert store.query(LogQuery()) == [original]
+def _write_from_process(url: str, spool: str, prefix: str, worker: str, n: int) -> None:
+    store = ElasticsearchLogStore(url, spool=spool, index_prefix=prefix, bulk_size=50)
+    try:
+        for i in range(0, n, 25):
+            store.write([line(i / 1000 + j / 1000, f"{worker} line {i + j}", worker=worker)
+                         for j in range(25)])  # fmt: skip
+    finally:
+        store.close()
 
 
-def test_naive_timestamps_are_taken_as_utc(store: ElasticsearchLogStore) -> None:
-    naive = LogLine(datetime(2024, 1, 1, 5), "j", "w", "stdout", "m")
-    store.write([naive])
-    (got,) = store.query(LogQuery(since=datetime(2024, 1, 1, 5, tzinfo=UTC)))
-    assert got.timestamp == datetime(2024, 1, 1, 5, tzinfo=UTC)
+@pytest.fixture
+def writer_process(
+    store: ElasticsearchLogStore, es_url: str, spool: Path, prefix: str
+) -> WriterProcess:
+    """Processes writing 25 lines a call, in bulks of 50, while this test's store is open."""
+    return lambda worker, n: (_write_from_process, (es_url, str(spool), prefix, worker, n))
 
 
-def test_write_nothing(store: ElasticsearchLogStore) -> None:
-    assert store.write([]) == 0
-    assert store.count(LogQuery()) == 0
-    assert store.query(LogQuery()) == []
+class TestElasticsearchLogStore(LogStoreContract):
+    pass
 
 
-def test_order_is_timestamp_then_arrival(store: ElasticsearchLogStore) -> None:
-    store.write([line(5, "late"), line(1, "early-1")])
-    store.write([line(1, "early-2"), line(3, "middle")])
-    assert messages(store.query(LogQuery())) == ["early-1", "early-2", "middle", "late"]
+# -- beyond the contract: bulks, paging, regex with limit, errors, follow ------------------
 
 
 def test_query_after_write_sees_a_large_write_split_into_bulks(
@@ -211,134 +166,10 @@ def test_query_after_write_sees_a_large_write_split_into_bulks(
     assert messages(got) == [f"m{i}" for i in range(n)]
 
 
-@pytest.mark.parametrize(
-    ("q", "expected"),
-    [
-        (LogQuery(), ["starting job", "hello world!", "epoch 1 loss=0.50",
-                      'she said "hi" (twice)', "epoch 2 loss=0.25", "done: world saved"]),
-        (LogQuery(job="job-a"), ["starting job", "hello world!", "done: world saved"]),
-        (LogQuery(jobs=("job-b", "job-c")),
-         ["epoch 1 loss=0.50", 'she said "hi" (twice)', "epoch 2 loss=0.25"]),
-        (LogQuery(job="job-a", jobs=("job-a", "job-b")),
-         ["starting job", "hello world!", "done: world saved"]),
-        (LogQuery(job="job-c", jobs=("job-a",)), []),
-        (LogQuery(worker="w2"), ["hello world!", 'she said "hi" (twice)']),
-        (LogQuery(stream="stderr"), ["hello world!", "epoch 2 loss=0.25"]),
-        (LogQuery(cluster="gke"), ["epoch 1 loss=0.50"]),
-        (LogQuery(tenant="acme"), ['she said "hi" (twice)']),
-        (LogQuery(since=T0 + timedelta(seconds=4)), ["epoch 2 loss=0.25", "done: world saved"]),
-        (LogQuery(until=T0 + timedelta(seconds=1)), ["starting job"]),
-        (LogQuery(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=3)),
-         ["hello world!", "epoch 1 loss=0.50"]),
-        (LogQuery(job="job-a", worker="w1", stream="stdout"),
-         ["starting job", "done: world saved"]),
-        (LogQuery(job="nope"), []),
-    ],
-)  # fmt: skip
-def test_filters(
-    store: ElasticsearchLogStore, sample: list[LogLine], q: LogQuery, expected: list[str]
-) -> None:
-    assert messages(store.query(q)) == expected
-    assert store.count(q) == len(expected)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("world", ["hello world!", "done: world saved"]),
-        ("WORLD hello", ["hello world!"]),  # all words, any order, case-folded
-        ("hello world!", ["hello world!"]),  # punctuation is not syntax
-        ('"hi"', ['she said "hi" (twice)']),  # quotes in user input
-        ('said "hi', ['she said "hi" (twice)']),  # an unbalanced quote
-        ("(twice) AND OR NOT", []),  # operators are words, not syntax
-        ("loss=0.25", ["epoch 2 loss=0.25"]),  # tokens inside one word form a phrase
-        ("done:", ["done: world saved"]),
-        ("*", []),
-        ("NEAR(hello world)", []),
-        ("wor", []),  # words, not substrings (use regex for those)
-        ("   ", None),  # no words: no text constraint
-    ],
-)
-def test_full_text_search(
-    store: ElasticsearchLogStore, sample: list[LogLine], text: str, expected: list[str] | None
-) -> None:
-    got = messages(store.query(LogQuery(text=text)))
-    assert got == (messages(sample) if expected is None else expected)
-
-
-def test_full_text_combines_with_other_filters(
-    store: ElasticsearchLogStore, sample: list[LogLine]
-) -> None:
-    assert messages(store.query(LogQuery(text="epoch", job="job-c"))) == ["epoch 2 loss=0.25"]
-    assert store.count(LogQuery(text="world", worker="w1")) == 1
-
-
-@pytest.mark.parametrize(
-    ("regex", "expected"),
-    [
-        (r"loss=0\.\d+", ["epoch 1 loss=0.50", "epoch 2 loss=0.25"]),
-        (r"^epoch 2", ["epoch 2 loss=0.25"]),
-        (r"wor", ["hello world!", "done: world saved"]),  # substrings
-        (r"\(twice\)$", ['she said "hi" (twice)']),
-        (r"(?i)HELLO", ["hello world!"]),
-        (r"zzz", []),
-    ],
-)
-def test_regex_has_python_semantics(
-    store: ElasticsearchLogStore, sample: list[LogLine], regex: str, expected: list[str]
-) -> None:
-    assert messages(store.query(LogQuery(regex=regex))) == expected
-    assert store.count(LogQuery(regex=regex)) == len(expected)
-
-
-def test_regex_and_text_together(store: ElasticsearchLogStore, sample: list[LogLine]) -> None:
-    q = LogQuery(text="epoch", regex=r"0\.5")
-    assert messages(store.query(q)) == ["epoch 1 loss=0.50"]
-
-
 def test_regex_with_limit_takes_the_most_recent_matches(store: ElasticsearchLogStore) -> None:
     store.write([line(i, f"{'even' if i % 2 == 0 else 'odd'} {i}") for i in range(10)])
     assert messages(store.query(LogQuery(regex=r"^even", limit=2))) == ["even 6", "even 8"]
     assert store.count(LogQuery(regex=r"^odd", limit=3)) == 3
-
-
-def test_invalid_regex_is_a_store_error(store: ElasticsearchLogStore) -> None:
-    with pytest.raises(StoreError, match="invalid regular expression") as info:
-        store.query(LogQuery(regex="(unclosed"))
-    assert info.value.hint
-    assert isinstance(info.value.__cause__, re.error)
-
-
-def test_limit_returns_most_recent_lines_oldest_first(
-    store: ElasticsearchLogStore, sample: list[LogLine]
-) -> None:
-    assert messages(store.query(LogQuery(limit=2))) == ["epoch 2 loss=0.25", "done: world saved"]
-    assert messages(store.query(LogQuery(job="job-a", limit=2))) == [
-        "hello world!",
-        "done: world saved",
-    ]
-    assert store.query(LogQuery(limit=0)) == []
-    assert len(store.query(LogQuery(limit=100))) == len(sample)
-    assert store.count(LogQuery(limit=2)) == 2
-    assert store.count(LogQuery(limit=100)) == len(sample)
-
-
-def test_limit_breaks_timestamp_ties_by_arrival(store: ElasticsearchLogStore) -> None:
-    store.write([line(1, f"m{i}") for i in range(5)])
-    assert messages(store.query(LogQuery(limit=2))) == ["m3", "m4"]
-
-
-def test_negative_limit_is_refused(store: ElasticsearchLogStore) -> None:
-    with pytest.raises(StoreError, match="limit"):
-        store.query(LogQuery(limit=-1))
-
-
-def test_delete_removes_a_jobs_lines(store: ElasticsearchLogStore, sample: list[LogLine]) -> None:
-    assert store.delete("job-a") == 3
-    assert store.delete("job-a") == 0
-    assert store.count(LogQuery(job="job-a")) == 0
-    assert messages(store.query(LogQuery(text="world"))) == []
-    assert store.count(LogQuery()) == 3
 
 
 def test_delete_pages_through_many_lines(store: ElasticsearchLogStore) -> None:
@@ -346,13 +177,6 @@ def test_delete_pages_through_many_lines(store: ElasticsearchLogStore) -> None:
     store.write([line(0, "kept", job="small")])
     assert store.delete("big") == 7000
     assert messages(store.query(LogQuery())) == ["kept"]
-
-
-def test_reopening_keeps_lines(make_store: Callable[..., ElasticsearchLogStore]) -> None:
-    with make_store() as first:
-        first.write([line(0, "kept")])
-    with make_store() as second:
-        assert messages(second.query(LogQuery())) == ["kept"]
 
 
 def test_use_after_close_is_a_store_error(
@@ -373,35 +197,6 @@ def test_unreachable_server_is_a_store_error_on_read(
     assert "elasticsearch" in info.value.hint
 
 
-# -- follow --------------------------------------------------------------------------------
-
-
-def test_follow_yields_existing_then_new_lines_from_another_writer(
-    store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
-) -> None:
-    store.write([line(0, "old-1"), line(1, "old-2"), line(2, "other", job="job-z")])
-    other = make_store()  # a second writer, as a job's supervisor process would be
-    sleeps: list[float] = []
-    batches = iter(
-        [
-            [line(3, "new-1"), line(3, "noise", job="job-z")],
-            [],
-            [line(4, "new-2"), line(5, "new-3")],
-        ]
-    )
-
-    def fake_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        other.write(next(batches, []))
-
-    def stop() -> bool:
-        return len(sleeps) >= 3
-
-    got = store.follow(LogQuery(job="job-a"), stop=stop, poll_interval=0.25, sleep=fake_sleep)
-    assert messages(list(got)) == ["old-1", "old-2", "new-1", "new-2", "new-3"]
-    assert sleeps == [0.25, 0.25, 0.25]
-
-
 def test_follow_sees_late_lines_with_old_timestamps(
     store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
 ) -> None:
@@ -417,56 +212,6 @@ def test_follow_sees_late_lines_with_old_timestamps(
 
     got = store.follow(LogQuery(), stop=lambda: polls >= 1, sleep=fake_sleep)
     assert messages(list(got)) == ["recent", "from a drained spool", "newest"]
-
-
-def test_follow_polls_once_more_after_stop(
-    store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
-) -> None:
-    other = make_store()
-    stopped = False
-
-    def fake_sleep(_: float) -> None:
-        nonlocal stopped
-        other.write([line(9, "written just before stop")])
-        stopped = True
-
-    got = list(store.follow(LogQuery(), stop=lambda: stopped, sleep=fake_sleep))
-    assert messages(got) == ["written just before stop"]
-
-
-def test_follow_applies_limit_to_existing_lines_only(store: ElasticsearchLogStore) -> None:
-    store.write([line(i, f"old-{i}") for i in range(5)])
-    polls = 0
-
-    def fake_sleep(_: float) -> None:
-        nonlocal polls
-        polls += 1
-        store.write([line(10 + i, f"new-{i}") for i in range(3)])
-
-    got = store.follow(LogQuery(limit=2), stop=lambda: polls >= 1, sleep=fake_sleep)
-    assert messages(list(got)) == ["old-3", "old-4", "new-0", "new-1", "new-2"]
-
-
-def test_follow_applies_filters_to_new_lines(store: ElasticsearchLogStore) -> None:
-    polls = 0
-
-    def fake_sleep(_: float) -> None:
-        nonlocal polls
-        polls += 1
-        store.write([line(1, "error: disk full"), line(2, "all good"), line(3, "ERROR again")])
-
-    q = LogQuery(text="error", stream="stdout")
-    got = store.follow(q, stop=lambda: polls >= 1, sleep=fake_sleep)
-    assert messages(list(got)) == ["error: disk full", "ERROR again"]
-
-
-def test_follow_stops_immediately_with_nothing_new(store: ElasticsearchLogStore) -> None:
-    store.write([line(0, "only")])
-
-    def no_sleep(_: float) -> None:
-        raise AssertionError("must not sleep when already stopped")
-
-    assert messages(list(store.follow(LogQuery(), stop=lambda: True, sleep=no_sleep))) == ["only"]
 
 
 def test_follow_ignores_deleted_lines_and_a_new_day(store: ElasticsearchLogStore) -> None:
@@ -607,35 +352,6 @@ def test_delete_drops_the_jobs_lines_from_the_spool(
     with pytest.raises(StoreError):  # the spool part is done; the server is unreachable
         down.delete("x")
     assert down.backlog() == 1
-
-
-def _write_from_process(url: str, spool: str, prefix: str, worker: str, n: int) -> None:
-    store = ElasticsearchLogStore(url, spool=spool, index_prefix=prefix, bulk_size=50)
-    try:
-        for i in range(0, n, 25):
-            store.write([line(i / 1000 + j / 1000, f"{worker} line {i + j}", worker=worker)
-                         for j in range(25)])  # fmt: skip
-    finally:
-        store.close()
-
-
-def test_two_processes_write_concurrently(
-    store: ElasticsearchLogStore, es_url: str, spool: Path, prefix: str
-) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_write_from_process, args=(es_url, str(spool), prefix, f"p{n}", 500))
-        for n in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert store.count(LogQuery()) == 1000
-    assert store.count(LogQuery(worker="p1")) == 500
-    assert store.count(LogQuery(text="line")) == 1000
-    assert messages(store.query(LogQuery(worker="p0"))) == [f"p0 line {i}" for i in range(500)]
 
 
 # -- jobs on the local backend -------------------------------------------------------------

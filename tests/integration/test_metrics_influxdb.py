@@ -1,6 +1,6 @@
-"""The InfluxDB metric store against the real InfluxDB 1.8 server: the SQLite store's query
-semantics, the spool, dedup, a metric recorded from a Julia job, and an outage in the middle of
-a stream of writes."""
+"""The InfluxDB metric store against the real InfluxDB 1.8 server: the shared MetricStore
+contract (tests/contracts/metric_store_contract.py), Flux's quirks, the spool, dedup, a metric
+recorded from a Julia job, and an outage in the middle of a stream of writes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from juliarun.errors import StoreError
 from juliarun.metrics import open_metric_store
 from juliarun.metrics.base import MetricQuery, MetricStore, Point, Row
 from juliarun.metrics.influxdb import InfluxMetricStore, WriteFailure
+from tests.contracts.metric_store_contract import MetricStoreContract, at, rows
 from tests.integration.fixtures._service import env
 from tests.integration.fixtures.influxdb import influxql
 from tests.unit.local_jobs import eventually
@@ -29,12 +30,7 @@ from tests.unit.local_jobs import eventually
 pytestmark = pytest.mark.influxdb
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)  # a multiple of every window used below
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens there: every write fails to connect
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
 
 
 def make_store(bucket: str, spool: Path, **kwargs: Any) -> InfluxMetricStore:
@@ -67,34 +63,7 @@ def store(influx_bucket: str, tmp_path: Path) -> Iterator[InfluxMetricStore]:
     s.close()
 
 
-# cpu points: (seconds after T0, value, worker, job) -- the same as the SQLite store's tests
-CPU = [
-    (0, 1.0, "w1", "a"),
-    (10, 3.0, "w1", "a"),
-    (20, 5.0, "w2", "a"),
-    (59, 7.0, "w2", "b"),
-    (60, 2.0, "w1", "b"),
-    (61, 4.0, "w1", "a"),
-    (130, 10.0, "w2", "a"),
-    (150, 6.0, "w1", "a"),
-]
-
-
-@pytest.fixture
-def cpu(store: InfluxMetricStore) -> InfluxMetricStore:
-    points = [Point("cpu", v, at(s), {"worker": w, "job": j}) for s, v, w, j in CPU]
-    points += [Point("mem", 100.0, at(0), {"worker": "w1", "job": "a"})]
-    assert store.write(points) == len(points)
-    return store
-
-
-def rows(store: InfluxMetricStore, **kwargs: Any) -> list[tuple[Any, ...]]:
-    """(seconds after T0, group, value) of each row."""
-    result = store.query(MetricQuery("cpu", **kwargs))
-    return [((r.start - T0).total_seconds(), dict(r.group), r.value) for r in result]
-
-
-# -- the SQLite store's semantics -----------------------------------------------------------
+# -- the MetricStore contract (tests/contracts/metric_store_contract.py), and beyond it ---
 
 
 def test_implements_the_protocol_and_is_registered(influx_bucket: str, tmp_path: Path) -> None:
@@ -116,63 +85,48 @@ def test_implements_the_protocol_and_is_registered(influx_bucket: str, tmp_path:
         store.close()
 
 
-def test_record_uses_the_clock_without_a_timestamp(store: InfluxMetricStore) -> None:
-    store.record("loss", 0.5)
-    store.record("loss", 0.25, {"epoch": "2"}, at(5))
-    result = store.query(MetricQuery("loss", agg="count", group_by=("epoch",)))
-    assert result == [Row(at(1000), {"epoch": ""}, 1.0), Row(at(5), {"epoch": "2"}, 1.0)]
+class TestInfluxMetricStore(MetricStoreContract):
+    AWKWARD_NAME = "odd name, really"
+    AWKWARD_TAGS = {
+        'we"ird': 'va"l',
+        "dot.ted": "2",
+        "back\\slash": "c:\\dir",
+        "ü ber": "a b,c=d",
+        "dollar${x}": "${y}",
+    }
+
+    def test_window_start_is_the_windows_even_when_since_cuts_it(
+        self, cpu: InfluxMetricStore
+    ) -> None:
+        # Flux clamps the first window to `since`; the row still starts where the window does
+        got = rows(cpu, since=at(20), window=timedelta(minutes=1), agg="sum", until=at(150))
+        assert got == [(0.0, {}, 12.0), (60.0, {}, 6.0), (120.0, {}, 10.0)]
+
+    @pytest.mark.parametrize("agg", ["last", "max"])
+    def test_group_by_with_selectors(self, cpu: InfluxMetricStore, agg: str) -> None:
+        expected = {"last": (6.0, 10.0), "max": (6.0, 10.0)}[agg]
+        assert rows(cpu, group_by=("worker",), agg=agg) == [
+            (0.0, {"worker": "w1"}, expected[0]),
+            (20.0, {"worker": "w2"}, expected[1]),
+        ]
+
+    def test_windowed_last_per_group(self, cpu: InfluxMetricStore) -> None:
+        got = rows(cpu, group_by=("job",), window=timedelta(minutes=1), agg="last")
+        # job a: [0,60) 1,3,5 -> 5; [60,120) 4; [120,180) 10,6 -> 6.  job b: 7; 2
+        assert got == [
+            (0.0, {"job": "a"}, 5.0),
+            (60.0, {"job": "a"}, 4.0),
+            (120.0, {"job": "a"}, 6.0),
+            (0.0, {"job": "b"}, 7.0),
+            (60.0, {"job": "b"}, 2.0),
+        ]
 
 
-def test_record_accepts_ints(store: InfluxMetricStore) -> None:
-    store.record("n", 3, timestamp=at(0))
-    assert store.query(MetricQuery("n", agg="sum")) == [Row(at(0), {}, 3.0)]
-
-
-@pytest.mark.parametrize(
-    ("agg", "expected"),
-    [
-        ("mean", (1 + 3 + 5 + 7 + 2 + 4 + 10 + 6) / 8),
-        ("sum", 38.0),
-        ("max", 10.0),
-        ("min", 1.0),
-        ("count", 8.0),
-        ("last", 6.0),
-    ],
-)
-def test_whole_range_aggregates(cpu: InfluxMetricStore, agg: str, expected: float) -> None:
-    assert rows(cpu, agg=agg) == [(0.0, {}, pytest.approx(expected))]
-
-
-@pytest.mark.parametrize(
-    ("agg", "expected"),
-    [
-        # windows [0,60): 1,3,5,7  [60,120): 2,4  [120,180): 10,6
-        ("mean", [4.0, 3.0, 8.0]),
-        ("sum", [16.0, 6.0, 16.0]),
-        ("max", [7.0, 4.0, 10.0]),
-        ("min", [1.0, 2.0, 6.0]),
-        ("count", [4.0, 2.0, 2.0]),
-        ("last", [7.0, 4.0, 6.0]),
-    ],
-)
-def test_windowed_aggregates(cpu: InfluxMetricStore, agg: str, expected: list[float]) -> None:
-    got = rows(cpu, agg=agg, window=timedelta(minutes=1))
-    assert got == [
-        (s, {}, pytest.approx(v)) for s, v in zip([0.0, 60.0, 120.0], expected, strict=True)
-    ]
-
-
-def test_windows_are_aligned_to_the_epoch(store: InfluxMetricStore) -> None:
-    base = datetime(2024, 1, 1, 0, 0, 7, tzinfo=UTC)
-    store.write([Point("x", 1.0, base), Point("x", 2.0, base + timedelta(seconds=5))])
-    result = store.query(MetricQuery("x", window=timedelta(seconds=10), agg="count"))
-    assert [(r.start.second, r.value) for r in result] == [(0, 1.0), (10, 1.0)]
-
-
-def test_window_start_is_the_windows_even_when_since_cuts_it(cpu: InfluxMetricStore) -> None:
-    # Flux clamps the first window to `since`; the row still starts where the window does
-    got = rows(cpu, since=at(20), window=timedelta(minutes=1), agg="sum", until=at(150))
-    assert got == [(0.0, {}, 12.0), (60.0, {}, 6.0), (120.0, {}, 10.0)]
+def test_an_empty_tag_value_is_no_tag(store: InfluxMetricStore) -> None:
+    store.write([Point("x", 1.0, at(0), {"gpu": "0"}), Point("x", 5.0, at(1))])
+    # an empty tag value is no tag at all, and filtering on "" finds the points without it
+    store.write([Point("x", 2.0, at(2), {"gpu": ""})])
+    assert store.query(MetricQuery("x", tags={"gpu": ""}, agg="sum")) == [Row(at(1), {}, 7.0)]
 
 
 def test_points_before_the_epoch(store: InfluxMetricStore) -> None:
@@ -184,82 +138,6 @@ def test_points_before_the_epoch(store: InfluxMetricStore) -> None:
     assert store.query(MetricQuery("x", window=timedelta(seconds=10))) == [Row(epoch, {}, 2.0)]
     with pytest.raises(StoreError, match="before 1970"):
         store.query(MetricQuery("x", window=timedelta(seconds=10), since=epoch - timedelta(1)))
-
-
-def test_group_by_one_tag(cpu: InfluxMetricStore) -> None:
-    # w1: 1,3,2,4,6 (first at 0)   w2: 5,7,10 (first at 20)
-    assert rows(cpu, group_by=("worker",)) == [
-        (0.0, {"worker": "w1"}, pytest.approx(16 / 5)),
-        (20.0, {"worker": "w2"}, pytest.approx(22 / 3)),
-    ]
-
-
-@pytest.mark.parametrize("agg", ["last", "max"])
-def test_group_by_with_selectors(cpu: InfluxMetricStore, agg: str) -> None:
-    expected = {"last": (6.0, 10.0), "max": (6.0, 10.0)}[agg]
-    assert rows(cpu, group_by=("worker",), agg=agg) == [
-        (0.0, {"worker": "w1"}, expected[0]),
-        (20.0, {"worker": "w2"}, expected[1]),
-    ]
-
-
-def test_group_by_two_tags_with_windows(cpu: InfluxMetricStore) -> None:
-    got = rows(cpu, group_by=("job", "worker"), window=timedelta(minutes=1), agg="sum")
-    assert got == [
-        (0.0, {"job": "a", "worker": "w1"}, 4.0),  # 1 + 3
-        (60.0, {"job": "a", "worker": "w1"}, 4.0),
-        (120.0, {"job": "a", "worker": "w1"}, 6.0),
-        (0.0, {"job": "a", "worker": "w2"}, 5.0),
-        (120.0, {"job": "a", "worker": "w2"}, 10.0),
-        (60.0, {"job": "b", "worker": "w1"}, 2.0),
-        (0.0, {"job": "b", "worker": "w2"}, 7.0),
-    ]  # fmt: skip
-
-
-def test_windowed_last_per_group(cpu: InfluxMetricStore) -> None:
-    got = rows(cpu, group_by=("job",), window=timedelta(minutes=1), agg="last")
-    # job a: [0,60) 1,3,5 -> 5; [60,120) 4; [120,180) 10,6 -> 6.  job b: 7; 2
-    assert got == [
-        (0.0, {"job": "a"}, 5.0),
-        (60.0, {"job": "a"}, 4.0),
-        (120.0, {"job": "a"}, 6.0),
-        (0.0, {"job": "b"}, 7.0),
-        (60.0, {"job": "b"}, 2.0),
-    ]
-
-
-def test_group_by_missing_tag_is_the_empty_group(store: InfluxMetricStore) -> None:
-    store.write([Point("x", 1.0, at(0), {"gpu": "0"}), Point("x", 5.0, at(1))])
-    result = store.query(MetricQuery("x", group_by=("gpu",)))
-    assert result == [Row(at(1), {"gpu": ""}, 5.0), Row(at(0), {"gpu": "0"}, 1.0)]
-    # an empty tag value is no tag at all, and filtering on "" finds the points without it
-    store.write([Point("x", 2.0, at(2), {"gpu": ""})])
-    assert store.query(MetricQuery("x", tags={"gpu": ""}, agg="sum")) == [Row(at(1), {}, 7.0)]
-
-
-def test_tag_filter_requires_every_pair(cpu: InfluxMetricStore) -> None:
-    assert rows(cpu, tags={"worker": "w2"}, agg="sum") == [(20.0, {}, 22.0)]
-    assert rows(cpu, tags={"worker": "w1", "job": "b"}, agg="sum") == [(60.0, {}, 2.0)]
-    assert rows(cpu, tags={"worker": "w3"}) == []
-    assert rows(cpu, tags={"absent": "x"}) == []
-
-
-def test_tag_keys_and_values_with_awkward_characters(store: InfluxMetricStore) -> None:
-    tags = {
-        'we"ird': 'va"l',
-        "dot.ted": "2",
-        "back\\slash": "c:\\dir",
-        "ü ber": "a b,c=d",
-        "dollar${x}": "${y}",
-    }
-    store.write(
-        [Point("odd name, really", 1.0, at(0), tags), Point("odd name, really", 2.0, at(1))]
-    )
-    for key, value in tags.items():
-        got = store.query(MetricQuery("odd name, really", tags={key: value}, agg="sum"))
-        assert got == [Row(at(0), {}, 1.0)], key
-        groups = [r.group for r in store.query(MetricQuery("odd name, really", group_by=(key,)))]
-        assert groups == [{key: ""}, {key: value}], key
 
 
 @pytest.mark.parametrize(
@@ -287,36 +165,6 @@ def test_nan_and_infinities_are_refused(store: InfluxMetricStore, value: float) 
     assert store.query(MetricQuery("x")) == []
 
 
-def test_name_filter(cpu: InfluxMetricStore) -> None:
-    assert cpu.query(MetricQuery("mem")) == [Row(at(0), {}, 100.0)]
-    assert cpu.query(MetricQuery("nope")) == []
-
-
-def test_time_range_is_since_inclusive_until_exclusive(cpu: InfluxMetricStore) -> None:
-    assert rows(cpu, since=at(20), until=at(60), agg="count") == [(20.0, {}, 2.0)]
-    assert rows(cpu, since=at(60), agg="sum") == [(60.0, {}, 22.0)]
-    assert rows(cpu, until=at(10), agg="sum") == [(0.0, {}, 1.0)]
-
-
-def test_equal_timestamps_are_all_stored_and_last_is_the_last_written(
-    store: InfluxMetricStore,
-) -> None:
-    store.write([Point("x", 1.0, at(0)), Point("x", 2.0, at(0))])
-    store.write([Point("x", 3.0, at(0))])
-    assert store.query(MetricQuery("x", agg="last")) == [Row(at(0), {}, 3.0)]
-    assert store.query(MetricQuery("x", agg="count")) == [Row(at(0), {}, 3.0)]
-
-
-def test_out_of_order_writes_aggregate_by_time(store: InfluxMetricStore) -> None:
-    store.write([Point("x", 9.0, at(50)), Point("x", 1.0, at(5))])
-    assert store.query(MetricQuery("x", agg="last")) == [Row(at(5), {}, 9.0)]
-
-
-def test_bad_window_is_refused(store: InfluxMetricStore) -> None:
-    with pytest.raises(StoreError, match="window"):
-        store.query(MetricQuery("x", window=timedelta(0)))
-
-
 def test_use_after_close_is_a_store_error(store: InfluxMetricStore) -> None:
     store.close()
     store.close()  # idempotent
@@ -331,28 +179,6 @@ def test_query_on_a_missing_database_is_a_store_error(tmp_path: Path, influx_cli
         with pytest.raises(StoreError, match="cannot query") as info:
             s.query(MetricQuery("x"))
         assert "exists" in str(info.value)
-
-
-def test_many_points_by_hand(store: InfluxMetricStore) -> None:
-    # 3 workers x 1000 points, one per second; compare windowed means against plain Python
-    points = [
-        Point("load", float((i * 7 + w) % 13), at(i), {"worker": f"w{w}"})
-        for i in range(1000)
-        for w in range(3)
-    ]
-    store.write(points)
-    got = store.query(
-        MetricQuery("load", window=timedelta(seconds=100), group_by=("worker",), agg="mean")
-    )
-    expected = []
-    for w in range(3):
-        for start in range(0, 1000, 100):
-            values = [float((i * 7 + w) % 13) for i in range(start, start + 100)]
-            expected.append(Row(at(start), {"worker": f"w{w}"}, sum(values) / len(values)))
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected, strict=True):
-        assert (g.start, g.group) == (e.start, e.group)
-        assert g.value == pytest.approx(e.value)
 
 
 # -- batching, close, the spool, dedup -----------------------------------------------------

@@ -125,6 +125,29 @@ def test_a_custom_node_type_map_and_custom_labels() -> None:
     assert "nodeSelector" not in untyped and "tolerations" not in untyped
 
 
+HELPERS_VOLUME = {
+    "name": "juliarun-helpers",
+    "downwardAPI": {
+        "items": [
+            {
+                "path": "JuliaRun.jl",
+                "fieldRef": {"fieldPath": "metadata.annotations['juliarun.io/julia-helpers']"},
+            }
+        ]
+    },
+}
+
+
+def test_pods_get_the_julia_helpers_and_print_their_metrics() -> None:
+    m = manifest(JuliaBatch("h", "/mnt/code/h.jl", "code"))
+    annotations = m["spec"]["template"]["metadata"]["annotations"]
+    assert "function record(" in annotations["juliarun.io/julia-helpers"]
+    env = {e["name"]: e.get("value") for e in pod(m)["containers"][0]["env"]}
+    assert env["JULIARUN_JL"] == "/opt/juliarun/JuliaRun.jl"
+    assert env["JULIARUN_METRICS_STDOUT"] == "1"
+    assert HELPERS_VOLUME in pod(m)["volumes"]
+
+
 def test_storage_volumes_are_mounted_at_mnt() -> None:
     job = Batch("b", ["ls", "/mnt"], ["code", "scratch", "repo"], env={"A": "1"})
     m = job_manifest(
@@ -142,6 +165,7 @@ def test_storage_volumes_are_mounted_at_mnt() -> None:
             "name": "st-repo",
             "hostPath": {"path": "/home/j/storage/git/repo@HEAD", "type": "Directory"},
         },
+        HELPERS_VOLUME,
     ]
     c = p["containers"][0]
     assert c["command"] == ["ls", "/mnt"]
@@ -149,6 +173,7 @@ def test_storage_volumes_are_mounted_at_mnt() -> None:
         {"name": "st-code", "mountPath": "/mnt/code"},
         {"name": "st-scratch", "mountPath": "/mnt/scratch"},
         {"name": "st-repo", "mountPath": "/mnt/repo", "readOnly": True},
+        {"name": "juliarun-helpers", "mountPath": "/opt/juliarun", "readOnly": True},
     ]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["JULIARUN_STORAGE_SCRATCH"] == "/mnt/scratch"

@@ -1,42 +1,20 @@
-"""The embedded SQLite log store, on real database files."""
+"""The embedded SQLite log store, on real database files: the shared LogStore contract
+(tests/contracts/log_store_contract.py) and what is particular to SQLite (WAL, FTS5, sequence
+numbers, threads)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from juliarun.errors import StoreError
-from juliarun.logs.base import LogLine, LogQuery, LogStore, Stream
+from juliarun.logs.base import LogLine, LogQuery
 from juliarun.logs.sqlite import SqliteLogStore, fts_query
-
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def line(
-    seconds: float,
-    message: str,
-    *,
-    job: str = "job-a",
-    worker: str = "w1",
-    stream: Stream = "stdout",
-    cluster: str = "local",
-    tenant: str = "default",
-) -> LogLine:
-    return LogLine(
-        timestamp=T0 + timedelta(seconds=seconds),
-        job=job,
-        worker=worker,
-        stream=stream,
-        message=message,
-        cluster=cluster,
-        tenant=tenant,
-    )
+from tests.contracts.log_store_contract import LogStoreContract, WriterProcess, line, messages
 
 
 @pytest.fixture
@@ -45,32 +23,52 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path) -> Iterator[SqliteLogStore]:
-    s = SqliteLogStore(db)
-    yield s
-    s.close()
+def make_store(db: Path) -> Iterator[Callable[[], SqliteLogStore]]:
+    made: list[SqliteLogStore] = []
+
+    def make() -> SqliteLogStore:
+        made.append(SqliteLogStore(db))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
 
 
 @pytest.fixture
-def sample(store: SqliteLogStore) -> list[LogLine]:
-    lines = [
-        line(0, "starting job", job="job-a", worker="w1"),
-        line(1, "hello world!", job="job-a", worker="w2", stream="stderr"),
-        line(2, "epoch 1 loss=0.50", job="job-b", worker="w1", cluster="gke"),
-        line(3, 'she said "hi" (twice)', job="job-b", worker="w2", tenant="acme"),
-        line(4, "epoch 2 loss=0.25", job="job-c", worker="w1", stream="stderr"),
-        line(5, "done: world saved", job="job-a", worker="w1"),
-    ]
-    assert store.write(lines) == len(lines)
-    return lines
+def store(make_store: Callable[[], SqliteLogStore]) -> SqliteLogStore:
+    return make_store()
 
 
-def messages(lines: list[LogLine]) -> list[str]:
-    return [x.message for x in lines]
+def _write_from_process(path: str, worker: str, n: int) -> None:
+    store = SqliteLogStore(path)
+    try:
+        for i in range(n):
+            store.write([line(i / 1000, f"{worker} line {i}", worker=worker)])
+    finally:
+        store.close()
 
 
-def test_implements_the_protocol_and_creates_wal_file(store: SqliteLogStore, db: Path) -> None:
-    assert isinstance(store, LogStore)
+@pytest.fixture
+def writer_process(db: Path) -> WriterProcess:
+    """Processes that each open the (not yet created) file themselves, one line per write."""
+    return lambda worker, n: (_write_from_process, (str(db), worker, n))
+
+
+class TestSqliteLogStore(LogStoreContract):
+    def test_delete_keeps_the_full_text_index_consistent(
+        self, store: SqliteLogStore, sample: list[LogLine]
+    ) -> None:
+        assert store.delete("job-a") == 3
+        assert messages(store.query(LogQuery(text="world"))) == []
+        conn = sqlite3.connect(store.path)
+        try:
+            conn.execute("INSERT INTO lines_fts(lines_fts) VALUES ('integrity-check')")
+        finally:
+            conn.close()
+
+
+def test_creates_a_wal_file(store: SqliteLogStore, db: Path) -> None:
     assert db.exists()
     conn = sqlite3.connect(db)
     try:
@@ -79,167 +77,9 @@ def test_implements_the_protocol_and_creates_wal_file(store: SqliteLogStore, db:
         conn.close()
 
 
-def test_round_trip_preserves_every_field(store: SqliteLogStore) -> None:
-    original = line(
-        1.234567, "ünïcode ✓", job="j", worker="w", stream="stderr", cluster="c", tenant="t"
-    )
-    store.write([original])
-    assert store.query(LogQuery()) == [original]
-
-
-def test_naive_timestamps_are_taken_as_utc(store: SqliteLogStore) -> None:
-    naive = LogLine(datetime(2024, 1, 1, 5), "j", "w", "stdout", "m")
-    store.write([naive])
-    (got,) = store.query(LogQuery(since=datetime(2024, 1, 1, 5, tzinfo=UTC)))
-    assert got.timestamp == datetime(2024, 1, 1, 5, tzinfo=UTC)
-
-
-def test_write_nothing(store: SqliteLogStore) -> None:
-    assert store.write([]) == 0
-    assert store.count(LogQuery()) == 0
-
-
-def test_order_is_timestamp_then_arrival(store: SqliteLogStore) -> None:
-    store.write([line(5, "late"), line(1, "early-1")])
-    store.write([line(1, "early-2"), line(3, "middle")])
-    assert messages(store.query(LogQuery())) == ["early-1", "early-2", "middle", "late"]
-
-
-@pytest.mark.parametrize(
-    ("q", "expected"),
-    [
-        (LogQuery(), ["starting job", "hello world!", "epoch 1 loss=0.50",
-                      'she said "hi" (twice)', "epoch 2 loss=0.25", "done: world saved"]),
-        (LogQuery(job="job-a"), ["starting job", "hello world!", "done: world saved"]),
-        (LogQuery(jobs=("job-b", "job-c")),
-         ["epoch 1 loss=0.50", 'she said "hi" (twice)', "epoch 2 loss=0.25"]),
-        (LogQuery(job="job-a", jobs=("job-a", "job-b")),
-         ["starting job", "hello world!", "done: world saved"]),
-        (LogQuery(job="job-c", jobs=("job-a",)), []),
-        (LogQuery(worker="w2"), ["hello world!", 'she said "hi" (twice)']),
-        (LogQuery(stream="stderr"), ["hello world!", "epoch 2 loss=0.25"]),
-        (LogQuery(cluster="gke"), ["epoch 1 loss=0.50"]),
-        (LogQuery(tenant="acme"), ['she said "hi" (twice)']),
-        (LogQuery(since=T0 + timedelta(seconds=4)), ["epoch 2 loss=0.25", "done: world saved"]),
-        (LogQuery(until=T0 + timedelta(seconds=1)), ["starting job"]),
-        (LogQuery(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=3)),
-         ["hello world!", "epoch 1 loss=0.50"]),
-        (LogQuery(job="job-a", worker="w1", stream="stdout"),
-         ["starting job", "done: world saved"]),
-        (LogQuery(job="nope"), []),
-    ],
-)  # fmt: skip
-def test_filters(
-    store: SqliteLogStore, sample: list[LogLine], q: LogQuery, expected: list[str]
-) -> None:
-    assert messages(store.query(q)) == expected
-    assert store.count(q) == len(expected)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("world", ["hello world!", "done: world saved"]),
-        ("WORLD hello", ["hello world!"]),  # all words, any order, case-folded
-        ("hello world!", ["hello world!"]),  # punctuation cannot break MATCH
-        ('"hi"', ['she said "hi" (twice)']),  # quotes in user input
-        ('said "hi', ['she said "hi" (twice)']),  # an unbalanced quote
-        ("(twice) AND OR NOT", []),  # operators are words, not syntax
-        ("loss=0.25", ["epoch 2 loss=0.25"]),  # tokens inside one word form a phrase
-        ("done:", ["done: world saved"]),
-        ("*", []),
-        ("NEAR(hello world)", []),
-        ("wor", []),  # words, not substrings (use regex for those)
-        ("   ", None),  # no words: no text constraint
-    ],
-)
-def test_full_text_search(
-    store: SqliteLogStore, sample: list[LogLine], text: str, expected: list[str] | None
-) -> None:
-    got = messages(store.query(LogQuery(text=text)))
-    assert got == (messages(sample) if expected is None else expected)
-
-
 def test_fts_query_quotes_each_word() -> None:
     assert fts_query('a "b" c!') == '"a" """b""" "c!"'
     assert fts_query("") is None
-
-
-def test_full_text_combines_with_other_filters(
-    store: SqliteLogStore, sample: list[LogLine]
-) -> None:
-    assert messages(store.query(LogQuery(text="epoch", job="job-c"))) == ["epoch 2 loss=0.25"]
-    assert store.count(LogQuery(text="world", worker="w1")) == 1
-
-
-@pytest.mark.parametrize(
-    ("regex", "expected"),
-    [
-        (r"loss=0\.\d+", ["epoch 1 loss=0.50", "epoch 2 loss=0.25"]),
-        (r"^epoch 2", ["epoch 2 loss=0.25"]),
-        (r"wor", ["hello world!", "done: world saved"]),  # substrings
-        (r"\(twice\)$", ['she said "hi" (twice)']),
-        (r"(?i)HELLO", ["hello world!"]),
-        (r"zzz", []),
-    ],
-)
-def test_regex(
-    store: SqliteLogStore, sample: list[LogLine], regex: str, expected: list[str]
-) -> None:
-    assert messages(store.query(LogQuery(regex=regex))) == expected
-    assert store.count(LogQuery(regex=regex)) == len(expected)
-
-
-def test_regex_and_text_together(store: SqliteLogStore, sample: list[LogLine]) -> None:
-    q = LogQuery(text="epoch", regex=r"0\.5")
-    assert messages(store.query(q)) == ["epoch 1 loss=0.50"]
-
-
-def test_invalid_regex_is_a_store_error(store: SqliteLogStore, sample: list[LogLine]) -> None:
-    with pytest.raises(StoreError, match="invalid regular expression") as info:
-        store.query(LogQuery(regex="(unclosed"))
-    assert info.value.hint
-    assert info.value.__cause__ is not None
-
-
-def test_limit_returns_most_recent_lines_oldest_first(
-    store: SqliteLogStore, sample: list[LogLine]
-) -> None:
-    assert messages(store.query(LogQuery(limit=2))) == ["epoch 2 loss=0.25", "done: world saved"]
-    assert messages(store.query(LogQuery(job="job-a", limit=2))) == [
-        "hello world!",
-        "done: world saved",
-    ]
-    assert store.query(LogQuery(limit=0)) == []
-    assert len(store.query(LogQuery(limit=100))) == len(sample)
-    assert store.count(LogQuery(limit=2)) == 2
-    assert store.count(LogQuery(limit=100)) == len(sample)
-
-
-def test_limit_breaks_timestamp_ties_by_arrival(store: SqliteLogStore) -> None:
-    store.write([line(1, f"m{i}") for i in range(5)])
-    assert messages(store.query(LogQuery(limit=2))) == ["m3", "m4"]
-
-
-def test_negative_limit_is_refused(store: SqliteLogStore) -> None:
-    with pytest.raises(StoreError, match="limit"):
-        store.query(LogQuery(limit=-1))
-
-
-def test_delete_removes_a_jobs_lines_and_their_index(
-    store: SqliteLogStore, sample: list[LogLine]
-) -> None:
-    assert store.delete("job-a") == 3
-    assert store.delete("job-a") == 0
-    assert store.count(LogQuery(job="job-a")) == 0
-    assert messages(store.query(LogQuery(text="world"))) == []
-    assert store.count(LogQuery()) == 3
-    # the FTS index stays consistent with the table
-    conn = sqlite3.connect(store.path)
-    try:
-        conn.execute("INSERT INTO lines_fts(lines_fts) VALUES ('integrity-check')")
-    finally:
-        conn.close()
 
 
 def test_sequence_numbers_are_not_reused_after_delete(db: Path) -> None:
@@ -252,13 +92,6 @@ def test_sequence_numbers_are_not_reused_after_delete(db: Path) -> None:
         assert conn.execute("SELECT seq FROM lines").fetchall() == [(3,)]
     finally:
         conn.close()
-
-
-def test_reopening_keeps_lines(db: Path) -> None:
-    with SqliteLogStore(db) as first:
-        first.write([line(0, "kept")])
-    with SqliteLogStore(db) as second:
-        assert messages(second.query(LogQuery())) == ["kept"]
 
 
 def test_use_after_close_is_a_store_error(db: Path) -> None:
@@ -276,82 +109,6 @@ def test_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, sqlite3.Error)
 
 
-def test_follow_yields_existing_then_new_lines_from_another_writer(
-    store: SqliteLogStore, db: Path
-) -> None:
-    store.write([line(0, "old-1"), line(1, "old-2"), line(2, "other", job="job-z")])
-    other = SqliteLogStore(db)  # a second writer, as a job's supervisor process would be
-    sleeps: list[float] = []
-    batches = iter(
-        [
-            [line(3, "new-1"), line(3, "noise", job="job-z")],
-            [],
-            [line(4, "new-2"), line(5, "new-3")],
-        ]
-    )
-
-    def fake_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        other.write(next(batches, []))
-
-    def stop() -> bool:
-        return len(sleeps) >= 3
-
-    got = store.follow(LogQuery(job="job-a"), stop=stop, poll_interval=0.25, sleep=fake_sleep)
-    assert messages(list(got)) == ["old-1", "old-2", "new-1", "new-2", "new-3"]
-    assert sleeps == [0.25, 0.25, 0.25]
-    other.close()
-
-
-def test_follow_polls_once_more_after_stop(store: SqliteLogStore, db: Path) -> None:
-    other = SqliteLogStore(db)
-    stopped = False
-
-    def fake_sleep(_: float) -> None:
-        nonlocal stopped
-        other.write([line(9, "written just before stop")])
-        stopped = True
-
-    got = list(store.follow(LogQuery(), stop=lambda: stopped, sleep=fake_sleep))
-    assert messages(got) == ["written just before stop"]
-    other.close()
-
-
-def test_follow_applies_limit_to_existing_lines_only(store: SqliteLogStore) -> None:
-    store.write([line(i, f"old-{i}") for i in range(5)])
-    polls = 0
-
-    def fake_sleep(_: float) -> None:
-        nonlocal polls
-        polls += 1
-        store.write([line(10 + i, f"new-{i}") for i in range(3)])
-
-    got = store.follow(LogQuery(limit=2), stop=lambda: polls >= 1, sleep=fake_sleep)
-    assert messages(list(got)) == ["old-3", "old-4", "new-0", "new-1", "new-2"]
-
-
-def test_follow_applies_filters_to_new_lines(store: SqliteLogStore) -> None:
-    polls = 0
-
-    def fake_sleep(_: float) -> None:
-        nonlocal polls
-        polls += 1
-        store.write([line(1, "error: disk full"), line(2, "all good"), line(3, "ERROR again")])
-
-    q = LogQuery(text="error", stream="stdout")
-    got = store.follow(q, stop=lambda: polls >= 1, sleep=fake_sleep)
-    assert messages(list(got)) == ["error: disk full", "ERROR again"]
-
-
-def test_follow_stops_immediately_with_nothing_new(store: SqliteLogStore) -> None:
-    store.write([line(0, "only")])
-
-    def no_sleep(_: float) -> None:
-        raise AssertionError("must not sleep when already stopped")
-
-    assert messages(list(store.follow(LogQuery(), stop=lambda: True, sleep=no_sleep))) == ["only"]
-
-
 def test_threads_share_one_instance(store: SqliteLogStore) -> None:
     def work(worker: str) -> None:
         for i in range(20):
@@ -365,31 +122,3 @@ def test_threads_share_one_instance(store: SqliteLogStore) -> None:
         t.join()
     assert store.count(LogQuery()) == 80
     assert store.count(LogQuery(worker="t2")) == 20
-
-
-def _write_from_process(path: str, worker: str, n: int) -> None:
-    store = SqliteLogStore(path)
-    try:
-        for i in range(n):
-            store.write([line(i / 1000, f"{worker} line {i}", worker=worker)])
-    finally:
-        store.close()
-
-
-def test_two_processes_write_concurrently(db: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_write_from_process, args=(str(db), f"p{n}", 500)) for n in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0, 0]
-    with SqliteLogStore(db) as store:
-        assert store.count(LogQuery()) == 1000
-        assert store.count(LogQuery(worker="p0")) == 500
-        assert store.count(LogQuery(worker="p1")) == 500
-        assert store.count(LogQuery(text="line")) == 1000
-        p0 = messages(store.query(LogQuery(worker="p0")))
-        assert p0 == [f"p0 line {i}" for i in range(500)]

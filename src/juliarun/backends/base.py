@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from juliarun.errors import JobTimeoutError
-from juliarun.logs.base import LogLine
+from juliarun.logs.base import LogLine, LogStore
+from juliarun.metrics.base import MetricStore
 from juliarun.specs import JobSpec, StorageSpec
 
 Phase = Literal["created", "running", "succeeded", "failed"]
@@ -235,6 +236,38 @@ class LogSource(Protocol):
     ) -> Iterator[LogLine]:
         """Lines of every worker interleaved by time (the last ``lines`` only when given);
         ``follow`` keeps yielding until the job ends or ``stop()``."""
+        ...
+
+
+@dataclass
+class CollectResult:
+    """What one collection of a job's output shipped into the stores."""
+
+    job: str
+    lines: int = 0
+    metric_points: int = 0
+    system_points: int = 0
+    skipped: int = 0
+    pods: set[str] = field(default_factory=set)
+    ended: str = ""
+
+
+@runtime_checkable
+class LogCollector(Protocol):
+    """A backend whose workers' output is not shipped by a supervisor (Kubernetes): a collector
+    follows the job and ships its lines and metrics into the stores until it ends."""
+
+    def collect(
+        self,
+        name: str,
+        logs: LogStore,
+        metrics: MetricStore | None = None,
+        *,
+        on_line: Callable[[LogLine], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> CollectResult:
+        """Ship every line (exactly once, resuming after what the store holds) and metric of
+        job ``name`` until it ends or ``stop()``."""
         ...
 
 

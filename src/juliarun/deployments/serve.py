@@ -16,11 +16,13 @@ from juliarun.errors import ConfigError
 RUN_JOB = "run-job"
 CLUSTER_REPORT = "cluster-report"
 REPORT_EVERY = timedelta(minutes=15)
+PRUNE_BUNDLES = "prune-bundles"
+PRUNE_EVERY = timedelta(hours=24)
 
 
 def deployments(cluster: str = "local") -> list[Any]:
     """``run-job`` (triggered from the UI or Python) and ``cluster-report`` (a recurring run)."""
-    from juliarun.flows import cluster_report, run_job
+    from juliarun.flows import cluster_report, prune_bundles, run_job
 
     return [
         run_job.to_deployment(
@@ -34,6 +36,13 @@ def deployments(cluster: str = "local") -> list[Any]:
             description="Snapshot of cluster capacity, every 15 minutes.",
             parameters={"cluster": cluster},
             interval=REPORT_EVERY,
+            tags=["juliarun"],
+        ),
+        prune_bundles.to_deployment(
+            name=PRUNE_BUNDLES,
+            description="Remove package-bundle addresses no job uses, once a day.",
+            parameters={"cluster": cluster},
+            interval=PRUNE_EVERY,
             tags=["juliarun"],
         ),
     ]

@@ -1,6 +1,23 @@
 """Prefect flows: the pipelines juliarun runs orchestrated."""
 
+from juliarun.flows.builds import (
+    build_image,
+    build_package_bundle,
+    prewarm_image,
+    prune_bundles,
+    run_pipeline,
+)
 from juliarun.flows.cluster_report import cluster_report
 from juliarun.flows.run_job import run_job
+from juliarun.flows.tenants import ensure_tenant_flow
 
-__all__ = ["cluster_report", "run_job"]
+__all__ = [
+    "build_image",
+    "build_package_bundle",
+    "cluster_report",
+    "ensure_tenant_flow",
+    "prewarm_image",
+    "prune_bundles",
+    "run_job",
+    "run_pipeline",
+]

@@ -82,11 +82,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, TransportError
 
+from juliarun._store import ClosingContext
 from juliarun.errors import StoreError
 from juliarun.logs.base import LogLine, LogQuery, Stream
 
@@ -225,7 +225,7 @@ class _Spool:
                 os.unlink(f"{self.path}{suffix}")
 
 
-class ElasticsearchLogStore:
+class ElasticsearchLogStore(ClosingContext):
     """A :class:`~juliarun.logs.base.LogStore` in Elasticsearch (see the module docstring).
 
     ``url``: the cluster; ``spool``: the directory for this host's spool files (shared by every
@@ -826,17 +826,6 @@ class ElasticsearchLogStore:
                 os.close(self._lock_fd)  # releases the flock: the spool is anyone's to drain
                 self._lock_fd = None
         self._es.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @contextlib.contextmanager

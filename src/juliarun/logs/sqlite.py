@@ -11,22 +11,16 @@ import dataclasses
 import functools
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
+from juliarun._store import SqliteStore, from_micros, to_micros
 from juliarun.errors import StoreError
 from juliarun.logs.base import LogLine, LogQuery, Stream
 
 __all__ = ["SqliteLogStore"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _SCHEMA_VERSION = 1
 _COLUMNS = "seq, ts, cluster, tenant, job, worker, stream, message"
 
@@ -58,21 +52,6 @@ _SCHEMA = (
     END""",
     f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _to_micros(ts: datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken as UTC."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return (ts - _EPOCH) // _MICROSECOND
-
-
-def _from_micros(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 @functools.lru_cache(maxsize=64)
@@ -122,10 +101,10 @@ def _where(q: LogQuery) -> tuple[str, list[Any]]:
         params.extend(q.jobs)
     if q.since is not None:
         clauses.append("ts >= ?")
-        params.append(_to_micros(q.since))
+        params.append(to_micros(q.since))
     if q.until is not None:
         clauses.append("ts < ?")
-        params.append(_to_micros(q.until))
+        params.append(to_micros(q.until))
     if q.text is not None:
         match = fts_query(q.text)
         if match is not None:
@@ -149,7 +128,7 @@ def _where(q: LogQuery) -> tuple[str, list[Any]]:
 def _line(row: tuple[Any, ...]) -> LogLine:
     _seq, ts, cluster, tenant, job, worker, stream, message = row
     return LogLine(
-        timestamp=_from_micros(ts),
+        timestamp=from_micros(ts),
         job=job,
         worker=worker,
         stream=cast(Stream, stream),
@@ -159,7 +138,7 @@ def _line(row: tuple[Any, ...]) -> LogLine:
     )
 
 
-class SqliteLogStore:
+class SqliteLogStore(SqliteStore):
     """A :class:`~juliarun.logs.base.LogStore` in one SQLite file.
 
     Timestamps are stored as integer microseconds since the epoch (naive datetimes are taken as
@@ -181,54 +160,13 @@ class SqliteLogStore:
     >>> store.close()
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        clock: Callable[[], datetime] = _utcnow,
-        busy_timeout: float = 30.0,
-    ) -> None:
-        self.path = path if str(path) == ":memory:" else Path(path)
-        self.clock = clock
-        self._lock = threading.Lock()
-        try:
-            if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _connect(str(self.path), busy_timeout)
-            self._conn.create_function("regexp", 2, _regexp, deterministic=True)
-            with self._transaction():
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(
-                f"cannot open log store {str(path)!r}: {exc}",
-                hint="check that the directory is writable and the file is a juliarun log store",
-            ) from exc
+    kind = "log"
+    schema = _SCHEMA
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.create_function("regexp", 2, _regexp, deterministic=True)
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taking the write lock up front (waits up to ``busy_timeout``)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _guard(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(
-                    f"log store {str(self.path)!r}: cannot {action}: {exc}",
-                    hint="another process may hold the database locked, or the file is damaged",
-                ) from exc
 
     def _select(self, q: LogQuery, *, after: int = 0, upto: int | None = None) -> list[LogLine]:
         where, params = _where(q)
@@ -260,7 +198,7 @@ class SqliteLogStore:
         """Store lines in one transaction; returns how many were stored."""
         rows = [
             (
-                _to_micros(line.timestamp),
+                to_micros(line.timestamp),
                 line.cluster,
                 line.tenant,
                 line.job,
@@ -326,34 +264,3 @@ class SqliteLogStore:
         with self._guard("delete lines"), self._transaction() as conn:
             cursor = conn.execute("DELETE FROM lines WHERE job = ?", (job,))
         return cursor.rowcount
-
-    def close(self) -> None:
-        """Close the connection; further calls raise :class:`~juliarun.errors.StoreError`."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.Error:
-        conn.close()
-        raise
-    return conn

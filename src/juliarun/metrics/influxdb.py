@@ -83,11 +83,20 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
+from juliarun._store import (
+    EPOCH,
+    MICROSECOND,
+    ClosingContext,
+    PointRecorder,
+    from_micros,
+    to_micros,
+    utcnow,
+    window_micros,
+)
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Aggregation, MetricQuery, Point, Row
 
@@ -95,8 +104,6 @@ __all__ = ["InfluxMetricStore", "WriteFailure", "WriteStats", "format_line", "fo
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _MIN_TIME = "1677-09-21T00:12:43.145224194Z"  # InfluxDB's earliest and latest timestamps
 _MAX_TIME = "2262-04-11T23:47:16.854775806Z"
 _NAME_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
@@ -105,16 +112,6 @@ _REJECTED = "rejected"
 _RETRIABLE_STATUS = frozenset({401, 403, 404, 408, 429})
 _MAX_SERIES_MEMORY = 100_000
 _FLUX_AGG = {"mean": "mean", "max": "max", "min": "min", "sum": "sum", "count": "count"}
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _micros(ts: datetime) -> int:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return (ts - _EPOCH) // _MICROSECOND
 
 
 def _check_text(what: str, text: str, name: str) -> None:
@@ -171,7 +168,7 @@ def format_line(point: Point) -> tuple[str, str, int]:
     >>> format_line(Point("run time", 1.5, datetime(2024, 1, 1, tzinfo=UTC), {"a": "x,y", "b": ""}))
     ('run\\\\ time,a=x\\\\,y', 'value=1.5', 1704067200000000000)
     """
-    return format_series(point.name, point.tags), _field(point), _micros(point.timestamp) * 1000
+    return format_series(point.name, point.tags), _field(point), to_micros(point.timestamp) * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +341,7 @@ def _remove_dir(directory: Path) -> None:
         directory.rmdir()
 
 
-class InfluxMetricStore:
+class InfluxMetricStore(PointRecorder, ClosingContext):
     """A :class:`~juliarun.metrics.base.MetricStore` on InfluxDB (the v2 API; 1.8 works with
     token ``"user:password"`` or ``":"``, org ``"-"`` and bucket ``"database/retention"``).
 
@@ -373,7 +370,7 @@ class InfluxMetricStore:
         close_timeout: float = 10.0,
         adopt_interval: float = 60.0,
         on_error: Callable[[WriteFailure], None] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -443,7 +440,7 @@ class InfluxMetricStore:
             series = cache.get(memo)
             if series is None:
                 series = cache[memo] = format_series(p.name, p.tags)
-            formatted.append((series, _field(p), _micros(p.timestamp) * 1000))
+            formatted.append((series, _field(p), to_micros(p.timestamp) * 1000))
         if not formatted:
             return 0
         with self._cond:
@@ -486,17 +483,6 @@ class InfluxMetricStore:
                     f"metric buffer full and the spool is not writable: {exc}",
                     hint="free disk space under the spool directory, or check that InfluxDB is up",
                 ) from exc
-
-    def record(
-        self,
-        name: str,
-        value: float,
-        tags: Mapping[str, str] | None = None,
-        timestamp: datetime | None = None,
-    ) -> None:
-        """Queue one point, at ``clock()`` when no timestamp is given."""
-        when = timestamp if timestamp is not None else self.clock()
-        self.write([Point(name=name, value=float(value), timestamp=when, tags=dict(tags or {}))])
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every point accepted so far was sent or spooled (up to ``timeout``
@@ -692,19 +678,12 @@ class InfluxMetricStore:
     def query(self, q: MetricQuery) -> list[Row]:
         """Aggregated rows ordered by group values, then window start (see the module notes).
         This store's buffered points are flushed first."""
-        window = None
-        if q.window is not None:
-            window = q.window // _MICROSECOND
-            if window <= 0:
-                raise StoreError(
-                    f"window must be at least one microsecond, got {q.window}",
-                    hint="pass a positive timedelta, or None to aggregate the whole range",
-                )
-            if q.since is not None and _micros(q.since) < 0:
-                raise StoreError(
-                    f"windows before 1970 are not supported by InfluxDB 1.8 (since={q.since})",
-                    hint="query from 1970 on, or aggregate without a window",
-                )
+        window = window_micros(q.window)
+        if window is not None and q.since is not None and to_micros(q.since) < 0:
+            raise StoreError(
+                f"windows before 1970 are not supported by InfluxDB 1.8 (since={q.since})",
+                hint="query from 1970 on, or aggregate without a window",
+            )
         with self._cond:
             self._check_open()
         self.flush()
@@ -724,9 +703,9 @@ class InfluxMetricStore:
                 row = record.values
                 group = tuple(str(row.get(k) or "") for k in q.group_by)
                 if row.get("result") == "first":
-                    firsts[group] = _micros(row["_time"])
+                    firsts[group] = to_micros(row["_time"])
                 elif window is not None:
-                    begin = _micros(row["_start"])  # clamped to `since`: floor it
+                    begin = to_micros(row["_start"])  # clamped to `since`: floor it
                     values.append((group, begin - begin % window, float(row["_value"])))
                 else:
                     values.append((group, None, float(row["_value"])))
@@ -738,7 +717,7 @@ class InfluxMetricStore:
         rows.sort(key=lambda r: (r[0], r[1]))
         return [
             Row(
-                start=_EPOCH + timedelta(microseconds=micros),
+                start=from_micros(micros),
                 group=dict(zip(q.group_by, group, strict=True)),
                 value=value,
             )
@@ -779,17 +758,6 @@ class InfluxMetricStore:
                 f"the InfluxDB metric store for {self.bucket!r} is closed",
                 hint="open a new store (juliarun.init()) instead of reusing a closed one",
             )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _log_failure(failure: WriteFailure) -> None:
@@ -833,9 +801,9 @@ def flux_string(text: str) -> str:
 
 
 def _flux_time(ts: datetime) -> str:
-    micros = _micros(ts)
+    micros = to_micros(ts)
     whole, frac = divmod(micros, 1_000_000)
-    moment = _EPOCH + timedelta(seconds=whole)
+    moment = EPOCH + timedelta(seconds=whole)
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{frac:06d}Z"
 
 
@@ -890,7 +858,7 @@ def build_flux(bucket: str, q: MetricQuery) -> str:
                 f'data |> group(columns: [{group}]) |> {_FLUX_AGG[agg]}() |> yield(name: "agg")'
             )
     else:
-        every = f"{q.window // _MICROSECOND * 1000}ns"
+        every = f"{q.window // MICROSECOND * 1000}ns"
         if agg == "last":
             with_start = ", ".join([*(flux_string(k) for k in q.group_by), '"_start"'])
             lines.append(

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from juliarun._store import PointRecorder, SqliteStore, from_micros, to_micros, window_micros
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Aggregation, MetricQuery, Point, Row
 
 __all__ = ["SqliteMetricStore"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _SCHEMA_VERSION = 1
 
 _SCHEMA = (
@@ -34,21 +27,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS points_name_ts ON points (name, ts)",
     f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _to_micros(ts: datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken as UTC."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return (ts - _EPOCH) // _MICROSECOND
-
-
-def _from_micros(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def canonical_tags(tags: Mapping[str, str]) -> str:
@@ -101,7 +79,7 @@ class _Acc:
                 return float(self.count)
 
 
-class SqliteMetricStore:
+class SqliteMetricStore(PointRecorder, SqliteStore):
     """A :class:`~juliarun.metrics.base.MetricStore` in one SQLite file.
 
     Timestamps are integer microseconds since the epoch (naive datetimes are taken as UTC); tags
@@ -127,51 +105,8 @@ class SqliteMetricStore:
     >>> store.close()
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        clock: Callable[[], datetime] = _utcnow,
-        busy_timeout: float = 30.0,
-    ) -> None:
-        self.path = path if str(path) == ":memory:" else Path(path)
-        self.clock = clock
-        self._lock = threading.Lock()
-        try:
-            if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _connect(str(self.path), busy_timeout)
-            with self._transaction():
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(
-                f"cannot open metric store {str(path)!r}: {exc}",
-                hint="check that the directory is writable and the file is a juliarun metric store",
-            ) from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taking the write lock up front (waits up to ``busy_timeout``)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _guard(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(
-                    f"metric store {str(self.path)!r}: cannot {action}: {exc}",
-                    hint="another process may hold the database locked, or the file is damaged",
-                ) from exc
+    kind = "metric"
+    schema = _SCHEMA
 
     def write(self, points: Iterable[Point]) -> int:
         """Store points in one transaction; returns how many were stored.
@@ -186,7 +121,7 @@ class SqliteMetricStore:
                     hint="skip or replace NaN values before recording them",
                 )
             rows.append(
-                (point.name, _to_micros(point.timestamp), point.value, canonical_tags(point.tags))
+                (point.name, to_micros(point.timestamp), point.value, canonical_tags(point.tags))
             )
         if not rows:
             return 0
@@ -194,27 +129,9 @@ class SqliteMetricStore:
             conn.executemany("INSERT INTO points (name, ts, value, tags) VALUES (?, ?, ?, ?)", rows)
         return len(rows)
 
-    def record(
-        self,
-        name: str,
-        value: float,
-        tags: Mapping[str, str] | None = None,
-        timestamp: datetime | None = None,
-    ) -> None:
-        """Store one point, at ``clock()`` when no timestamp is given."""
-        when = timestamp if timestamp is not None else self.clock()
-        self.write([Point(name=name, value=float(value), timestamp=when, tags=dict(tags or {}))])
-
     def query(self, q: MetricQuery) -> list[Row]:
         """Aggregated rows ordered by group values, then window start (see the class notes)."""
-        window = None
-        if q.window is not None:
-            window = q.window // _MICROSECOND
-            if window <= 0:
-                raise StoreError(
-                    f"window must be at least one microsecond, got {q.window}",
-                    hint="pass a positive timedelta, or None to aggregate the whole range",
-                )
+        window = window_micros(q.window)
         clauses = ["name = ?"]
         params: list[Any] = [q.name]
         for key, value in sorted(q.tags.items()):
@@ -223,10 +140,10 @@ class SqliteMetricStore:
             params += [*expr_params, value]
         if q.since is not None:
             clauses.append("ts >= ?")
-            params.append(_to_micros(q.since))
+            params.append(to_micros(q.since))
         if q.until is not None:
             clauses.append("ts < ?")
-            params.append(_to_micros(q.until))
+            params.append(to_micros(q.until))
         columns = ["ts", "value"]
         select_params: list[Any] = []
         for key in q.group_by:
@@ -250,7 +167,7 @@ class SqliteMetricStore:
             acc.add(value)
         return [
             Row(
-                start=_from_micros(accs[key].start),
+                start=from_micros(accs[key].start),
                 group=dict(zip(q.group_by, key[0], strict=True)),
                 value=accs[key].result(q.agg),
             )
@@ -260,34 +177,3 @@ class SqliteMetricStore:
     def flush(self, timeout: float | None = None) -> bool:
         """Writes are stored when ``write`` returns; nothing to wait for."""
         return True
-
-    def close(self) -> None:
-        """Close the connection; further calls raise :class:`~juliarun.errors.StoreError`."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.Error:
-        conn.close()
-        raise
-    return conn

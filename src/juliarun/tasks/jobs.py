@@ -10,9 +10,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from juliarun import api
-from juliarun.backends.base import JobStatus, LogSource
+from juliarun.backends.base import JobStatus, LogCollector, LogSource
 from juliarun.errors import JobTimeoutError
-from juliarun.logs import LogQuery
+from juliarun.logs import LogLine, LogQuery
 from juliarun.specs import JobSpec
 from juliarun.tasks._context import context
 
@@ -27,11 +27,33 @@ def submit_job(cluster: str, job: JobSpec) -> str:
 @task(cache_policy=NONE)
 def watch_job(cluster: str, name: str, timeout: float | None = None) -> JobStatus:
     """Follow the job until it ends, logging each of its lines as ``worker | line``; raises
-    JobTimeoutError after ``timeout`` seconds (the job is left running)."""
+    JobTimeoutError after ``timeout`` seconds (the job is left running).
+
+    On Kubernetes the same pass is the job's log collector: the lines it reads from the pods
+    are shipped into the log store (and metric lines and kubelet samples into the metric
+    store) as they are logged here."""
     logger = get_run_logger()
     deadline = None if timeout is None else time.monotonic() + timeout
     final: list[JobStatus] = []
+
+    def log_line(line: LogLine) -> None:
+        log = logger.warning if line.stream == "stderr" else logger.info
+        log("%s | %s", line.worker, line.message)
+
     with context(cluster) as ctx:
+        if isinstance(ctx.backend, LogCollector):
+            result = api.collect(ctx, name, on_line=log_line, timeout=timeout)
+            logger.info(
+                "collected %d lines, %d metric points and %d system samples of %s",
+                result.lines,
+                result.metric_points,
+                result.system_points,
+                name,
+            )
+            current = ctx.backend.status(name)
+            if not current.done:
+                raise JobTimeoutError(name, timeout or 0.0, str(current))
+            return current
         since = ctx.backend.status(name).created_at
         query = LogQuery(job=name, cluster=ctx.cluster, since=since)
 
@@ -51,8 +73,7 @@ def watch_job(cluster: str, name: str, timeout: float | None = None) -> JobStatu
             else ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval)
         )
         for line in lines:
-            log = logger.warning if line.stream == "stderr" else logger.info
-            log("%s | %s", line.worker, line.message)
+            log_line(line)
         if not final and isinstance(ctx.backend, LogSource):  # its follow ended with the job
             current = ctx.backend.status(name)
             if current.done:

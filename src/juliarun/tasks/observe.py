@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 
 from juliarun import api
 from juliarun.backends.base import ClusterStatus
+from juliarun.logs.base import Stream
 from juliarun.metrics import Row
 from juliarun.metrics.base import Aggregation
 from juliarun.tasks._context import context
@@ -47,10 +48,28 @@ def search_logs(
     job: str | None = None,
     regex: str | None = None,
     limit: int | None = 200,
+    *,
+    worker: str | None = None,
+    stream: Stream | None = None,
+    tenant: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[str]:
-    """Matching lines as ``timestamp, worker, line``, also published as a table artifact."""
+    """Matching lines as ``timestamp, worker, line``, also published as a table artifact
+    (every filter of :func:`juliarun.search`)."""
     with context(cluster) as ctx:
-        lines = api.search(ctx, text, job=job, regex=regex, limit=limit)
+        lines = api.search(
+            ctx,
+            text,
+            job=job,
+            regex=regex,
+            limit=limit,
+            worker=worker,
+            stream=stream,
+            tenant=tenant,
+            since=since,
+            until=until,
+        )
     create_table_artifact(
         key="log-search",
         table=[

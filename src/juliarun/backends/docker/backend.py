@@ -19,6 +19,7 @@ import docker.errors
 import requests
 
 from juliarun.backends.base import ClusterStatus, Component, NodeStatus
+from juliarun.backends.bundles import job_bundle
 from juliarun.backends.docker import storage as docker_storage
 from juliarun.backends.docker.engine import (
     CLUSTER,
@@ -34,7 +35,7 @@ from juliarun.backends.docker.engine import (
     image_registry,
     scope,
 )
-from juliarun.backends.docker.runtime import IN_CONTAINER, JULIARUN_JL
+from juliarun.backends.docker.runtime import JULIARUN_JL
 from juliarun.backends.jobdir import JobDir
 from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
 from juliarun.backends.supervised import Plan, SupervisedBackend
@@ -42,7 +43,6 @@ from juliarun.errors import BackendError, ConfigError, SpecError
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 DEFAULT_IMAGE = "julia:1.10"
-BUNDLES = f"{IN_CONTAINER}/bundles"
 
 
 class DockerBackend(SupervisedBackend):
@@ -165,9 +165,9 @@ class DockerBackend(SupervisedBackend):
                     hint="put the script in the job's storage, e.g. /mnt/<storage>/main.jl",
                 )
         env = dict(job.env)
-        if job.pkg_bundle is not None:
-            bundle = f"{BUNDLES}/{job.pkg_bundle}"
-            env.update({"JULIA_DEPOT_PATH": f"{bundle}/depot:", "JULIA_PROJECT": f"{bundle}/env"})
+        bundle = job_bundle(self.home, job)
+        if bundle is not None:
+            env.update(bundle.env())
         for name in storage:
             env[f"JULIARUN_STORAGE_{name.upper().replace('-', '_')}"] = f"/mnt/{name}"
         env["JULIARUN_MNT"] = "/mnt"
@@ -198,21 +198,15 @@ class DockerBackend(SupervisedBackend):
         return Plan(runtime=runtime, env=env)
 
     def _bundle_mounts(self, job: JobSpec) -> list[dict[str, Any]]:
-        if job.pkg_bundle is None:
+        """The job's bundle address, read-only at the root it was compiled for."""
+        bundle = job_bundle(self.home, job)
+        if bundle is None:
             return []
-        bundle = self.home / "bundles" / job.pkg_bundle
-        if not bundle.is_dir():
-            raise SpecError(
-                job.kind,
-                [("pkg_bundle", f"package bundle {job.pkg_bundle!r} not found in {bundle.parent}")],
-                hint="build it first with the build_package_bundle flow",
-            )
-        target = f"{BUNDLES}/{job.pkg_bundle}"
         return [
             {
                 "type": "bind",
-                "target": target,
-                "source": str(bundle),
+                "target": bundle.root,
+                "source": str(bundle.path),
                 "read_only": True,
                 "tmpfs_size": None,
             }

@@ -15,9 +15,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
-from juliarun.backends.base import ClusterStatus, Component, JobStatus, NodeStatus
+from juliarun.backends.base import (
+    ClusterStatus,
+    CollectResult,
+    Component,
+    JobStatus,
+    NodeStatus,
+)
 from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
+from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.backends.kubernetes.watch import resumable_watch
 from juliarun.errors import (
@@ -25,14 +32,17 @@ from juliarun.errors import (
     ConfigError,
     JobExistsError,
     JobNotFoundError,
+    QuotaExceededError,
     SpecError,
     StorageError,
 )
-from juliarun.logs.base import LogLine
+from juliarun.logs.base import LogLine, LogStore
+from juliarun.metrics.base import MetricStore
 from juliarun.specs import JobSpec, StorageSpec, parse_quantity, validate_spec
 
 _LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d) ?(.*)$", re.S)
 LAST_LINES = 10
+QUOTA_TTL = 10.0  # seconds a namespace's ResourceQuotas are reused by the submit check
 
 
 def parse_log_line(line: str) -> tuple[datetime, str]:
@@ -52,7 +62,12 @@ def parse_log_line(line: str) -> tuple[datetime, str]:
 
 
 class KubernetesBackend:
-    """Jobs as Kubernetes Jobs in one namespace.
+    """Jobs as Kubernetes Jobs in one namespace, and tenants' jobs in their own.
+
+    A job whose ``tenant`` is not ``"default"`` runs in the namespace named after its tenant
+    (made by :func:`~juliarun.backends.kubernetes.tenants.ensure_tenant`); status, list,
+    delete and scale find it there when the credentials may list jobs cluster-wide (a
+    tenant's own credentials see only their namespace: the backend's).
 
     ``api_client`` is a ``kubernetes.client.ApiClient`` with its own configuration (see
     :func:`juliarun.backends.kubernetes.connect`); ``node_types`` maps ``gpu`` / ``spot`` /
@@ -95,16 +110,55 @@ class KubernetesBackend:
         self.poll_interval = poll_interval
         self.clock = clock
         self.sleep = sleep
+        self._where: dict[str, str] = {}  # job name → namespace, when not ``namespace``
+        self._cluster_wide: bool | None = None  # may these credentials list jobs everywhere?
+        self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         if create_namespace:
             self.ensure_namespace()
 
     # -- paths ------------------------------------------------------------------------------
 
-    def _jobs(self, name: str | None = None) -> str:
-        return ns_path(self.namespace, "jobs", name, group="batch/v1")
+    def job_namespace(self, job: JobSpec) -> str:
+        """Where ``job`` runs: its tenant's namespace (named after the tenant), else the
+        backend's."""
+        return self.namespace if job.tenant == "default" else job.tenant
 
-    def _pods(self, name: str | None = None) -> str:
-        return ns_path(self.namespace, "pods", name)
+    def _ns_of(self, name: str) -> str:
+        return self._where.get(name, self.namespace)
+
+    def _jobs(self, name: str | None = None, namespace: str | None = None) -> str:
+        ns = namespace or (self._ns_of(name) if name else self.namespace)
+        return ns_path(ns, "jobs", name, group="batch/v1")
+
+    def _pods(self, name: str | None = None, namespace: str | None = None) -> str:
+        # an Indexed Job's pod is named <job>-<index>-<suffix>: it lives where its job does
+        ns = namespace or (self._ns_of(name.rsplit("-", 2)[0]) if name else self.namespace)
+        return ns_path(ns, "pods", name)
+
+    def _tenant_jobs(self, name: str | None = None) -> list[dict[str, Any]]:
+        """juliarun's jobs in tenant namespaces other than the backend's (each in the
+        namespace named by its tenant label), when the credentials may list jobs cluster-wide;
+        remembers where each is."""
+        if self._cluster_wide is False:
+            return []
+        selector = mf.selector(name) + f",{mf.TENANT_LABEL}!=default"
+        try:
+            listing = self.client.get("/apis/batch/v1/jobs", labelSelector=selector)
+        except KubeApiError as exc:
+            if exc.status != 403:
+                raise
+            self._cluster_wide = False  # a tenant's credentials: its own namespace only
+            return []
+        self._cluster_wide = True
+        found = []
+        for item in listing.get("items") or []:
+            meta = item["metadata"]
+            ns = meta.get("namespace")
+            if ns == self.namespace or (meta.get("labels") or {}).get(mf.TENANT_LABEL) != ns:
+                continue
+            self._where[meta["name"]] = ns
+            found.append(item)
+        return found
 
     def ensure_namespace(self) -> None:
         """Create the namespace (labelled as juliarun's) unless it exists."""
@@ -118,11 +172,16 @@ class KubernetesBackend:
         except KubeApiError as exc:
             if exc.status == 409:
                 return
-            if exc.status == 403 and self.client.get_or_none(
-                f"/api/v1/namespaces/{self.namespace}"
-            ):
-                return
-            raise
+            if exc.status != 403:
+                raise
+        try:
+            self.client.get_or_none(f"/api/v1/namespaces/{self.namespace}")
+        except KubeApiError as exc:
+            if exc.status != 403:
+                raise
+            # a tenant's credentials may not read namespaces: every later call names it, and
+            # fails with the apiserver's own reason if it is not theirs
+            self.log.debug("namespace %s: not readable with these credentials", self.namespace)
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -179,7 +238,7 @@ class KubernetesBackend:
         return mf.job_manifest(
             job,
             storage,
-            namespace=self.namespace,
+            namespace=self.job_namespace(job),
             image=self.image,
             node_types=self.node_types,
             node_paths=node_paths,
@@ -188,17 +247,46 @@ class KubernetesBackend:
             kill_grace=self.kill_grace,
         )
 
+    def _check_quota(self, job: JobSpec, body: Mapping[str, Any], namespace: str) -> None:
+        """Refuse, before anything is created, a job that alone exceeds a hard limit of a
+        ResourceQuota of its namespace (its requests times workers, its pods, one more Job)."""
+        now = self.clock()
+        cached = self._quotas.get(namespace)
+        if cached is None or now - cached[0] > QUOTA_TTL:
+            try:
+                listing = self.client.get(ns_path(namespace, "resourcequotas"))
+                cached = (now, list(listing.get("items") or []))
+            except KubeApiError as exc:
+                if exc.status not in {403, 404}:
+                    raise
+                cached = (now, [])  # unreadable: the apiserver still enforces the quota
+            self._quotas[namespace] = cached
+        needs = tn.job_needs(body)
+        for quota in cached[1]:
+            problems = tn.quota_problems(needs, quota)
+            if problems:
+                raise QuotaExceededError(job.name, namespace, quota["metadata"]["name"], problems)
+
     def submit(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> JobStatus:
         body = self.manifest(job, storage)
+        namespace = self.job_namespace(job)
+        self._check_quota(job, body, namespace)
+        if namespace != self.namespace:
+            self._where[job.name] = namespace
         try:
-            created = self.client.post(self._jobs(), body)
+            created = self.client.post(self._jobs(namespace=namespace), body)
         except KubeApiError as exc:
             if exc.status == 409:
                 return self._existing(job)
-            if exc.status == 403 and "exceeded quota" in str(exc.body.get("message", "")):
-                raise BackendError(
-                    f"job {job.name!r}: quota exceeded: {exc.body.get('message')}",
-                    hint=f"raise the ResourceQuota in namespace {self.namespace}",
+            message = str(exc.body.get("message", ""))
+            if exc.status == 403 and "exceeded quota" in message:
+                quota = re.search(r"exceeded quota: ([^,\s]+)", message)
+                raise QuotaExceededError(
+                    job.name,
+                    namespace,
+                    quota.group(1) if quota else "?",
+                    [],
+                    detail=message,
                 ) from exc
             if exc.status == 422:
                 raise SpecError(
@@ -223,11 +311,15 @@ class KubernetesBackend:
     def _get_job(self, name: str) -> dict[str, Any]:
         job = self.client.get_or_none(self._jobs(name))
         if job is None:
+            job = next(iter(self._tenant_jobs(name)), None)
+        if job is None:
             raise JobNotFoundError(name, self.cluster)
         return dict(job)
 
     def _job_pods(self, name: str) -> list[dict[str, Any]]:
-        pods = self.client.get(self._pods(), labelSelector=mf.selector(name))
+        pods = self.client.get(
+            self._pods(namespace=self._ns_of(name)), labelSelector=mf.selector(name)
+        )
         return list(pods.get("items") or [])
 
     def status(self, name: str) -> JobStatus:
@@ -243,7 +335,7 @@ class KubernetesBackend:
         if not done and len(live) < desired:
             uid = job["metadata"].get("uid")
             listing = self.client.get(
-                ns_path(self.namespace, "events"),
+                ns_path(self._ns_of(name), "events"),
                 fieldSelector=f"involvedObject.kind=Job,involvedObject.name={name}",
             )
             events = [
@@ -288,7 +380,7 @@ class KubernetesBackend:
     def jobs(self) -> list[JobSpec]:
         listing = self.client.get(self._jobs(), labelSelector=mf.selector())
         items = sorted(
-            listing.get("items") or [],
+            [*(listing.get("items") or []), *self._tenant_jobs()],
             key=lambda j: (j["metadata"].get("creationTimestamp", ""), j["metadata"]["name"]),
         )
         out: list[JobSpec] = []
@@ -318,12 +410,14 @@ class KubernetesBackend:
         try:
             self.client.delete(self._jobs(name), body)
         except KubeApiError as exc:
-            if exc.status == 404:
+            if exc.status != 404:
+                raise
+            if not self._tenant_jobs(name):
                 raise JobNotFoundError(name, self.cluster) from exc
-            raise
+            self.client.delete(self._jobs(name), body)  # found in its tenant's namespace
         if force:
             self.client.delete(
-                self._pods(),
+                self._pods(namespace=self._ns_of(name)),
                 {"gracePeriodSeconds": 0, "propagationPolicy": "Background"},
                 labelSelector=mf.selector(name),
             )
@@ -333,7 +427,7 @@ class KubernetesBackend:
             if self.clock() >= deadline:
                 raise BackendError(
                     f"job {name!r} is still being deleted after {limit:g}s",
-                    hint=f"run `kubectl describe job {name} -n {self.namespace}`",
+                    hint=f"run `kubectl describe job {name} -n {self._ns_of(name)}`",
                 )
             self.sleep(min(self.poll_interval, 0.25))
         return True
@@ -453,11 +547,13 @@ class KubernetesBackend:
 
         def watch_pods() -> None:
             def list_fn() -> Mapping[str, Any]:
-                return self.client.get(self._pods(), labelSelector=mf.selector(name))  # type: ignore[no-any-return]
+                return self.client.get(  # type: ignore[no-any-return]
+                    self._pods(namespace=self._ns_of(name)), labelSelector=mf.selector(name)
+                )
 
             def watch_fn(version: str) -> Iterator[str]:
                 resp = self.client.stream(
-                    self._pods(),
+                    self._pods(namespace=self._ns_of(name)),
                     query={
                         "watch": True,
                         "resourceVersion": version,
@@ -510,6 +606,23 @@ class KubernetesBackend:
             stopped.set()
             for resp in open_responses:
                 resp.close()
+
+    def collect(
+        self,
+        name: str,
+        logs: LogStore,
+        metrics: MetricStore | None = None,
+        *,
+        on_line: Callable[[LogLine], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> CollectResult:
+        """Ship the job's pod logs (and metric lines, and kubelet cpu/memory samples) into the
+        stores until it ends; see :mod:`juliarun.backends.kubernetes.collector`."""
+        from juliarun.backends.kubernetes.collector import KubernetesCollector
+
+        self._get_job(name)
+        collector = KubernetesCollector(self, name, logs, metrics, on_line=on_line)
+        return collector.run(stop=stop)
 
     # -- the cluster view -------------------------------------------------------------------
 

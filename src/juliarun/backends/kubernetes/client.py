@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +25,7 @@ from urllib.parse import quote
 
 import urllib3
 
-from juliarun.errors import BackendError
+from juliarun.errors import BackendError, PermissionDeniedError
 
 TRANSIENT_STATUS: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -61,6 +62,53 @@ class KubeApiError(BackendError):
     @property
     def transient(self) -> bool:
         return self.status in TRANSIENT_STATUS
+
+
+_FORBIDDEN = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) resource "(?P<resource>[^"]+)"'
+    r'(?: in API group "(?P<group>[^"]*)")?(?: in the namespace "(?P<namespace>[^"]+)")?'
+)
+
+
+class KubeForbiddenError(KubeApiError, PermissionDeniedError):
+    """A 403 from RBAC: the user, verb, resource and namespace parsed from the apiserver's
+    message (a quota's 403 stays a plain :class:`KubeApiError`).
+
+    >>> err = api_error("GET", "/apis/batch/v1/namespaces/b/jobs", 403, {"message":
+    ...     'jobs.batch is forbidden: User "alice" cannot list resource "jobs" in API group '
+    ...     '"batch" in the namespace "b"'})
+    >>> err.user, err.verb, err.resource, err.namespace
+    ('alice', 'list', 'jobs.batch', 'b')
+    """
+
+    def __init__(self, method: str, path: str, body: Any) -> None:
+        message = str(body.get("message") or "") if isinstance(body, dict) else ""
+        m = _FORBIDDEN.search(message)
+        fields = m.groupdict() if m else {}
+        group = fields.get("group")
+        resource = fields.get("resource")
+        if resource and group:
+            resource = f"{resource}.{group}"
+        namespace = fields.get("namespace")
+        where = f" in namespace {namespace}" if namespace else " cluster-wide"
+        hint = (
+            f"user {fields.get('user') or '?'} may not {fields.get('verb') or method.lower()} "
+            f"{resource or path}{where}: use a context for your own tenant's namespace, or ask "
+            "the cluster admin for a Role granting it"
+        )
+        KubeApiError.__init__(self, method, path, 403, body, hint=hint)
+        self.user = fields.get("user")
+        self.verb = fields.get("verb")
+        self.resource = resource
+        self.namespace = namespace
+
+
+def api_error(method: str, path: str, status: int, body: Any) -> KubeApiError:
+    """The error for an error status: RBAC denials are :class:`KubeForbiddenError`."""
+    message = body.get("message") if isinstance(body, dict) else None
+    if status == 403 and isinstance(message, str) and _FORBIDDEN.search(message):
+        return KubeForbiddenError(method, path, body)
+    return KubeApiError(method, path, status, body)
 
 
 @dataclass
@@ -199,7 +247,7 @@ class KubeClient:
                     if raw:
                         return text
                     return json.loads(text) if text else {}
-                err = KubeApiError(method, path, status, _decode(data))
+                err = api_error(method, path, status, _decode(data))
                 if not err.transient or attempt >= limit:
                     raise err
                 delay = _retry_after(resp) or self.backoff * 2**attempt
@@ -225,7 +273,7 @@ class KubeClient:
             ) from exc
         if int(resp.status) >= 400:
             data = resp.read()
-            raise KubeApiError("GET", path, int(resp.status), _decode(data))
+            raise api_error("GET", path, int(resp.status), _decode(data))
         return StreamedResponse(resp.response)
 
     # -- conveniences ---------------------------------------------------------------------

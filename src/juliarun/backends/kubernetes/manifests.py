@@ -40,6 +40,15 @@ SPEC = "juliarun.io/spec"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MAIN = "main"
 GPU_RESOURCE = "nvidia.com/gpu"
+JULIA_HELPERS = "juliarun.io/julia-helpers"
+HELPERS_DIR = "/opt/juliarun"
+
+
+def julia_helpers() -> str:
+    """The source of ``JuliaRun.jl`` (projected into every pod at ``$JULIARUN_JL``)."""
+    from importlib.resources import files
+
+    return files("juliarun").joinpath("julia/JuliaRun.jl").read_text()
 
 
 class Toleration(BaseModel):
@@ -205,6 +214,10 @@ def job_manifest(
         {"name": "JULIARUN_NWORKERS", "value": str(n)},
         {"name": "JULIARUN_CLUSTER", "value": cluster},
         {"name": "JULIARUN_MNT", "value": "/mnt"},
+        # JuliaRun.record writes `##juliarun-metric <line protocol>` to stdout; the collector
+        # turns those lines into metric points (see juliarun.backends.kubernetes.collector).
+        {"name": "JULIARUN_JL", "value": f"{HELPERS_DIR}/JuliaRun.jl"},
+        {"name": "JULIARUN_METRICS_STDOUT", "value": "1"},
     ]
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -218,6 +231,21 @@ def job_manifest(
         mounts.append(mount)
         env.append({"name": env_name(name), "value": f"/mnt/{name}"})
     env += [{"name": k, "value": v} for k, v in sorted(job.env.items())]
+    # The helpers travel as a pod annotation projected by the downward API: no ConfigMap.
+    volumes.append(
+        {
+            "name": "juliarun-helpers",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": "JuliaRun.jl",
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{JULIA_HELPERS}']"},
+                    }
+                ]
+            },
+        }
+    )
+    mounts.append({"name": "juliarun-helpers", "mountPath": HELPERS_DIR, "readOnly": True})
 
     container: dict[str, Any] = {
         "name": MAIN,
@@ -252,7 +280,13 @@ def job_manifest(
         "backoffLimit": job.backoff_limit * max(n, 1)
         if job.restart == "OnFailure"
         else job.backoff_limit,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": {
+            "metadata": {
+                "labels": dict(labels),
+                "annotations": {JULIA_HELPERS: julia_helpers()},
+            },
+            "spec": pod_spec,
+        },
     }
     if job.restart == "Never":  # the API allows a podFailurePolicy only with Never
         job_spec["podFailurePolicy"] = pod_failure_policy()

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import psutil
 
 from juliarun.backends.base import ClusterStatus, Component, NodeStatus
+from juliarun.backends.bundles import job_bundle
 from juliarun.backends.jobdir import JobDir
 from juliarun.backends.local import storage as local_storage
 from juliarun.backends.supervised import Plan, SupervisedBackend
@@ -140,16 +141,8 @@ class LocalBackend(SupervisedBackend):
         return str(local_storage.provision(spec, self.home))
 
     def _bundle_env(self, job: JobSpec) -> dict[str, str]:
-        if job.pkg_bundle is None:
-            return {}
-        bundle = self.home / "bundles" / job.pkg_bundle
-        if not bundle.is_dir():
-            raise SpecError(
-                job.kind,
-                [("pkg_bundle", f"package bundle {job.pkg_bundle!r} not found in {bundle.parent}")],
-                hint="build it first with the build_package_bundle flow",
-            )
-        return {"JULIA_DEPOT_PATH": f"{bundle / 'depot'}:", "JULIA_PROJECT": str(bundle / "env")}
+        bundle = job_bundle(self.home, job)
+        return {} if bundle is None else bundle.env()
 
     def cluster_status(self) -> ClusterStatus:
         julia = shutil.which(self.julia)

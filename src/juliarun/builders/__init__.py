@@ -1,0 +1,1 @@
+"""Builders: container images and Julia package bundles (plain Python, no Prefect)."""

@@ -1,0 +1,79 @@
+"""Build flows: build_image, build_package_bundle, prune_bundles, and run_pipeline (storage →
+bundle → image → job → logs; unchanged specs skip both builds)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from juliarun.flows.run_job import run_job
+from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec
+from juliarun.tasks.builds import (
+    build_bundle_task,
+    build_image_task,
+    bundle_digest,
+    image_digest,
+    prewarm_image_task,
+    prune_bundles_task,
+    use_bundle,
+)
+
+
+@flow(name="build-image", flow_run_name="{spec.name}")
+def build_image(
+    spec: ImageSpec, registry: str = "localhost:5000", credentials_block: str | None = None
+) -> str:
+    """Build ``spec`` as ``<registry>/<name>:<hash12>`` and push it; an unchanged spec is a
+    cached task run (nothing built). Returns the tag."""
+    digest = image_digest(spec, registry, credentials_block)
+    return build_image_task(spec, registry, digest, credentials_block)
+
+
+@flow(name="build-package-bundle", flow_run_name="{spec.name}")
+def build_package_bundle(spec: BundleSpec, cluster: str = "local") -> dict[str, Any]:
+    """Precompile ``spec`` with a builder job on ``cluster``; an unchanged spec is cached.
+    Returns the address (its path, the root jobs see, the compiled packages)."""
+    digest = bundle_digest(spec, cluster)
+    built = build_bundle_task(spec, cluster, digest)
+    if not use_bundle(cluster, spec.name, built["address"]):  # cached, but pruned since
+        built = build_bundle_task.with_options(refresh_cache=True)(spec, cluster, digest)
+    return built
+
+
+@flow(name="prune-bundles")
+def prune_bundles(cluster: str = "local") -> list[str]:
+    """Remove bundle addresses that no job references and that are not current."""
+    return prune_bundles_task(cluster)
+
+
+@flow(name="run-pipeline", flow_run_name="{job.name}")
+def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
+    job: AnyJob,
+    storage: list[StorageSpec] | None = None,
+    bundle: BundleSpec | None = None,
+    image: ImageSpec | None = None,
+    cluster: str = "local",
+    registry: str = "localhost:5000",
+    credentials_block: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Specs to a finished job: the bundle (cached), the image (cached; the job runs in it),
+    then ``run_job`` with the storage, streaming the job's lines into this run's logs."""
+    updates: dict[str, Any] = {}
+    if bundle is not None:
+        built = build_package_bundle(bundle, cluster)
+        updates["pkg_bundle"] = built["name"]
+    if image is not None:
+        updates["image"] = build_image(image, registry, credentials_block)
+    job = job.model_copy(update=updates) if updates else job
+    return run_job(job, cluster=cluster, storage=storage, timeout=timeout)
+
+
+@flow(name="prewarm-image", flow_run_name="{image}")
+def prewarm_image(
+    image: str, cluster: str = "local", node_type: str | None = None
+) -> list[dict[str, Any]]:
+    """Pull ``image`` onto the cluster's nodes before jobs need it (Docker: the engine pulls;
+    local: nothing to do, reported so)."""
+    return prewarm_image_task(cluster, image, node_type)
