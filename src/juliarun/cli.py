@@ -293,18 +293,29 @@ def logs_collect(
 @clean_errors
 def storage_define(
     name: Annotated[str, typer.Argument(help="The storage name jobs use.")],
-    kind: Annotated[str, typer.Option(help="host, ramdisk or git.")] = "host",
+    kind: Annotated[str, typer.Option(help="host, ramdisk, volume or git.")] = "host",
     path: Annotated[str | None, typer.Option(help="host: the directory.")] = None,
     url: Annotated[str | None, typer.Option(help="git: the repository.")] = None,
     ref: Annotated[str | None, typer.Option(help="git: branch, tag or commit.")] = None,
-    size: Annotated[str | None, typer.Option(help="ramdisk: size limit, e.g. 256Mi.")] = None,
+    size: Annotated[
+        str | None, typer.Option(help="ramdisk: size limit, e.g. 256Mi; volume: its size.")
+    ] = None,
+    storage_class: Annotated[
+        str | None, typer.Option(help="volume: the Kubernetes StorageClass.")
+    ] = None,
+    access_mode: Annotated[
+        str | None, typer.Option(help="volume: ReadWriteOnce, ReadOnlyMany or ReadWriteMany.")
+    ] = None,
     cluster: ClusterOpt = None,
 ) -> None:
     """Define named storage (mounted by jobs at /mnt/NAME)."""
     storage_kind: StorageKind = kind  # type: ignore[assignment]  # validated by StorageSpec
+    volume: dict[str, Any] = {
+        k: v for k, v in (("storage_class", storage_class), ("access_mode", access_mode)) if v
+    }
     with api.init(cluster) as ctx:
         spec = api.define_storage(
-            ctx, name=name, kind=storage_kind, path=path, url=url, ref=ref, size=size
+            ctx, name=name, kind=storage_kind, path=path, url=url, ref=ref, size=size, **volume
         )
         print(f"{spec.name}: {spec.kind} at {ctx.backend.provision_storage(spec)}")
 

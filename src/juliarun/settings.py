@@ -73,10 +73,17 @@ class Settings(BaseSettings):
         description="Namespace the kubernetes backend runs jobs in (created if missing).",
     )
     kube_qps: float = Field(
-        50, ge=1, le=10000, description="Client-side limit on Kubernetes API requests a second."
+        50,
+        ge=1,
+        le=10000,
+        description="Client-side limit on Kubernetes API requests a second, once a burst is spent.",
     )
     kube_burst: int = Field(
-        100, ge=1, le=10000, description="Kubernetes API requests allowed in a burst."
+        300,
+        ge=1,
+        le=10000,
+        description="Kubernetes API requests sent at once before the qps limit applies (a "
+        "submit is one request: 300 jobs go out at the apiserver's pace).",
     )
 
     @property

@@ -39,6 +39,7 @@ from pydantic import (
 from juliarun.errors import SpecError
 
 __all__ = [
+    "AccessMode",
     "Batch",
     "BundlePackage",
     "BundleSpec",
@@ -53,6 +54,7 @@ __all__ = [
     "TenantQuota",
     "TenantSpec",
     "TenantUser",
+    "VolumeMode",
     "parse_cpu",
     "parse_memory",
     "parse_quantity",
@@ -263,41 +265,91 @@ class Resources(_Model):
         return parse_memory(self.memory)
 
 
-StorageKind = Literal["host", "ramdisk", "git"]
+StorageKind = Literal["host", "ramdisk", "volume", "git"]
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"]
+VolumeMode = Literal["Filesystem", "Block"]
+# A StorageClass name is a DNS-1123 subdomain.
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _storage_class(value: str) -> str:
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        raise ValueError(
+            "must be a StorageClass name (a DNS-1123 subdomain: lowercase letters, digits, "
+            f"'-' and '.'), e.g. ssd or network (got {value!r})"
+        )
+    return value
 
 
 class StorageSpec(_Model):
-    """Named storage, defined once and used by name: a host directory, a RAM disk, or a git
-    checkout at a ref. Jobs see it at ``/mnt/<name>``.
+    """Named storage, defined once and used by name: a host directory, a RAM disk, a volume
+    (a Kubernetes PersistentVolumeClaim of a storage class; a Docker named volume; a directory
+    on local) or a git checkout at a ref. Jobs see it at ``/mnt/<name>``.
 
     >>> StorageSpec(name="data", kind="host", path="/srv/data").kind
     'host'
+    >>> vol = StorageSpec(name="scratch", kind="volume", storage_class="ssd", size="10Gi")
+    >>> vol.access_mode, vol.volume_mode
+    ('ReadWriteOnce', 'Filesystem')
     >>> StorageSpec(name="code", kind="git")
     Traceback (most recent call last):
     ...
     juliarun.errors.SpecError: invalid StorageSpec: url: is required when kind is 'git' ...
+    >>> StorageSpec(name="scratch", kind="volume", storage_class="ssd")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid StorageSpec: size: is required when kind is 'volume' ...
     """
 
     name: Name = Field(description="The name jobs use (a DNS-1123 label).")
-    kind: StorageKind = Field("host", description="host directory, ramdisk (tmpfs) or git.")
+    kind: StorageKind = Field(
+        "host", description="host directory, ramdisk (tmpfs), volume (a claim) or git."
+    )
     path: str | None = Field(None, description="host: the directory (absolute path).")
-    size: Memory | None = Field(None, description="ramdisk: the size limit, e.g. 256Mi.")
+    size: Memory | None = Field(
+        None, description="ramdisk: the size limit, e.g. 256Mi; volume: the size, e.g. 10Gi."
+    )
+    storage_class: Annotated[str, AfterValidator(_storage_class)] | None = Field(
+        None,
+        description="volume: the Kubernetes StorageClass, e.g. ssd or network (None: the "
+        "cluster's default class).",
+    )
+    access_mode: AccessMode | None = Field(
+        None,
+        description="volume: ReadWriteOnce (default), ReadOnlyMany or ReadWriteMany.",
+    )
+    volume_mode: VolumeMode | None = Field(
+        None,
+        description="volume: Filesystem (default; mounted at /mnt/<name>) or Block (a raw "
+        "device at /mnt/<name>, Kubernetes only).",
+    )
     url: str | None = Field(None, description="git: the repository URL or path.")
     ref: str | None = Field(None, description="git: branch, tag or commit (default: HEAD).")
     aliases: list[Name] = Field(default_factory=list, description="Other names for it.")
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Self:
-        required = {"host": "path", "git": "url"}.get(self.kind)
+        required = {"host": "path", "git": "url", "volume": "size"}.get(self.kind)
         if required and not getattr(self, required):
             raise ValueError(f"{required}: is required when kind is {self.kind!r}")
         if self.kind == "host" and self.path and not self.path.startswith("/"):
             raise ValueError(f"path: must be absolute (got {self.path!r})")
-        for other, kinds in (("path", {"host"}), ("url", {"git"}), ("ref", {"git"})):
+        only = (
+            ("path", {"host"}),
+            ("url", {"git"}),
+            ("ref", {"git"}),
+            ("size", {"ramdisk", "volume"}),
+            ("storage_class", {"volume"}),
+            ("access_mode", {"volume"}),
+            ("volume_mode", {"volume"}),
+        )
+        for other, kinds in only:
             if getattr(self, other) and self.kind not in kinds:
                 raise ValueError(f"{other}: only applies when kind is {' or '.join(sorted(kinds))}")
-        if self.size and self.kind != "ramdisk":
-            raise ValueError("size: only applies when kind is 'ramdisk'")
+        if self.kind == "volume":
+            # defaults of a volume (frozen model: set through object.__setattr__)
+            object.__setattr__(self, "access_mode", self.access_mode or "ReadWriteOnce")
+            object.__setattr__(self, "volume_mode", self.volume_mode or "Filesystem")
         return self
 
 

@@ -5,6 +5,7 @@ ending with its own diagnosis. Every test runs in its own namespace with its own
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import juliarun
 from juliarun.api import Context
 from juliarun.backends.kubernetes import KubernetesBackend
 from juliarun.backends.kubernetes.manifests import NODE_TYPE_LABEL, selector
-from juliarun.errors import JobExistsError, JobNotFoundError, SpecError
+from juliarun.errors import JobExistsError, JobFailedError, JobNotFoundError, SpecError
 from juliarun.specs import Batch, JuliaBatch, JuliaParBatchWorkers
 from tests.integration.fixtures.kubernetes import NodeFactory, kubeconfig_path, wait_for
 
@@ -142,6 +143,49 @@ def test_seed_session_through_run_job(
     assert result["status"] == "succeeded"
     assert result["workers"][0]["worker"] == "hello-flow-0"
     assert result["workers"][0]["exit_code"] == 0
+    assert juliarun.list(kube_ctx) == []
+
+
+@pytest.mark.prefect_server
+def test_run_job_whose_job_fails_ends_failed_with_the_diagnosis(
+    kube_ctx: Context, code: Path, prefect_api_url: str
+) -> None:
+    from juliarun.flows import run_job
+    from juliarun.specs import StorageSpec
+
+    job = JuliaBatch("fails-flow", "/mnt/code/exit3.jl", "code", cpu="100m", memory="512Mi")
+    state = run_job(
+        job,
+        cluster="kubernetes",
+        storage=[StorageSpec(name="code", kind="host", path=str(code))],
+        timeout=240,
+        return_state=True,
+    )
+    assert state.is_failed(), state
+    assert "worker fails-flow-0 exited with code 3" in (state.message or ""), state.message
+    with pytest.raises(JobFailedError) as info:
+        state.result()
+    assert info.value.last_lines == ["about to fail"]
+
+
+def test_force_delete_releases_a_pod_whose_finalizer_is_held(kube_ctx: Context) -> None:
+    """A terminating pod whose finalizer nobody removes (the job controller lagging under load
+    looks the same) must not keep a forced delete waiting."""
+    job = juliarun.Batch(
+        "held",
+        command=["sleep", "600"],
+        image=os.environ["JULIARUN_BASE_IMAGE"],
+        cpu="100m",
+        memory="64Mi",
+    )
+    juliarun.submit(kube_ctx, job)
+    b = backend(kube_ctx)
+    pod = pods_exist(kube_ctx, "held")[0]["metadata"]["name"]
+    b.client.merge_patch(
+        b._pods(pod, namespace=b.namespace), {"metadata": {"finalizers": ["juliarun.io/test-hold"]}}
+    )
+    assert juliarun.delete(kube_ctx, job, force=True) is True
+    assert b.client.get_or_none(b._pods(pod, namespace=b.namespace)) is None
     assert juliarun.list(kube_ctx) == []
 
 

@@ -136,6 +136,44 @@ def test_collect_ships_every_line_once_and_the_metrics(kube_ctx: Context, code: 
     assert juliarun.delete(kube_ctx, job, force=True)
 
 
+TRAILING = """include(ENV["JULIARUN_JL"])
+println("worker ", ENV["JULIARUN_WORKER_INDEX"], " starts")
+flush(stdout)
+for i in 1:5
+    JuliaRun.record("collector.trailing", i; step=string(i))
+end
+"""
+
+
+def test_collecting_again_ships_no_metric_line_twice(kube_ctx: Context, code: Path) -> None:
+    """Metric lines printed after a worker's last log line: the store's newest log line is
+    behind them, the collector's checkpoint is not (SQLite keeps every point written)."""
+    (code / "trailing.jl").write_text(TRAILING)
+    juliarun.define_storage(kube_ctx, name="code", kind="host", path=str(code))
+    name = f"trail-{uuid.uuid4().hex[:6]}"
+    job = JuliaParBatchWorkers(
+        name, "/mnt/code/trailing.jl", "code", nworkers=3, cpu="100m", memory="512Mi"
+    )
+    juliarun.submit(kube_ctx, job)
+    first = juliarun.collect(kube_ctx, job, timeout=300)
+    assert first.ended == "succeeded" and first.metric_points == 3 * 5, first
+    for _ in range(2):
+        again = juliarun.collect(kube_ctx, job, timeout=120)
+        assert again.lines == 0 and again.metric_points == 0, again
+    rows = juliarun.metrics(
+        kube_ctx,
+        "collector.trailing",
+        tags={"job": name},
+        agg="count",
+        group_by=("worker", "step"),
+    )
+    assert {(r.group["worker"], r.group["step"], r.value) for r in rows} == {
+        (f"{name}-{w}", str(i), 1.0) for w in range(3) for i in range(1, 6)
+    }
+    assert kube_ctx.logs.count(LogQuery(job=name)) == 3
+    assert juliarun.delete(kube_ctx, job, force=True)
+
+
 @pytest.mark.elasticsearch
 def test_collect_into_elasticsearch(
     kube_namespace: str,

@@ -423,3 +423,60 @@ def test_outage_loses_and_duplicates_nothing(influx_bucket: str, tmp_path: Path)
     assert s.stats.sent + s.stats.drained == total
     assert count_in(influx_bucket, "outage") == total
     assert spooled_files(tmp_path / "spool") == []
+
+
+def test_a_local_jobs_points_survive_an_outage_exactly_once(
+    juliarun_home: Path, influx_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real job on the local backend appends N points (line protocol with nanosecond
+    timestamps) to its ``$JULIARUN_METRICS_FILE`` over ~10 s; its supervisor ingests them into
+    InfluxDB, which is stopped after the first points arrived and started again ~3 s later. The
+    supervisor spools during the outage and drains after it (or, if the job ended first, a later
+    store adopts its spool); every point is stored exactly once."""
+    monkeypatch.setenv("JULIARUN_METRIC_STORE", "influxdb")
+    monkeypatch.setenv("JULIARUN_INFLUX_BUCKET", influx_bucket)
+    n = 200
+    script = (
+        f"for i in $(seq 1 {n}); do "
+        'echo "outage_job,phase=loop value=$i $(date +%s%N)" >> "$JULIARUN_METRICS_FILE"; '
+        "sleep 0.05; done; echo emitted"
+    )
+    name = "influx-outage"
+    with juliarun.init("local") as ctx:
+        job = juliarun.Batch(name, command=["bash", "-c", script])
+        juliarun.submit(ctx, job)
+        eventually(
+            lambda: count_in(influx_bucket, "outage_job") >= 20,
+            timeout=60,
+            interval=0.1,
+            what="the first points in InfluxDB",
+        )
+        try:
+            _testenv("down")
+            # the job keeps emitting: its supervisor spools the points
+            eventually(
+                lambda: spooled_files(juliarun_home / "spool" / "metrics"),
+                timeout=30,
+                interval=0.1,
+                what="the supervisor to spool",
+            )
+            time.sleep(2)
+        finally:
+            _testenv("up")  # always leave InfluxDB up
+        assert str(juliarun.wait(ctx, job, timeout=120)) == "succeeded"
+    # a later store drains whatever the supervisor left in the spool
+    with juliarun.init("local") as ctx:
+
+        def all_stored() -> bool:
+            try:
+                return count_in(influx_bucket, "outage_job") >= n
+            except OSError:
+                return False
+
+        eventually(all_stored, timeout=180, interval=0.5, what="every point after the restart")
+        rows = juliarun.metrics(ctx, "outage_job", tags={"job": name}, agg="count")
+        assert [r.value for r in rows] == [float(n)]
+        total = juliarun.metrics(ctx, "outage_job", tags={"job": name}, agg="sum")
+        assert [r.value for r in total] == [float(n * (n + 1) // 2)]
+    assert count_in(influx_bucket, "outage_job") == n
+    assert spooled_files(juliarun_home / "spool" / "metrics") == []

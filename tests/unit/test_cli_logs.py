@@ -41,6 +41,10 @@ def line(
 
 @pytest.fixture
 def home(local_home: Path) -> Path:
+    # Relative times ("--until 15m") are read against the clock when the command runs, so the
+    # lines are stamped relative to now at the start of each test, not at import.
+    global NOW  # noqa: PLW0603
+    NOW = datetime.now(UTC)
     store = open_log_store(load_settings().log_store_config())
     store.write(
         [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,19 +100,31 @@ def stores() -> Iterator[tuple[SqliteLogStore, SqliteMetricStore]]:
     metrics.close()
 
 
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
 def collector(
-    logs: SqliteLogStore, metrics: SqliteMetricStore, seen: list[LogLine]
+    logs: SqliteLogStore, metrics: SqliteMetricStore, seen: list[LogLine], home: Path
 ) -> KubernetesCollector:
-    backend: Any = SimpleNamespace(client=None, poll_interval=0.1, cluster="kube", namespace="jr")
+    backend: Any = SimpleNamespace(
+        client=None,
+        poll_interval=0.1,
+        cluster="kube",
+        namespace="jr",
+        home=home,
+        _ns_of=lambda name: "jr",
+    )
     return KubernetesCollector(backend, "job", logs, metrics, on_line=seen.append)
 
 
 def test_lines_are_shipped_once_and_metric_lines_become_points(
-    stores: tuple[SqliteLogStore, SqliteMetricStore],
+    stores: tuple[SqliteLogStore, SqliteMetricStore], home: Path
 ) -> None:
     logs, metrics = stores
     seen: list[LogLine] = []
-    c = collector(logs, metrics, seen)
+    c = collector(logs, metrics, seen, home)
     pod = c.pods["job-0-abcde"] = new_pod()
     batch = [
         ("job-0-abcde", f"{stamp(0)} one"),
@@ -138,15 +151,42 @@ def test_lines_are_shipped_once_and_metric_lines_become_points(
 
 
 def test_a_second_collector_resumes_after_what_the_store_holds(
-    stores: tuple[SqliteLogStore, SqliteMetricStore],
+    stores: tuple[SqliteLogStore, SqliteMetricStore], home: Path
 ) -> None:
     logs, metrics = stores
-    first = collector(logs, metrics, [])
+    first = collector(logs, metrics, [], home)
     first.pods["job-0-abcde"] = new_pod()
     lines = [("job-0-abcde", f"{stamp(s)} line {i}") for i, s in enumerate([0, 1, 1, 2, 2])]
     first._ship(lines[:4])  # shipped up to the first line of second 2
-    second = collector(logs, metrics, [])
+    (home / "collector" / "jr" / "job.json").unlink()  # another machine: only the store
+    second = collector(logs, metrics, [], home)
     second.pods["job-0-abcde"] = _Pod("job-0-abcde", "job-0", "acme", second._floor("job-0"))
     second._ship(lines)
     assert [x.message for x in logs.query(LogQuery(job="job"))] == [f"line {i}" for i in range(5)]
     assert second.result.lines == 1
+
+
+def test_metric_lines_after_the_last_log_line_are_not_shipped_again(
+    stores: tuple[SqliteLogStore, SqliteMetricStore], home: Path
+) -> None:
+    """The store's newest log line is behind the metric lines printed after it: the
+    collector's checkpoint under JULIARUN_HOME carries the watermark past them."""
+    logs, metrics = stores
+    lines = [
+        ("job-0-abcde", f"{stamp(0)} hello"),
+        ("job-1-abcde", f"{stamp(0)} hello"),
+        ("job-0-abcde", f"{stamp(1)} {METRIC_PREFIX}loss value=0.5"),
+        ("job-0-abcde", f"{stamp(1)} {METRIC_PREFIX}loss value=0.25"),
+        ("job-0-abcde", f"{stamp(2)} {METRIC_PREFIX}loss value=0.125"),
+        ("job-1-abcde", f"{stamp(3)} {METRIC_PREFIX}loss value=1"),
+    ]
+    for _ in range(3):  # the first collector and two more
+        c = collector(logs, metrics, [], home)
+        for index in (0, 1):
+            pname = f"job-{index}-abcde"
+            c.pods[pname] = _Pod(pname, f"job-{index}", "acme", c._floor(f"job-{index}"))
+        c._ship(lines)
+    rows = metrics.query(MetricQuery("loss", agg="count", group_by=("worker",)))
+    assert [(r.group["worker"], r.value) for r in rows] == [("job-0", 3.0), ("job-1", 1.0)]
+    assert logs.count(LogQuery(job="job")) == 2
+    assert c.result.lines == 0 and c.result.metric_points == 0 and c.result.skipped == 6

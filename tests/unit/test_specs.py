@@ -474,6 +474,14 @@ def test_storage_spec_valid_kinds() -> None:
     git = StorageSpec(name="code", kind="git", url="https://example.com/r.git")
     assert git.ref is None
     assert StorageSpec(name="code", kind="git", url="/srv/repo", ref="v1").ref == "v1"
+    vol = StorageSpec(
+        name="db", kind="volume", size="5Gi", storage_class="network", access_mode="ReadWriteMany"
+    )
+    assert (vol.storage_class, vol.access_mode, vol.volume_mode) == (
+        "network",
+        "ReadWriteMany",
+        "Filesystem",
+    )
 
 
 @pytest.mark.parametrize(
@@ -491,7 +499,13 @@ def test_storage_spec_valid_kinds() -> None:
         ({"kind": "ramdisk", "url": "/r"}, "url", "only applies when kind is git"),
         ({"kind": "host", "path": "/d", "ref": "main"}, "ref", "only applies when kind is git"),
         ({"kind": "git", "url": "/r", "path": "/d"}, "path", "only applies when kind is host"),
-        ({"kind": "nfs", "path": "/d"}, "kind", "'host', 'ramdisk' or 'git'"),
+        ({"kind": "nfs", "path": "/d"}, "kind", "'host', 'ramdisk', 'volume' or 'git'"),
+        ({"kind": "volume"}, "size", "is required when kind is 'volume'"),
+        ({"kind": "volume", "size": "1Gi", "storage_class": "SSD"}, "storage_class", "subdomain"),
+        ({"kind": "volume", "size": "1Gi", "access_mode": "RWX"}, "access_mode", "ReadWriteMany"),
+        ({"kind": "volume", "size": "1Gi", "volume_mode": "Raw"}, "volume_mode", "'Block'"),
+        ({"kind": "host", "path": "/d", "storage_class": "ssd"}, "storage_class", "volume"),
+        ({"kind": "ramdisk", "access_mode": "ReadWriteOnce"}, "access_mode", "volume"),
         ({"kind": "ramdisk", "aliases": ["ok", "Bad"]}, "aliases.1", "DNS-1123"),
         ({"kind": "ramdisk", "mode": "ro"}, "mode", "unknown field"),
     ],

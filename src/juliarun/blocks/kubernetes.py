@@ -63,8 +63,12 @@ class KubernetesCluster(Cluster):
     image: str | None = Field(
         None, description="Image for jobs that name none (default: JULIARUN_JULIA_IMAGE)."
     )
-    qps: float = Field(50, ge=1, le=10000, description="Client-side API requests a second.")
-    burst: int = Field(100, ge=1, le=10000, description="API requests allowed in a burst.")
+    qps: float = Field(
+        50, ge=1, le=10000, description="Client-side API requests a second, once a burst is spent."
+    )
+    burst: int = Field(
+        300, ge=1, le=10000, description="API requests sent at once before the qps limit applies."
+    )
     kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
     home: str | None = Field(
         None, description="Local state (storage catalog, git checkouts); default JULIARUN_HOME."

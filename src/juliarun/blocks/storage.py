@@ -6,22 +6,38 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from juliarun.blocks.cluster import DOCS, LOGO
-from juliarun.specs import StorageKind, StorageSpec
+from juliarun.specs import AccessMode, StorageKind, StorageSpec, VolumeMode
 
 
 class Storage(Block):
-    """Storage jobs mount at ``/mnt/<name>``: a host directory, a RAM disk or a git checkout.
+    """Storage jobs mount at ``/mnt/<name>``: a host directory, a RAM disk, a volume or a git
+    checkout.
     The block document's name is the storage name."""
 
     _block_type_name = "juliarun Storage"
     _block_type_slug = "juliarun-storage"
     _logo_url = LOGO  # type: ignore[assignment]
     _documentation_url = DOCS  # type: ignore[assignment]
-    _description = "Named storage for juliarun jobs: host directory, RAM disk or git checkout."
+    _description = (
+        "Named storage for juliarun jobs: host directory, RAM disk, volume or git checkout."
+    )
 
-    kind: StorageKind = Field("host", description="host directory, ramdisk (tmpfs) or git.")
+    kind: StorageKind = Field(
+        "host", description="host directory, ramdisk (tmpfs), volume (a claim) or git."
+    )
     path: str | None = Field(None, description="host: the directory (absolute path).")
-    size: str | None = Field(None, description="ramdisk: the size limit, e.g. 256Mi.")
+    size: str | None = Field(
+        None, description="ramdisk: the size limit, e.g. 256Mi; volume: the size, e.g. 10Gi."
+    )
+    storage_class: str | None = Field(
+        None, description="volume: the Kubernetes StorageClass (None: the cluster's default)."
+    )
+    access_mode: AccessMode | None = Field(
+        None, description="volume: ReadWriteOnce (default), ReadOnlyMany or ReadWriteMany."
+    )
+    volume_mode: VolumeMode | None = Field(
+        None, description="volume: Filesystem (default) or Block (Kubernetes only)."
+    )
     url: str | None = Field(None, description="git: the repository URL or path.")
     ref: str | None = Field(None, description="git: branch, tag or commit.")
     aliases: list[str] = Field(default_factory=list, description="Other names for it.")

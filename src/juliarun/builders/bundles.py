@@ -7,13 +7,16 @@ tracked by path, standard libraries by uuid) and checks them before anything is 
 :func:`build_bundle` copies the package sources into ``<home>/bundles/<name>/<address>/``
 (``env/``, ``packages/``, ``depot/``), then runs a builder job on the cluster through its
 normal backend (local: a process; Docker: a container of the Julia image with the address
-mounted read-write) that runs ``Pkg.precompile()`` and loads every package, writing the
-``.ji`` caches into ``depot/compiled``. ``<home>/bundles/<name>/current`` then points at the
+mounted read-write; Kubernetes: a Job whose pod mounts the address as a read-write hostPath —
+the home must be on the node, as on the test cluster whose node is this machine) that runs
+``Pkg.precompile()`` and loads every package, writing the ``.ji`` caches into
+``depot/compiled``. ``<home>/bundles/<name>/current`` then points at the
 address; jobs with ``pkg_bundle=<name>`` get it read-only.
 
 Julia 1.5 accepts a cache only when the package source sits at the path it was compiled from,
 so a bundle records the ``root`` its jobs see it at (``bundle.json``): on local the address
-directory itself, on Docker ``/mnt/jrb-<address>`` for the builder and for every job.
+directory itself, on Docker and Kubernetes ``/mnt/jrb-<address>`` for the builder and for every
+job.
 
 >>> from juliarun.specs import BundleSpec
 >>> resolved = resolve_bundle(BundleSpec(name="stats", packages=["Statistics"]), platform="local")
@@ -33,7 +36,7 @@ import os
 import shutil
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -362,6 +365,16 @@ def _job_name(spec: BundleSpec, address: str) -> str:
     return f"bundle-{address[:10]}-{spec.name}"[:63].rstrip("-")
 
 
+BUILDER_KINDS = ("local", "docker", "kubernetes")
+
+
+def builder_image(spec: BundleSpec, backend: Backend) -> str | None:
+    """The image the builder (and the bundle's jobs) run in; ``None`` on local."""
+    if backend.kind == "local":
+        return None
+    return spec.julia_image or getattr(backend, "image", None)
+
+
 def build_bundle(
     spec: BundleSpec,
     backend: Backend,
@@ -371,19 +384,19 @@ def build_bundle(
     poll_interval: float = 0.5,
 ) -> BuiltBundle:
     """Resolve ``spec``, and unless its address is built already, precompile it with a
-    builder job on ``backend`` (local or Docker); ``current`` then points at the address.
+    builder job on ``backend`` (local, Docker or Kubernetes); ``current`` then points at the
+    address.
 
     Raises :class:`SpecError` before anything is written and :class:`BuildError` naming the
     builder step that failed (with its output)."""
     home: Path | None = getattr(backend, "home", None)
-    if backend.kind not in ("local", "docker") or home is None:
+    if backend.kind not in BUILDER_KINDS or home is None:
         raise BackendError(
-            f"package bundles are built on local or docker clusters, not {backend.kind}",
-            hint="build the bundle with cluster='local' or 'docker'",
+            f"package bundles are built on local, docker or kubernetes clusters, not "
+            f"{backend.kind}",
+            hint="build the bundle with cluster='local', 'docker' or 'kubernetes'",
         )
-    image = (
-        (spec.julia_image or getattr(backend, "image", None)) if backend.kind == "docker" else None
-    )
+    image = builder_image(spec, backend)
     resolved = resolve_bundle(spec, platform=backend.kind, julia_image=image)
     address = bundle_dir(home, spec.name) / resolved.address
     if (address / "bundle.json").is_file():
@@ -488,6 +501,17 @@ def _run(
                         break
             finally:
                 store.close()
+        elif callable(getattr(backend, "logs", None)):  # Kubernetes: the pod's log
+            deadline = None if timeout is None else time.monotonic() + timeout
+            logs: Any = getattr(backend, "logs")  # noqa: B009 - LogSource, not on Backend
+            for line in logs(
+                job.name,
+                follow=True,
+                stop=lambda: deadline is not None and time.monotonic() > deadline,
+            ):
+                lines.append(line.message)
+                if on_line is not None:
+                    on_line(line.message)
         status = wait_for_job(backend, job.name, timeout=timeout, poll_interval=poll_interval)
     finally:
         with contextlib.suppress(JobNotFoundError):
@@ -495,14 +519,16 @@ def _run(
     return status, lines
 
 
-def prune_bundles(home: Path) -> list[Path]:
+def prune_bundles(home: Path, *, in_use: Iterable[str] = ()) -> list[Path]:
     """Remove bundle addresses that are not ``current`` and that no job on this home
-    references (its ``job.json`` names the address); returns what was removed."""
+    references (its ``job.json`` names the address) nor any path of ``in_use`` names (the
+    addresses Kubernetes Jobs mount); returns what was removed."""
     root = home / "bundles"
     if not root.is_dir():
         return []
     referenced = "\n".join(
-        p.read_text(errors="replace") for p in home.glob("clusters/*/jobs/*/job.json")
+        [p.read_text(errors="replace") for p in home.glob("clusters/*/jobs/*/job.json")]
+        + list(in_use)
     )
     removed = []
     for named in sorted(p for p in root.iterdir() if p.is_dir()):

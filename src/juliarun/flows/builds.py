@@ -72,8 +72,9 @@ def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
 
 @flow(name="prewarm-image", flow_run_name="{image}")
 def prewarm_image(
-    image: str, cluster: str = "local", node_type: str | None = None
+    image: str, cluster: str = "local", node_type: str | None = None, timeout: float = 300.0
 ) -> list[dict[str, Any]]:
-    """Pull ``image`` onto the cluster's nodes before jobs need it (Docker: the engine pulls;
-    local: nothing to do, reported so)."""
-    return prewarm_image_task(cluster, image, node_type)
+    """Pull ``image`` onto the cluster's nodes before jobs need it (Kubernetes: a DaemonSet,
+    per-node readiness, removed when done or after ``timeout`` seconds naming the nodes
+    without it; Docker: the engine pulls; local: nothing to do, reported so)."""
+    return prewarm_image_task(cluster, image, node_type, timeout)

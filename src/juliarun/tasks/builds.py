@@ -79,11 +79,10 @@ def build_image_task(
 def bundle_digest(spec: BundleSpec, cluster: str = "local") -> str:
     """Check the bundle (every [deps] entry in the Manifest, paths exist); its content hash."""
     with context(cluster) as ctx:
-        image = spec.julia_image or getattr(ctx.backend, "image", None)
         resolved = bundle_builder.resolve_bundle(
             spec,
             platform=ctx.backend.kind,
-            julia_image=image if ctx.backend.kind == "docker" else None,
+            julia_image=bundle_builder.builder_image(spec, ctx.backend),
         )
     # The key names the home too: an address built for another home is not this one's.
     return hashlib.sha256(f"{ctx.settings.home}\0{resolved.digest}".encode()).hexdigest()
@@ -124,18 +123,25 @@ def use_bundle(cluster: str, name: str, address: str) -> bool:
 def prune_bundles_task(cluster: str) -> list[str]:
     """Remove bundle addresses no job references that are not current."""
     with context(cluster) as ctx:
-        removed = bundle_builder.prune_bundles(ctx.settings.home)
+        in_use = getattr(ctx.backend, "bundle_paths_in_use", None)  # Kubernetes Jobs
+        removed = bundle_builder.prune_bundles(
+            ctx.settings.home, in_use=in_use() if callable(in_use) else ()
+        )
     return [str(p) for p in removed]
 
 
 @task(cache_policy=NONE)
-def prewarm_image_task(cluster: str, image: str, node_type: str | None = None) -> list[Any]:
+def prewarm_image_task(
+    cluster: str, image: str, node_type: str | None = None, timeout: float = 300.0
+) -> list[Any]:
     """Put ``image`` on the cluster's nodes; one row per node (also a table artifact)."""
     from prefect.artifacts import create_table_artifact
 
     from juliarun.builders.prewarm import prewarm_image
 
     with context(cluster) as ctx:
-        rows = [vars(r) for r in prewarm_image(ctx.backend, image, node_type=node_type)]
+        rows = [
+            vars(r) for r in prewarm_image(ctx.backend, image, node_type=node_type, timeout=timeout)
+        ]
     create_table_artifact(table=rows, description=f"pre-warm of {image} on {cluster}")
     return rows

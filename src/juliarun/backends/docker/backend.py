@@ -230,6 +230,15 @@ class DockerBackend(SupervisedBackend):
     # -- Backend protocol ------------------------------------------------------------------
 
     def provision_storage(self, spec: StorageSpec) -> str:
+        if spec.kind == "volume":
+            labels = {
+                **self.labels,
+                MANAGED_BY: "juliarun",
+                CLUSTER: self.cluster,
+                SCOPE: self.names.scope,
+            }
+            volume = f"juliarun-{self.names.scope}-{spec.name}"
+            return docker_storage.provision_volume(self.client, spec, volume, labels)
         return docker_storage.provision(spec, self.home)
 
     def cluster_status(self) -> ClusterStatus:

@@ -22,6 +22,7 @@ from juliarun.backends.base import (
     JobStatus,
     NodeStatus,
 )
+from juliarun.backends.bundles import job_bundle
 from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
 from juliarun.backends.kubernetes import tenants as tn
@@ -61,6 +62,10 @@ def parse_log_line(line: str) -> tuple[datetime, str]:
     return stamp, m.group(4)
 
 
+# Seconds a forced delete waits before releasing the finalizers of terminating pods.
+FORCE_RELEASE_AFTER = 5.0
+
+
 class KubernetesBackend:
     """Jobs as Kubernetes Jobs in one namespace, and tenants' jobs in their own.
 
@@ -88,7 +93,7 @@ class KubernetesBackend:
         julia: str = "julia",
         home: Path | None = None,
         qps: float = 50.0,
-        burst: int = 100,
+        burst: int = 300,
         kill_grace: float = 10.0,
         poll_interval: float = 0.5,
         create_namespace: bool = True,
@@ -191,8 +196,9 @@ class KubernetesBackend:
             for name in job.storage
             if name not in storage
         ]
-        if job.pkg_bundle:  # fail loudly rather than run without the packages
-            problems.append(("pkg_bundle", "package bundles are not mounted on kubernetes yet"))
+        problems += self._storage_class_problems(
+            {name: storage[name] for name in job.storage if name in storage}
+        )
         node_type = job.resources.node_type
         if node_type and node_type not in self.node_types:
             problems.append(
@@ -205,11 +211,61 @@ class KubernetesBackend:
         if problems:
             raise SpecError(job.kind, problems, hint="fix the job or the cluster's node types")
 
+    def _storage_class_problems(self, storage: Mapping[str, StorageSpec]) -> list[tuple[str, str]]:
+        """``(field, rule)`` for every volume storage whose StorageClass does not exist."""
+        problems: list[tuple[str, str]] = []
+        existing: list[str] | None = None
+        for name, spec in storage.items():
+            if spec.kind != "volume" or not spec.storage_class:
+                continue
+            path = f"/apis/storage.k8s.io/v1/storageclasses/{spec.storage_class}"
+            try:
+                if self.client.get_or_none(path) is not None:
+                    continue
+            except KubeApiError as exc:
+                if exc.status != 403:
+                    raise
+                continue  # not readable with these credentials: the PVC stays Pending
+            if existing is None:
+                listing = self.client.get("/apis/storage.k8s.io/v1/storageclasses")
+                existing = sorted(i["metadata"]["name"] for i in listing.get("items") or [])
+            problems.append(
+                (
+                    f"storage.{name}.storage_class",
+                    f"StorageClass {spec.storage_class!r} does not exist in this cluster "
+                    f"(its classes: {', '.join(existing) or 'none'})",
+                )
+            )
+        return problems
+
+    def ensure_pvc(self, spec: StorageSpec, namespace: str | None = None) -> str:
+        """The labelled PersistentVolumeClaim of a ``volume`` storage in ``namespace``
+        (default: the backend's), created unless it exists; returns ``pvc:<ns>/<name>``."""
+        ns = namespace or self.namespace
+        problems = self._storage_class_problems({spec.name: spec})
+        if problems:
+            raise StorageError(
+                f"{problems[0][0]}: {problems[0][1]}",
+                hint="use one of the cluster's classes, or create the StorageClass",
+            )
+        body = mf.pvc_manifest(spec, ns)
+        try:
+            self.client.post(ns_path(ns, "persistentvolumeclaims"), body)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise StorageError(
+                    f"storage {spec.name!r}: cannot create PersistentVolumeClaim "
+                    f"{mf.pvc_name(spec)} in {ns}: {exc.message}",
+                    hint=f"run `kubectl describe pvc {mf.pvc_name(spec)} -n {ns}`",
+                ) from exc
+        return f"pvc:{ns}/{mf.pvc_name(spec)}"
+
     def provision_storage(self, spec: StorageSpec) -> str:
-        """host: the directory, made here (the test cluster's node is this machine; on other
-        clusters the kubelet creates it, hostPath ``DirectoryOrCreate``); ramdisk: nothing to
-        make (a memory-backed emptyDir per pod); git: a checkout made here and mounted
-        read-only from the node's path."""
+        """volume: its PersistentVolumeClaim in the backend's namespace (a StorageClass that
+        does not exist is refused, naming the classes that do). host: the directory, made here
+        (the test cluster's node is this machine; on other clusters the kubelet creates it,
+        hostPath ``DirectoryOrCreate``); ramdisk: nothing to make (a memory-backed emptyDir per
+        pod); git: a checkout made here and mounted read-only from the node's path."""
         if spec.kind == "host":
             try:
                 Path(spec.path or "").mkdir(parents=True, exist_ok=True)
@@ -218,6 +274,8 @@ class KubernetesBackend:
             return f"hostPath:{spec.path}"
         if spec.kind == "ramdisk":
             return f"emptyDir:Memory:{spec.size or 'unbounded'}"
+        if spec.kind == "volume":
+            return self.ensure_pvc(spec)
         from juliarun.backends.local import storage as local_storage
 
         try:
@@ -228,13 +286,18 @@ class KubernetesBackend:
             raise StorageError(f"storage {spec.name!r}: {exc}") from exc
 
     def manifest(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> dict[str, Any]:
-        """The Job object ``submit`` would create (storage is provisioned)."""
+        """The Job object ``submit`` would create (storage is provisioned: git checkouts, and
+        the PersistentVolumeClaims of volumes in the job's namespace)."""
         self._check(job, storage)
+        bundle = job_bundle(self.home, job)
         node_paths = {
             name: self.provision_storage(spec)
             for name, spec in storage.items()
             if spec.kind == "git" and name in job.storage
         }
+        for name in job.storage:
+            if storage[name].kind == "volume":
+                self.ensure_pvc(storage[name], self.job_namespace(job))
         return mf.job_manifest(
             job,
             storage,
@@ -245,7 +308,20 @@ class KubernetesBackend:
             cluster=self.cluster,
             julia=self.julia,
             kill_grace=self.kill_grace,
+            bundle=(str(bundle.path), bundle.root) if bundle is not None else None,
         )
+
+    def bundle_paths_in_use(self) -> list[str]:
+        """The package bundle addresses (paths on the node) juliarun's Jobs mount, in the
+        backend's namespace and, with cluster-wide credentials, every tenant's."""
+        jobs = list(self.client.get(self._jobs(), labelSelector=mf.selector()).get("items") or [])
+        jobs += self._tenant_jobs()
+        paths = []
+        for job in jobs:
+            for volume in job["spec"]["template"]["spec"].get("volumes") or []:
+                if volume.get("name") == mf.BUNDLE_VOLUME:
+                    paths.append(str(volume["hostPath"]["path"]))
+        return paths
 
     def _check_quota(self, job: JobSpec, body: Mapping[str, Any], namespace: str) -> None:
         """Refuse, before anything is created, a job that alone exceeds a hard limit of a
@@ -422,8 +498,13 @@ class KubernetesBackend:
                 labelSelector=mf.selector(name),
             )
         limit = timeout if timeout is not None else (0 if force else self.kill_grace) + 60
-        deadline = self.clock() + limit
+        started = self.clock()
+        deadline = started + limit
+        released = False
         while self.client.get_or_none(self._jobs(name)) is not None:
+            if force and not released and self.clock() - started >= FORCE_RELEASE_AFTER:
+                self._release_finalizers(name)
+                released = True
             if self.clock() >= deadline:
                 raise BackendError(
                     f"job {name!r} is still being deleted after {limit:g}s",
@@ -431,6 +512,24 @@ class KubernetesBackend:
                 )
             self.sleep(min(self.poll_interval, 0.25))
         return True
+
+    def _release_finalizers(self, name: str) -> None:
+        """Force: a terminating pod whose Job-tracking finalizer the job controller has not
+        removed yet (it lags under load) keeps the Job's foreground deletion waiting; drop the
+        finalizers of the job's terminating pods so the deletion completes."""
+        namespace = self._ns_of(name)
+        pods = self.client.get(self._pods(namespace=namespace), labelSelector=mf.selector(name))
+        for pod in pods.get("items", []):
+            meta = pod.get("metadata", {})
+            if meta.get("deletionTimestamp") and meta.get("finalizers"):
+                try:
+                    self.client.merge_patch(
+                        self._pods(meta["name"], namespace=namespace),
+                        {"metadata": {"finalizers": None}},
+                    )
+                except KubeApiError as exc:
+                    if exc.status != 404:
+                        raise
 
     def scale(self, name: str, workers: int) -> JobStatus:
         job = self._get_job(name)

@@ -153,7 +153,7 @@ class KubeClient:
         api_client: Any,
         *,
         qps: float = 50.0,
-        burst: int = 100,
+        burst: int = 300,
         retries: int = 5,
         backoff: float = 0.2,
         timeout: float = 30.0,

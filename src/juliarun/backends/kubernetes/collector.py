@@ -12,7 +12,11 @@ second (``sinceTime``), skips what it already shipped. A container that restarte
 watched is read once with ``previous=true`` (Kubernetes keeps only the previous container's log).
 Another collector of the same job (a second ``juliarun logs collect``, a retried flow) resumes
 from the log store: the newest stored line of each worker and the number of lines at its
-timestamp form that worker's starting watermark.
+timestamp form that worker's starting watermark. Metric lines are not in the log store, so each
+collector also checkpoints every worker's watermark (log and metric lines alike) after each
+shipped batch, in ``$JULIARUN_HOME/collector/<namespace>/<job>.json``; a later collector starts
+from the newer of the two, so metric lines printed after a worker's last log line are not
+shipped again either.
 
 **Metrics.** A line starting with :data:`METRIC_PREFIX` (``##juliarun-metric ``) is not a log
 line: the rest is InfluxDB line protocol (:mod:`juliarun.metrics.lineprotocol`), stored in the
@@ -29,13 +33,16 @@ every pod whose container ran has been read to the end (bounded by ``drain_timeo
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from juliarun.backends.base import CollectResult
@@ -80,6 +87,15 @@ class Watermark:
             self.stamp, self.count = stamp, 0
         self.count = max(self.count, index + 1)
         return True
+
+
+def _newer(a: Watermark, b: Watermark | None) -> bool:
+    """Whether watermark ``a`` is past ``b`` (``None`` or an empty one: nothing shipped)."""
+    if a.stamp is None:
+        return False
+    if b is None or b.stamp is None:
+        return True
+    return (a.stamp, a.count) > (b.stamp, b.count)
 
 
 @dataclass
@@ -140,6 +156,7 @@ class KubernetesCollector:
         drain_timeout: float = 60.0,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        checkpoint: Path | None = None,
     ) -> None:
         self.backend = backend
         self.client = backend.client
@@ -159,8 +176,53 @@ class KubernetesCollector:
         self.stopped = threading.Event()
         self.result = CollectResult(name)
         self._open: list[Any] = []
+        self.checkpoint = checkpoint or (
+            Path(backend.home) / "collector" / backend._ns_of(name) / f"{name}.json"
+        )
+        self.saved: dict[str, Watermark] = self._load_checkpoint()
 
-    # -- resume from the store --------------------------------------------------------------
+    # -- resume from the store and the checkpoint ---------------------------------------------
+
+    def _load_checkpoint(self) -> dict[str, Watermark]:
+        try:
+            data = json.loads(self.checkpoint.read_text())
+            return {
+                str(w): Watermark(datetime.fromisoformat(str(stamp)), int(count))
+                for w, (stamp, count) in data["workers"].items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable: the store decides
+            self.log.warning("ignoring the collector checkpoint %s: %s", self.checkpoint, exc)
+            return {}
+
+    def _save_checkpoint(self, workers: set[str]) -> None:
+        """Record the watermark of ``workers`` (their lines and points are stored)."""
+        changed = False
+        for pod in self.pods.values():
+            if pod.worker not in workers or pod.mark.stamp is None:
+                continue
+            mark = Watermark(pod.mark.stamp, pod.mark.count)
+            if _newer(mark, self.saved.get(pod.worker)):
+                self.saved[pod.worker] = mark
+                changed = True
+        if not changed:
+            return
+        body = {
+            "job": self.name,
+            "workers": {
+                w: [m.stamp.isoformat(), m.count]
+                for w, m in sorted(self.saved.items())
+                if m.stamp is not None
+            },
+        }
+        try:
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(body))
+            tmp.replace(self.checkpoint)
+        except OSError as exc:  # the log store still holds the log lines' watermark
+            self.log.warning("collector checkpoint %s not written: %s", self.checkpoint, exc)
 
     def _floor(self, worker: str) -> Watermark:
         """The worker's newest stored line: where a new collector starts."""
@@ -178,6 +240,9 @@ class KubernetesCollector:
                     until=stamp + _MICRO,
                 )
                 mark = Watermark(stamp, self.logs.count(same))
+            saved = self.saved.get(worker)
+            if saved is not None and _newer(saved, mark):
+                mark = Watermark(saved.stamp, saved.count)
             self.floors[worker] = mark
         f = self.floors[worker]
         return Watermark(f.stamp, f.count)
@@ -248,8 +313,10 @@ class KubernetesCollector:
 
         lines: list[LogLine] = []
         points: list[Point] = []
+        touched: set[str] = set()
         for pname, raw in batch:
             pod = self.pods[pname]
+            touched.add(pod.worker)
             stamp, message = parse_log_line(raw)
             if pod.run_stamp == stamp:
                 pod.run_index += 1
@@ -281,6 +348,7 @@ class KubernetesCollector:
                     self.on_line(line)
         if points and self.metrics is not None:
             self.result.metric_points += self.metrics.write(points)
+        self._save_checkpoint(touched)
 
     def _line(self, pod: _Pod, stamp: datetime, message: str) -> LogLine:
         return LogLine(stamp, self.name, pod.worker, "stdout", message, self.cluster, pod.tenant)

@@ -42,6 +42,9 @@ MAIN = "main"
 GPU_RESOURCE = "nvidia.com/gpu"
 JULIA_HELPERS = "juliarun.io/julia-helpers"
 HELPERS_DIR = "/opt/juliarun"
+STORAGE_LABEL = "juliarun.io/storage"
+PREWARM_LABEL = "juliarun.io/prewarm"
+BUNDLE_VOLUME = "juliarun-bundle"
 
 
 def julia_helpers() -> str:
@@ -124,10 +127,42 @@ def env_name(storage: str) -> str:
     return f"JULIARUN_STORAGE_{storage.upper().replace('-', '_')}"
 
 
+def pvc_name(spec: StorageSpec) -> str:
+    """The PersistentVolumeClaim of a ``volume`` storage (one per namespace)."""
+    return f"juliarun-{spec.name}"
+
+
+def pvc_manifest(spec: StorageSpec, namespace: str) -> dict[str, Any]:
+    """The labelled PersistentVolumeClaim of a ``volume`` storage.
+
+    >>> spec = StorageSpec(name="db", kind="volume", size="1Gi", storage_class="ssd")
+    >>> pvc = pvc_manifest(spec, "jr")
+    >>> pvc["metadata"]["name"], pvc["spec"]["storageClassName"], pvc["spec"]["accessModes"]
+    ('juliarun-db', 'ssd', ['ReadWriteOnce'])
+    """
+    body: dict[str, Any] = {
+        "accessModes": [spec.access_mode or "ReadWriteOnce"],
+        "volumeMode": spec.volume_mode or "Filesystem",
+        "resources": {"requests": {"storage": spec.size}},
+    }
+    if spec.storage_class:
+        body["storageClassName"] = spec.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": pvc_name(spec),
+            "namespace": namespace,
+            "labels": {MANAGED_BY: "juliarun", STORAGE_LABEL: spec.name},
+        },
+        "spec": body,
+    }
+
+
 def storage_volume(spec: StorageSpec, node_path: str | None = None) -> dict[str, Any]:
     """The pod volume of one storage: host → hostPath (created if missing), ramdisk → a
-    memory-backed emptyDir with its size limit, git → hostPath of the checkout ``node_path``
-    made on the node (read-only mount).
+    memory-backed emptyDir with its size limit, volume → its PersistentVolumeClaim, git →
+    hostPath of the checkout ``node_path`` made on the node (read-only mount).
 
     >>> storage_volume(StorageSpec(name="scratch", kind="ramdisk", size="64Mi"))
     {'name': 'st-scratch', 'emptyDir': {'medium': 'Memory', 'sizeLimit': '64Mi'}}
@@ -135,6 +170,11 @@ def storage_volume(spec: StorageSpec, node_path: str | None = None) -> dict[str,
     volume: dict[str, Any] = {"name": f"st-{spec.name}"}
     if spec.kind == "ramdisk":
         volume["emptyDir"] = {"medium": "Memory", **({"sizeLimit": spec.size} if spec.size else {})}
+    elif spec.kind == "volume":
+        volume["persistentVolumeClaim"] = {
+            "claimName": pvc_name(spec),
+            **({"readOnly": True} if spec.access_mode == "ReadOnlyMany" else {}),
+        }
     elif spec.kind == "host":
         volume["hostPath"] = {"path": spec.path, "type": "DirectoryOrCreate"}
     else:
@@ -181,9 +221,12 @@ def job_manifest(
     cluster: str = "kubernetes",
     julia: str = "julia",
     kill_grace: float = 10,
+    bundle: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job that runs ``job`` in ``namespace``. ``storage`` maps each name the
-    job uses to its spec; ``node_paths`` gives git checkouts' directories on the node."""
+    job uses to its spec; ``node_paths`` gives git checkouts' directories on the node;
+    ``bundle`` is the package bundle address ``(path on the node, root in the pod)``, mounted
+    read-only at the root it was compiled for."""
     rules = dict(node_types) if node_types is not None else default_node_types()
     res = job.resources
     n = worker_count(job)
@@ -221,15 +264,27 @@ def job_manifest(
     ]
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
+    devices: list[dict[str, Any]] = []
     for name in job.storage:
         st = storage[name]
         volume = storage_volume(st, (node_paths or {}).get(name))
         volumes.append(volume)
-        mount = {"name": volume["name"], "mountPath": f"/mnt/{name}"}
-        if st.kind == "git":
-            mount["readOnly"] = True
-        mounts.append(mount)
+        if st.kind == "volume" and st.volume_mode == "Block":
+            devices.append({"name": volume["name"], "devicePath": f"/mnt/{name}"})
+        else:
+            mount = {"name": volume["name"], "mountPath": f"/mnt/{name}"}
+            if st.kind == "git" or (st.kind == "volume" and st.access_mode == "ReadOnlyMany"):
+                mount["readOnly"] = True
+            mounts.append(mount)
         env.append({"name": env_name(name), "value": f"/mnt/{name}"})
+    if bundle is not None:
+        path, root = bundle
+        volumes.append({"name": BUNDLE_VOLUME, "hostPath": {"path": path, "type": "Directory"}})
+        mounts.append({"name": BUNDLE_VOLUME, "mountPath": root, "readOnly": True})
+        env += [
+            {"name": "JULIA_DEPOT_PATH", "value": f"{root}/depot:"},
+            {"name": "JULIA_PROJECT", "value": f"{root}/env"},
+        ]
     env += [{"name": k, "value": v} for k, v in sorted(job.env.items())]
     # The helpers travel as a pod annotation projected by the downward API: no ConfigMap.
     volumes.append(
@@ -256,6 +311,8 @@ def job_manifest(
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
     }
+    if devices:
+        container["volumeDevices"] = devices
     if job.storage:
         container["workingDir"] = f"/mnt/{job.storage[0]}"
     pod_spec: dict[str, Any] = {
@@ -303,6 +360,54 @@ def job_manifest(
             },
         },
         "spec": job_spec,
+    }
+
+
+def prewarm_daemonset(
+    image: str,
+    name: str,
+    namespace: str,
+    rule: NodeTypeRule | None = None,
+    command: tuple[str, ...] = ("sleep", "infinity"),
+) -> dict[str, Any]:
+    """A DaemonSet whose pods pull ``image`` onto every node (of the node type ``rule``) and
+    sleep: a pod Ready on a node means the image is there.
+
+    >>> ds = prewarm_daemonset("julia:1.5.3", "prewarm-x", "jr", default_node_types()["gpu"])
+    >>> pod = ds["spec"]["template"]["spec"]
+    >>> pod["nodeSelector"], pod["containers"][0]["image"]
+    ({'juliarun.io/node-type': 'gpu'}, 'julia:1.5.3')
+    """
+    labels = {MANAGED_BY: "juliarun", PREWARM_LABEL: name}
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "prewarm",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": list(command),
+                "resources": {
+                    "requests": {"cpu": "1m", "memory": "8Mi"},
+                    "limits": {"memory": "64Mi"},
+                },
+            }
+        ],
+    }
+    if rule is not None:
+        pod_spec["nodeSelector"] = dict(rule.labels)
+        if rule.tolerations:
+            pod_spec["tolerations"] = [t.manifest() for t in rule.tolerations]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "selector": {"matchLabels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
     }
 
 

@@ -45,7 +45,8 @@ RBAC = "rbac.authorization.k8s.io/v1"
 
 # What juliarun's backend does in a namespace, and nothing more (see KubernetesBackend):
 #   jobs: submit (create), status/list (get, list), follow (watch), scale (patch), delete;
-#   pods: status and tail (get, list, watch), delete --force (delete, deletecollection);
+#   pods: status and tail (get, list, watch), delete --force (delete, deletecollection, and
+#         patch to release the job-tracking finalizer of a pod the job controller is slow on);
 #   pods/log: tail and last lines; events: the diagnosis; resourcequotas: the submit check.
 _EDIT_RULES: list[dict[str, Any]] = [
     {
@@ -56,7 +57,7 @@ _EDIT_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": [""],
         "resources": ["pods"],
-        "verbs": ["delete", "deletecollection", "get", "list", "watch"],
+        "verbs": ["delete", "deletecollection", "get", "list", "patch", "watch"],
     },
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},

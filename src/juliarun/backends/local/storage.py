@@ -1,4 +1,6 @@
-"""Storage on the local backend: host directories, RAM disks (tmpfs) and git checkouts."""
+"""Storage on the local backend: host directories, RAM disks (tmpfs), volumes (a directory
+under ``JULIARUN_HOME/storage/volume/<name>``; its size and class are not enforced here) and
+git checkouts."""
 
 from __future__ import annotations
 
@@ -67,7 +69,22 @@ def provision(spec: StorageSpec, home: Path) -> Path:
         path = RAM_ROOT / f"juliarun-{tag}" / spec.name
         path.mkdir(parents=True, exist_ok=True)
         return path
+    if spec.kind == "volume":
+        return volume_dir(spec, home)
     return _git_checkout(spec, home)
+
+
+def volume_dir(spec: StorageSpec, home: Path) -> Path:
+    """A ``volume`` on this machine: a directory kept under the home (a Block volume is a raw
+    device only Kubernetes can give)."""
+    if spec.volume_mode == "Block":
+        raise StorageError(
+            f"storage {spec.name!r}: volume_mode 'Block' needs a Kubernetes cluster",
+            hint="use volume_mode 'Filesystem' on local and Docker",
+        )
+    path = home / "storage" / "volume" / spec.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _git_checkout(spec: StorageSpec, home: Path) -> Path:

@@ -1,0 +1,110 @@
+"""Issue 4's end-to-end line on the real Kubernetes node: run_pipeline builds a bundle of a local
+Julia package (a builder Job on the node), an image FROM the julia image (pushed to the test
+registry, pulled by the node's containerd), and runs a JuliaBatch with host + ramdisk + git
+storage that prints hello world! from real Julia — as test_pipeline does on Docker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+import juliarun
+from juliarun.backends.kubernetes import KubernetesBackend
+from juliarun.flows import run_pipeline
+from juliarun.specs import BundlePackage, BundleSpec, ImageSpec, StorageSpec
+from tests.integration.fixtures.kubernetes import kubeconfig_path
+from tests.integration.test_bundles import GREETER_UUID, make_greeter
+from tests.integration.test_docker_backend import _git_repo
+
+pytestmark = [
+    pytest.mark.prefect_server,
+    pytest.mark.docker,
+    pytest.mark.kubernetes,
+    pytest.mark.julia,
+]
+
+
+@pytest.fixture
+def prefect_api(prefect_api_url: str) -> Iterator[str]:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
+        yield prefect_api_url
+
+
+def test_the_pipeline_prints_hello_world_on_the_real_node(
+    prefect_api: str,
+    juliarun_home: Path,
+    tmp_path: Path,
+    julia_image: str,
+    kube_julia_image: str,
+    kube_namespace: str,
+    registry: str,
+    docker_labels: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JULIARUN_KUBECONFIG", str(kubeconfig_path()))
+    monkeypatch.setenv("JULIARUN_KUBE_NAMESPACE", kube_namespace)
+    monkeypatch.setenv("JULIARUN_JULIA_IMAGE", kube_julia_image)
+    monkeypatch.setenv("JULIARUN_POLL_INTERVAL", "0.5")
+    monkeypatch.setenv("JULIARUN_DOCKER_LABELS", json.dumps(docker_labels))
+    pkg = make_greeter(tmp_path)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "main.jl").write_text(
+        "using Greeter\n"
+        'println(strip(read("/etc/motd", String)))\n'
+        'write("/mnt/scratch/x", "from ramdisk")\n'
+        'println(read("/mnt/scratch/x", String))\n'
+        'println(strip(read("/mnt/repo/data.txt", String)))\n'
+        "println(Greeter.greet())\n"
+    )
+    (tmp_path / "motd").write_text("built by juliarun\n")
+    job = juliarun.JuliaBatch(
+        f"pipe-{uuid.uuid4().hex[:8]}", "/mnt/code/main.jl", ["code", "scratch", "repo"]
+    )
+    first = run_pipeline(
+        job,
+        return_state=True,
+        storage=[
+            StorageSpec(name="code", kind="host", path=str(code)),
+            StorageSpec(name="scratch", kind="ramdisk", size="16Mi"),
+            StorageSpec(name="repo", kind="git", url=_git_repo(tmp_path / "origin")),
+        ],
+        bundle=BundleSpec(
+            name="greet",
+            packages=[BundlePackage(name="Greeter", uuid=GREETER_UUID, path=str(pkg))],
+        ),
+        image=ImageSpec(
+            name="juliarun/test-k8s-pipeline",
+            base=julia_image,
+            files={"/etc/motd": str(tmp_path / "motd")},
+            labels=docker_labels,
+        ),
+        cluster="kubernetes",
+        registry=registry,
+        timeout=300,
+    )
+    assert first.is_completed(), first.message
+    assert first.result()["status"] == "succeeded"
+    ctx = juliarun.init("kubernetes")
+    try:
+        backend = ctx.backend
+        assert isinstance(backend, KubernetesBackend)
+        pod_image = backend.client.get(backend._jobs(job.name))["spec"]["template"]["spec"][
+            "containers"
+        ][0]["image"]
+        assert pod_image.startswith(f"{registry}/juliarun/test-k8s-pipeline:")
+        lines = [line.message for line in backend.logs(job.name)]
+        assert lines == [
+            "built by juliarun",
+            "from ramdisk",
+            "from git",
+            "hello world! mean=2.0",  # and no "Precompiling": the bundle's cache was used
+        ]
+        juliarun.delete(ctx, job.name)
+    finally:
+        ctx.close()
