@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         description="Kubernetes API requests sent at once before the qps limit applies (a "
         "submit is one request: 300 jobs go out at the apiserver's pace).",
     )
+    alert_rules: Path | None = Field(
+        None,
+        description="JSON file of alert rules (a list, or {rules, hooks}) the served "
+        "evaluate-alerts deployment evaluates every minute.",
+    )
 
     @property
     def log_db(self) -> Path:

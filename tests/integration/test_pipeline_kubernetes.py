@@ -6,7 +6,6 @@ storage that prints hello world! from real Julia — as test_pipeline does on Do
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +15,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 import juliarun
 from juliarun.backends.kubernetes import KubernetesBackend
 from juliarun.flows import run_pipeline
-from juliarun.specs import BundlePackage, BundleSpec, ImageSpec, StorageSpec
 from tests.integration.fixtures.kubernetes import kubeconfig_path
-from tests.integration.test_bundles import GREETER_UUID, make_greeter
-from tests.integration.test_docker_backend import _git_repo
+from tests.integration.pipeline_specs import expected_lines, pipeline_specs
 
 pytestmark = [
     pytest.mark.prefect_server,
@@ -51,39 +48,12 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
     monkeypatch.setenv("JULIARUN_JULIA_IMAGE", kube_julia_image)
     monkeypatch.setenv("JULIARUN_POLL_INTERVAL", "0.5")
     monkeypatch.setenv("JULIARUN_DOCKER_LABELS", json.dumps(docker_labels))
-    pkg = make_greeter(tmp_path)
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "main.jl").write_text(
-        "using Greeter\n"
-        'println(strip(read("/etc/motd", String)))\n'
-        'write("/mnt/scratch/x", "from ramdisk")\n'
-        'println(read("/mnt/scratch/x", String))\n'
-        'println(strip(read("/mnt/repo/data.txt", String)))\n'
-        "println(Greeter.greet())\n"
-    )
-    (tmp_path / "motd").write_text("built by juliarun\n")
-    job = juliarun.JuliaBatch(
-        f"pipe-{uuid.uuid4().hex[:8]}", "/mnt/code/main.jl", ["code", "scratch", "repo"]
-    )
+    specs = pipeline_specs(tmp_path, julia_image, "juliarun/test-k8s-pipeline", docker_labels)
+    job = specs.job
     first = run_pipeline(
         job,
         return_state=True,
-        storage=[
-            StorageSpec(name="code", kind="host", path=str(code)),
-            StorageSpec(name="scratch", kind="ramdisk", size="16Mi"),
-            StorageSpec(name="repo", kind="git", url=_git_repo(tmp_path / "origin")),
-        ],
-        bundle=BundleSpec(
-            name="greet",
-            packages=[BundlePackage(name="Greeter", uuid=GREETER_UUID, path=str(pkg))],
-        ),
-        image=ImageSpec(
-            name="juliarun/test-k8s-pipeline",
-            base=julia_image,
-            files={"/etc/motd": str(tmp_path / "motd")},
-            labels=docker_labels,
-        ),
+        **specs.kwargs(),
         cluster="kubernetes",
         registry=registry,
         timeout=300,
@@ -99,12 +69,7 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
         ][0]["image"]
         assert pod_image.startswith(f"{registry}/juliarun/test-k8s-pipeline:")
         lines = [line.message for line in backend.logs(job.name)]
-        assert lines == [
-            "built by juliarun",
-            "from ramdisk",
-            "from git",
-            "hello world! mean=2.0",  # and no "Precompiling": the bundle's cache was used
-        ]
+        assert lines == expected_lines("kubernetes")
         juliarun.delete(ctx, job.name)
     finally:
         ctx.close()

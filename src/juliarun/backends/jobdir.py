@@ -41,7 +41,8 @@ def worker_from_json(data: dict[str, Any]) -> WorkerStatus:
 
 
 class JobDir:
-    """``<home>/clusters/<cluster>/jobs/<name>/`` holding job.json (written once at submit),
+    """``<home>/clusters/<cluster>/jobs/<name>/`` holding job.json (written once at submit, mode
+    0600 like every file here: it holds the log and metric store configs, secrets included),
     control.json (the desired worker count, written by scale), supervisor.json (the supervisor's
     pid, written by submit as soon as it is started) and state.json (written by the job's
     supervisor process)."""
@@ -75,9 +76,13 @@ class JobDir:
         return data
 
     def _write(self, filename: str, data: dict[str, Any]) -> None:
+        """Replace ``filename`` atomically, readable by its owner only (mode 0600): job.json
+        holds the store configs, credentials included."""
         target = self.path / filename
         tmp = target.with_name(f".{filename}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, target)
 
     def read_job(self) -> dict[str, Any]:

@@ -4,10 +4,13 @@ from typing import Any
 
 from juliarun.blocks.cluster import Cluster, LocalCluster, load_cluster
 from juliarun.blocks.storage import Storage
+from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 
 __all__ = [
     "Cluster",
     "DockerCluster",
+    "ElasticsearchLogs",
+    "InfluxMetrics",
     "KubernetesCluster",
     "LocalCluster",
     "Storage",

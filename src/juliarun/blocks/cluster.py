@@ -15,6 +15,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from juliarun.backends.base import Backend
+from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 from juliarun.errors import ConfigError
 from juliarun.logs import LogStore, open_log_store
 from juliarun.metrics import MetricStore, open_metric_store
@@ -30,6 +31,25 @@ class Cluster(Block):
     _block_type_name = "juliarun Cluster"
     _logo_url = LOGO  # type: ignore[assignment]
     _documentation_url = DOCS  # type: ignore[assignment]
+
+    log_store_block: ElasticsearchLogs | None = Field(
+        None, description="A saved Elasticsearch log store (instead of log_store_kind)."
+    )
+    metric_store_block: InfluxMetrics | None = Field(
+        None, description="A saved InfluxDB metric store (instead of metric_store_kind)."
+    )
+
+    def _log_config_for(self, settings: Settings) -> dict[str, Any]:
+        """The log store mapping: ``log_store_block``'s when set, else the settings'."""
+        if self.log_store_block is not None:
+            return self.log_store_block.config(spool=settings.home / "spool" / "logs")
+        return settings.log_store_config()
+
+    def _metric_config_for(self, settings: Settings) -> dict[str, Any]:
+        """The metric store mapping: ``metric_store_block``'s when set, else the settings'."""
+        if self.metric_store_block is not None:
+            return self.metric_store_block.config(spool=settings.home / "spool" / "metrics")
+        return settings.metric_store_config()
 
     @abstractmethod
     def backend(self) -> Backend:
@@ -96,10 +116,10 @@ class LocalCluster(Cluster):
         )
 
     def _log_config(self) -> dict[str, Any]:
-        return self._settings().log_store_config()
+        return self._log_config_for(self._settings())
 
     def _metric_config(self) -> dict[str, Any]:
-        return self._settings().metric_store_config()
+        return self._metric_config_for(self._settings())
 
     def log_store(self) -> LogStore:
         return open_log_store(self._log_config())

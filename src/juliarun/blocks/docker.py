@@ -98,14 +98,14 @@ class DockerCluster(Cluster):
             image=self.image or settings.julia_image,
             registry_auth=self._registry_auth(),
             labels=self.labels,
-            log_store=settings.log_store_config(),
-            metric_store=settings.metric_store_config(),
+            log_store=self._log_config_for(settings),
+            metric_store=self._metric_config_for(settings),
             max_workers=self.max_workers,
             kill_grace=self.kill_grace,
         )
 
     def log_store(self) -> LogStore:
-        return open_log_store(self._settings().log_store_config())
+        return open_log_store(self._log_config_for(self._settings()))
 
     def metric_store(self) -> MetricStore:
-        return open_metric_store(self._settings().metric_store_config())
+        return open_metric_store(self._metric_config_for(self._settings()))

@@ -118,7 +118,7 @@ class KubernetesCluster(Cluster):
         )
 
     def log_store(self) -> LogStore:
-        return open_log_store(self._settings().log_store_config())
+        return open_log_store(self._log_config_for(self._settings()))
 
     def metric_store(self) -> MetricStore:
-        return open_metric_store(self._settings().metric_store_config())
+        return open_metric_store(self._metric_config_for(self._settings()))

@@ -18,11 +18,39 @@ CLUSTER_REPORT = "cluster-report"
 REPORT_EVERY = timedelta(minutes=15)
 PRUNE_BUNDLES = "prune-bundles"
 PRUNE_EVERY = timedelta(hours=24)
+RUN_PIPELINE = "run-pipeline"
+EVALUATE_ALERTS = "evaluate-alerts"
+ALERTS_EVERY = timedelta(minutes=1)
+
+
+def alert_parameters(cluster: str) -> dict[str, Any]:
+    """The evaluate-alerts parameters: the rules (and hooks) of the JSON file JULIARUN_ALERT_RULES
+    names — a list of rules, or ``{"rules": [...], "hooks": [...]}`` — else no rules."""
+    import json
+
+    from juliarun.metrics.alerts import parse_rules
+    from juliarun.settings import load_settings
+
+    path = load_settings().alert_rules
+    data: Any = []
+    if path is not None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"JULIARUN_ALERT_RULES: cannot read {path}: {exc}") from exc
+    spec = data if isinstance(data, dict) else {"rules": data}
+    rules = [r.model_dump(mode="json") for r in parse_rules(spec.get("rules", []))]
+    return {"rules": rules, "cluster": cluster, "hooks": list(spec.get("hooks", []))}
 
 
 def deployments(cluster: str = "local") -> list[Any]:
-    """``run-job`` (triggered from the UI or Python) and ``cluster-report`` (a recurring run)."""
-    from juliarun.flows import cluster_report, prune_bundles, run_job
+    """``run-job`` and ``run-pipeline`` (triggered from the UI or Python), ``cluster-report``
+    (every 15 minutes), ``prune-bundles`` (daily) and ``evaluate-alerts`` (every minute when
+    JULIARUN_ALERT_RULES names rules; without rules it is only triggered by hand)."""
+    from juliarun.flows import cluster_report, prune_bundles, run_job, run_pipeline
+    from juliarun.flows.alerts import evaluate_alerts
+
+    alerts = alert_parameters(cluster)
 
     return [
         run_job.to_deployment(
@@ -43,6 +71,19 @@ def deployments(cluster: str = "local") -> list[Any]:
             description="Remove package-bundle addresses no job uses, once a day.",
             parameters={"cluster": cluster},
             interval=PRUNE_EVERY,
+            tags=["juliarun"],
+        ),
+        evaluate_alerts.to_deployment(
+            name=EVALUATE_ALERTS,
+            description="Evaluate the alert rules of JULIARUN_ALERT_RULES, every minute.",
+            parameters=alerts,
+            interval=ALERTS_EVERY if alerts["rules"] else None,
+            tags=["juliarun"],
+        ),
+        run_pipeline.to_deployment(
+            name=RUN_PIPELINE,
+            description="Specs to a running job: storage, bundle and image (cached), then the job.",
+            parameters={"cluster": cluster},
             tags=["juliarun"],
         ),
     ]
@@ -105,5 +146,7 @@ def serve(cluster: str = "local", api_url: str | None = None) -> None:
 
     url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
     with temporary_settings(updates={PREFECT_API_URL: url}):
-        print(f"serving {RUN_JOB} and {CLUSTER_REPORT} at {url.removesuffix('/api')}", flush=True)
-        prefect_serve(*deployments(cluster))
+        served = deployments(cluster)
+        names = ", ".join(d.name for d in served)
+        print(f"serving {names} at {url.removesuffix('/api')}", flush=True)
+        prefect_serve(*served)

@@ -40,6 +40,8 @@ the spool keep this idempotent) and removes it. So a supervisor that exited duri
 drained by the next juliarun process that opens the store: the next job's supervisor, ``juliarun
 tail``/``search``, a flow.
 
+**Auth.** ``username`` + ``password`` (basic auth) or ``api_key``; none by default.
+
 **Reads.** ``query``/``count``/``follow`` refresh the store's indices first, so a line written by
 any process before the read started is seen (a refresh of an unchanged index costs a round trip;
 ``bench/es_shipping.py`` measures it). ``text``: every whitespace-separated word must appear, each
@@ -253,6 +255,9 @@ class ElasticsearchLogStore(ClosingContext):
         adopt_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        username: str | None = None,
+        password: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", index_prefix):
             raise StoreError(
@@ -278,7 +283,12 @@ class ElasticsearchLogStore(ClosingContext):
         self.spooled = 0
         """Lines this instance appended to its spool."""
         self._es = Elasticsearch(
-            url, request_timeout=request_timeout, max_retries=0, retry_on_timeout=False
+            url,
+            request_timeout=request_timeout,
+            max_retries=0,
+            retry_on_timeout=False,
+            basic_auth=(username, password or "") if username is not None else None,
+            api_key=api_key,
         )
         self._seq = 0
         self._template_ready = False

@@ -27,19 +27,32 @@ silent: no heartbeat point in the last 0:01:00
 
 from __future__ import annotations
 
+import importlib
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
-from juliarun.errors import SpecError
+from juliarun.errors import ConfigError, SpecError
 from juliarun.metrics.base import Aggregation, MetricQuery, MetricStore
 from juliarun.specs import _Model, spec_error
 
-__all__ = ["AbsenceRule", "Alert", "AlertRule", "ThresholdRule", "evaluate", "parse_rules"]
+__all__ = [
+    "AbsenceRule",
+    "Alert",
+    "AlertHook",
+    "AlertRule",
+    "ScaleHook",
+    "ThresholdRule",
+    "evaluate",
+    "get_hook",
+    "parse_rules",
+    "register_hook",
+    "run_hooks",
+]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, "<": operator.lt}
 
@@ -203,3 +216,87 @@ def evaluate(
         else:
             alerts += _absence(rule, store, now)
     return alerts
+
+
+# -- hooks: what to do with the alerts of one evaluation ----------------------------------------
+
+
+class AlertHook(Protocol):
+    """Called after every evaluation with the alerts firing (an empty list when none fires, so a
+    hook also learns that an alert cleared)."""
+
+    def __call__(self, alerts: list[Alert]) -> None: ...
+
+
+_HOOKS: dict[str, AlertHook] = {}
+
+
+def register_hook(name: str, hook: AlertHook) -> None:
+    """Make ``hook`` callable by ``name`` (e.g. from the ``evaluate-alerts`` flow's ``hooks``)."""
+    _HOOKS[name] = hook
+
+
+def get_hook(name: str) -> AlertHook:
+    """The hook registered as ``name``, else the object a ``"module:attribute"`` name imports
+    (so a served deployment, which runs in a fresh process, finds it too)."""
+    if name in _HOOKS:
+        return _HOOKS[name]
+    module, sep, attr = name.partition(":")
+    if sep:
+        try:
+            hook: AlertHook = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"alert hook {name!r} cannot be imported: {exc}") from exc
+        return hook
+    known = ", ".join(sorted(_HOOKS)) or "none"
+    raise ConfigError(
+        f"no alert hook {name!r} (registered: {known})",
+        hint="register_hook(name, fn) first, or name it as 'module:attribute'",
+    )
+
+
+def run_hooks(names: Iterable[str], alerts: list[Alert]) -> None:
+    """Call the hooks named, in order (every name resolved before the first call)."""
+    for hook in [get_hook(name) for name in names]:
+        hook(list(alerts))
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleHook:
+    """Scale the ``JuliaParBatchWorkers`` job ``job`` of ``cluster`` by ``step`` workers: up
+    (to at most ``max_workers``) while a threshold alert fires for it — one whose group has
+    ``job=<job>`` or whose rule is one of ``rules`` — and back down (to at least
+    ``min_workers``) at each evaluation where none does. A job that has ended is left alone."""
+
+    cluster: str
+    job: str
+    min_workers: int = 1
+    max_workers: int = 4
+    step: int = 1
+    rules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_workers <= self.max_workers or self.step < 1:
+            raise ConfigError(
+                f"ScaleHook({self.job!r}): need 1 <= min_workers <= max_workers and step >= 1"
+            )
+
+    def fires_for(self, alert: Alert) -> bool:
+        return alert.kind == "threshold" and (
+            alert.group.get("job") == self.job or alert.rule in self.rules
+        )
+
+    def __call__(self, alerts: list[Alert]) -> None:
+        import juliarun
+
+        with juliarun.init(self.cluster) as ctx:
+            status = juliarun.status(ctx, self.job)
+            if status.done:
+                return
+            current = status.desired_workers
+            if any(self.fires_for(a) for a in alerts):
+                wanted = min(current + self.step, self.max_workers)
+            else:
+                wanted = max(current - self.step, self.min_workers)
+            if wanted != current:
+                juliarun.scale(ctx, self.job, wanted)

@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from juliarun import api
-from juliarun.metrics.alerts import AbsenceRule, Alert, ThresholdRule, evaluate
+from juliarun.metrics.alerts import AbsenceRule, Alert, ThresholdRule, evaluate, run_hooks
 from juliarun.metrics.base import Aggregation
 from juliarun.metrics.plot import data_uri, render_png
 from juliarun.tasks._context import context
@@ -73,3 +73,11 @@ def emit_alert_events(cluster: str, alerts: list[Alert]) -> int:
             payload=payload,
         )
     return len(alerts)
+
+
+@task(cache_policy=NONE)
+def call_alert_hooks(hooks: list[str], alerts: list[Alert]) -> int:
+    """Call the named alert hooks (``register_hook`` names or ``module:attribute``) with the
+    firing alerts; an empty list tells them every alert cleared."""
+    run_hooks(hooks, alerts)
+    return len(hooks)
