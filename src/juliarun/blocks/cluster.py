@@ -32,6 +32,15 @@ class Cluster(Block):
     _logo_url = LOGO  # type: ignore[assignment]
     _documentation_url = DOCS  # type: ignore[assignment]
 
+    home: str | None = Field(
+        None, description="State directory (default: JULIARUN_HOME, else ~/.juliarun)."
+    )
+    log_store_kind: Literal["sqlite", "elasticsearch"] = Field(
+        "sqlite", description="Log store (its endpoint from JULIARUN_ES_URL)."
+    )
+    metric_store_kind: Literal["sqlite", "influxdb"] = Field(
+        "sqlite", description="Metric store (its endpoint from JULIARUN_INFLUX_*)."
+    )
     log_store_block: ElasticsearchLogs | None = Field(
         None, description="A saved Elasticsearch log store (instead of log_store_kind)."
     )
@@ -55,13 +64,24 @@ class Cluster(Block):
     def backend(self) -> Backend:
         """The compute backend this block configures."""
 
-    @abstractmethod
+    def _settings(self) -> Settings:
+        """The environment's settings with this block's home and store kinds."""
+        base = load_settings()
+        return base.model_copy(
+            update={
+                "home": Path(self.home) if self.home else base.home,
+                "log_store": self.log_store_kind,
+                "metric_store": self.metric_store_kind,
+            }
+        )
+
     def log_store(self) -> LogStore:
         """Where this cluster's job output is stored."""
+        return open_log_store(self._log_config_for(self._settings()))
 
-    @abstractmethod
     def metric_store(self) -> MetricStore:
         """Where this cluster's metrics are stored."""
+        return open_metric_store(self._metric_config_for(self._settings()))
 
 
 class LocalCluster(Cluster):
@@ -73,28 +93,9 @@ class LocalCluster(Cluster):
     _description = "Run Julia jobs as local processes, with embedded SQLite logs and metrics."
     kind: ClassVar[str] = "local"
 
-    home: str | None = Field(
-        None, description="State directory (default: JULIARUN_HOME, else ~/.juliarun)."
-    )
     julia: str = Field("julia", description="The julia executable to run.")
     max_workers: int = Field(64, ge=1, le=4096, description="Worker processes run at once.")
     kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
-    log_store_kind: Literal["sqlite", "elasticsearch"] = Field(
-        "sqlite", description="Log store (its endpoint from JULIARUN_ES_URL)."
-    )
-    metric_store_kind: Literal["sqlite", "influxdb"] = Field(
-        "sqlite", description="Metric store (its endpoint from JULIARUN_INFLUX_*)."
-    )
-
-    def _settings(self) -> Settings:
-        base = load_settings()
-        return base.model_copy(
-            update={
-                "home": Path(self.home) if self.home else base.home,
-                "log_store": self.log_store_kind,
-                "metric_store": self.metric_store_kind,
-            }
-        )
 
     def _home(self) -> Path:
         return self._settings().home
@@ -120,12 +121,6 @@ class LocalCluster(Cluster):
 
     def _metric_config(self) -> dict[str, Any]:
         return self._metric_config_for(self._settings())
-
-    def log_store(self) -> LogStore:
-        return open_log_store(self._log_config())
-
-    def metric_store(self) -> MetricStore:
-        return open_metric_store(self._metric_config())
 
 
 CLUSTER_BLOCKS: tuple[type[Cluster], ...] = (LocalCluster,)

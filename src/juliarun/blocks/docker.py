@@ -11,8 +11,7 @@ The engine connection is prefect-docker's ``DockerHost`` block and registry cred
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from pydantic import Field
@@ -21,9 +20,6 @@ from juliarun.backends.base import Backend
 from juliarun.backends.docker import DockerBackend, EngineConfig, RegistryAuth
 from juliarun.blocks.cluster import Cluster
 from juliarun.errors import ConfigError
-from juliarun.logs import LogStore, open_log_store
-from juliarun.metrics import MetricStore, open_metric_store
-from juliarun.settings import Settings, load_settings
 
 
 class DockerCluster(Cluster):
@@ -35,9 +31,6 @@ class DockerCluster(Cluster):
     _description = "Run Julia jobs as Docker containers, with cpu/memory limits and storage."
     kind: ClassVar[str] = "docker"
 
-    home: str | None = Field(
-        None, description="State directory (default: JULIARUN_HOME, else ~/.juliarun)."
-    )
     docker_host: DockerHost | None = Field(
         None, description="The engine to use (default: DOCKER_HOST, else the local socket)."
     )
@@ -52,22 +45,6 @@ class DockerCluster(Cluster):
     )
     max_workers: int = Field(64, ge=1, le=4096, description="Worker containers run at once.")
     kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
-    log_store_kind: Literal["sqlite", "elasticsearch"] = Field(
-        "sqlite", description="Log store (its endpoint from JULIARUN_ES_URL)."
-    )
-    metric_store_kind: Literal["sqlite", "influxdb"] = Field(
-        "sqlite", description="Metric store (its endpoint from JULIARUN_INFLUX_*)."
-    )
-
-    def _settings(self) -> Settings:
-        base = load_settings()
-        return base.model_copy(
-            update={
-                "home": Path(self.home) if self.home else base.home,
-                "log_store": self.log_store_kind,
-                "metric_store": self.metric_store_kind,
-            }
-        )
 
     def engine(self) -> EngineConfig:
         """The engine connection of ``docker_host`` (which must not need ``client_kwargs``:
@@ -103,9 +80,3 @@ class DockerCluster(Cluster):
             max_workers=self.max_workers,
             kill_grace=self.kill_grace,
         )
-
-    def log_store(self) -> LogStore:
-        return open_log_store(self._log_config_for(self._settings()))
-
-    def metric_store(self) -> MetricStore:
-        return open_metric_store(self._metric_config_for(self._settings()))

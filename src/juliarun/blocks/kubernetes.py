@@ -16,7 +16,7 @@ SecretDict('**********')
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import yaml
 from prefect.types import SecretDict
@@ -31,9 +31,6 @@ from juliarun.backends.kubernetes import (
 )
 from juliarun.blocks.cluster import Cluster
 from juliarun.errors import ConfigError
-from juliarun.logs import LogStore, open_log_store
-from juliarun.metrics import MetricStore, open_metric_store
-from juliarun.settings import Settings, load_settings
 
 
 class KubernetesCluster(Cluster):
@@ -70,15 +67,6 @@ class KubernetesCluster(Cluster):
         300, ge=1, le=10000, description="API requests sent at once before the qps limit applies."
     )
     kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
-    home: str | None = Field(
-        None, description="Local state (storage catalog, git checkouts); default JULIARUN_HOME."
-    )
-    log_store_kind: Literal["sqlite", "elasticsearch"] = Field(
-        "sqlite", description="Log store (its endpoint from JULIARUN_ES_URL)."
-    )
-    metric_store_kind: Literal["sqlite", "influxdb"] = Field(
-        "sqlite", description="Metric store (its endpoint from JULIARUN_INFLUX_*)."
-    )
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, **fields: Any) -> KubernetesCluster:
@@ -91,16 +79,6 @@ class KubernetesCluster(Cluster):
         if not isinstance(data, dict):
             raise ConfigError(f"{file} is not a kubeconfig")
         return cls(kubeconfig=data, **fields)
-
-    def _settings(self) -> Settings:
-        base = load_settings()
-        return base.model_copy(
-            update={
-                "home": Path(self.home) if self.home else base.home,
-                "log_store": self.log_store_kind,
-                "metric_store": self.metric_store_kind,
-            }
-        )
 
     def backend(self) -> Backend:
         settings = self._settings()
@@ -116,9 +94,3 @@ class KubernetesCluster(Cluster):
             kill_grace=self.kill_grace,
             poll_interval=settings.poll_interval,
         )
-
-    def log_store(self) -> LogStore:
-        return open_log_store(self._log_config_for(self._settings()))
-
-    def metric_store(self) -> MetricStore:
-        return open_metric_store(self._metric_config_for(self._settings()))
