@@ -15,6 +15,7 @@ from juliarun.backends.kubernetes.backend import node_status
 from juliarun.backends.kubernetes.diagnosis import (
     diagnose,
     parse_scheduler_message,
+    unschedulable,
     waiting_kind,
 )
 from juliarun.backends.kubernetes.watch import Cursor, advance, after_disconnect
@@ -245,3 +246,58 @@ def test_an_expired_version_forces_a_relist() -> None:
 def test_other_errors_keep_the_cursor() -> None:
     error = {"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError"}}
     assert advance(Cursor("7"), error) == (Cursor("7"), None)
+
+
+def _pending_pod(memory: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {"name": "job-0-abcde"},
+        "spec": {
+            "nodeSelector": {"juliarun.io/node-type": "highmem"},
+            "tolerations": [
+                {
+                    "key": "juliarun.io/node-type",
+                    "operator": "Equal",
+                    "value": "highmem",
+                    "effect": "NoSchedule",
+                }
+            ],
+            "containers": [{"name": "main", "resources": {"requests": {"memory": memory}}}],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 node(s) had untolerated taint "
+                    "{node.kubernetes.io/not-ready: }.",
+                }
+            ],
+        },
+    }
+
+
+def _not_ready_highmem_node() -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {"name": "fake-0", "labels": {"juliarun.io/node-type": "highmem"}},
+        "spec": {
+            "taints": [
+                {"key": "juliarun.io/node-type", "value": "highmem", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+            ]
+        },
+        "status": {"allocatable": {"memory": "64Gi", "cpu": "8", "pods": "110"}},
+    }
+
+
+def test_a_node_that_is_not_ready_yet_still_shows_a_misfit() -> None:
+    problem = unschedulable(_pending_pod("100Gi"), [_not_ready_highmem_node()], "ns")
+    assert problem.fatal
+    assert "resource misfit" in problem.reason and "memory=100Gi" in problem.reason
+
+
+def test_a_job_that_fits_a_node_that_is_not_ready_waits() -> None:
+    problem = unschedulable(_pending_pod("1Gi"), [_not_ready_highmem_node()], "ns")
+    assert not problem.fatal
+    assert "waiting for a matching node to become schedulable (not-ready)" in problem.reason

@@ -237,15 +237,27 @@ def _tolerates(pod: Obj, taint: Obj) -> bool:
     return False
 
 
-def node_matches(pod: Obj, node: Obj) -> bool:
-    """Whether ``node`` carries the pod's nodeSelector labels and it tolerates the taints."""
+def transient_taint(taint: Obj) -> bool:
+    """A taint the node lifecycle puts on and takes off by itself (``node.kubernetes.io/...``:
+    not-ready, unreachable, memory/disk/pid pressure, network-unavailable, unschedulable)."""
+    return str(taint.get("key", "")).startswith("node.kubernetes.io/")
+
+
+def node_matches(pod: Obj, node: Obj, *, now: bool = True) -> bool:
+    """Whether ``node`` carries the pod's nodeSelector labels and it tolerates the taints;
+    with ``now=False``, whether it will once its transient state (not ready, cordoned,
+    under pressure) passes."""
     labels = node.get("metadata", {}).get("labels") or {}
     wanted = pod.get("spec", {}).get("nodeSelector") or {}
     if any(labels.get(k) != v for k, v in wanted.items()):
         return False
-    if node.get("spec", {}).get("unschedulable"):
+    if now and node.get("spec", {}).get("unschedulable"):
         return False
-    return all(_tolerates(pod, t) for t in node.get("spec", {}).get("taints") or [])
+    return all(
+        _tolerates(pod, t)
+        for t in node.get("spec", {}).get("taints") or []
+        if now or not transient_taint(t)
+    )
 
 
 def _fits_empty(pod: Obj, node: Obj) -> bool:
@@ -309,14 +321,16 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
                 f"label a node (`kubectl label node <node> {wanted}`) or change node_labels",
                 fatal=True,
             )
-        candidates = [n for n in typed if node_matches(pod, n)]
+        # Transient node state (not ready, cordoned, pressure) is not the job's fault: judge the
+        # nodes as they will be, and only say "waiting" while that state lasts.
+        candidates = [n for n in typed if node_matches(pod, n, now=False)]
         if not candidates:
             taints = sorted(
                 {
                     f"{t.get('key')}={t.get('value', '')}:{t.get('effect')}"
                     for n in typed
                     for t in n.get("spec", {}).get("taints") or []
-                    if not _tolerates(pod, t)
+                    if not _tolerates(pod, t) and not transient_taint(t)
                 }
             )
             return Problem(
@@ -342,6 +356,21 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
                 f"{', '.join(too_big) or 'more'}, more than any {where} has",
                 "lower the request (cpu=, memory=, gpu=) or add larger nodes",
                 fatal=True,
+            )
+        if not any(node_matches(pod, n) for n in candidates):
+            states = sorted(
+                {
+                    str(t.get("key", "")).removeprefix("node.kubernetes.io/")
+                    for n in candidates
+                    for t in n.get("spec", {}).get("taints") or []
+                    if transient_taint(t) and not _tolerates(pod, t)
+                }
+                | {"cordoned" for n in candidates if n.get("spec", {}).get("unschedulable")}
+            )
+            return Problem(
+                f"unschedulable: waiting for a matching node to become schedulable "
+                f"({', '.join(states) or 'not ready'})",
+                f"wait, or check the nodes (`kubectl get nodes`; `{describe}`)",
             )
     if parsed.insufficient:
         what = ", ".join(f"{r} on {c} node(s)" for r, c in sorted(parsed.insufficient.items()))
