@@ -19,6 +19,7 @@ from juliarun.backends.kubernetes import KubernetesBackend
 from juliarun.backends.kubernetes.manifests import NODE_TYPE_LABEL, selector
 from juliarun.errors import JobExistsError, JobFailedError, JobNotFoundError, SpecError
 from juliarun.specs import Batch, JuliaBatch, JuliaParBatchWorkers
+from tests.integration.fixtures._service import require
 from tests.integration.fixtures.kubernetes import NodeFactory, kubeconfig_path, wait_for
 
 pytestmark = pytest.mark.kubernetes
@@ -358,9 +359,8 @@ def test_image_that_does_not_exist(kube_ctx: Context, kube_real_node: str) -> No
 
 
 def test_process_that_is_oomkilled(kube_ctx: Context, kube_real_node: str) -> None:
-    base = __import__("os").environ.get("JULIARUN_BASE_IMAGE") or ""
-    if not base:
-        pytest.skip("JULIARUN_BASE_IMAGE is not set")
+    base = os.environ.get("JULIARUN_BASE_IMAGE", "")
+    require("images", lambda: None if base else "JULIARUN_BASE_IMAGE is not set")
     job = Batch(
         "hog",
         ["sh", "-c", "head -c 400m /dev/zero | tail"],  # tail keeps the whole "line"
