@@ -33,10 +33,26 @@ te_apt() {
 
 te_pidfile() { echo "$TE_RUN/$1.pid"; }
 
-# te_running NAME : true when the PID recorded for NAME is alive.
+# te_starttime PID : the process's start time in clock ticks since boot (field 22 of
+# /proc/PID/stat, read after the command name, which may contain spaces); empty when gone.
+te_starttime() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  set -- $stat
+  echo "${20}"
+}
+
+# te_running NAME : true when the process recorded for NAME is alive — the same process, not
+# another that got its PID after a restart or a PID wrap (the start time must match too).
 te_running() {
-  local f; f=$(te_pidfile "$1")
-  [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+  local f pid want
+  f=$(te_pidfile "$1")
+  [ -s "$f" ] || return 1
+  pid=$(cat "$f")
+  kill -0 "$pid" 2>/dev/null || return 1
+  want=$(cat "$TE_RUN/$1.start" 2>/dev/null || true)
+  [ -z "$want" ] || [ "$want" = "$(te_starttime "$pid")" ]
 }
 
 # te_start NAME LOGFILE CMD... : start CMD in its own session, record its PID.
@@ -46,6 +62,7 @@ te_start() {
   mkdir -p "$(dirname "$logf")"
   setsid "$@" >>"$logf" 2>&1 < /dev/null &
   echo $! > "$(te_pidfile "$name")"
+  te_starttime $! > "$TE_RUN/$name.start"
   te_log "started $name (pid $!, log $logf)"
 }
 
@@ -55,6 +72,10 @@ te_stop() {
   f=$(te_pidfile "$name")
   [ -s "$f" ] || return 0
   pid=$(cat "$f")
+  if ! te_running "$name"; then  # gone, or its PID now belongs to another process
+    rm -f "$f" "$TE_RUN/$name.start"
+    return 0
+  fi
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
     for ((i = 0; i < wait * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -63,7 +84,7 @@ te_stop() {
     fi
     te_log "stopped $name (pid $pid)"
   fi
-  rm -f "$f"
+  rm -f "$f" "$TE_RUN/$name.start"
 }
 
 # te_wait_port HOST PORT [SECONDS]
