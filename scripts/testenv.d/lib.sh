@@ -52,7 +52,7 @@ te_running() {
   pid=$(cat "$f")
   kill -0 "$pid" 2>/dev/null || return 1
   want=$(cat "$TE_RUN/$1.start" 2>/dev/null || true)
-  [ -z "$want" ] || [ "$want" = "$(te_starttime "$pid")" ]
+  [ -n "$want" ] && [ "$want" = "$(te_starttime "$pid")" ]
 }
 
 # te_start NAME LOGFILE CMD... : start CMD in its own session, record its PID.
