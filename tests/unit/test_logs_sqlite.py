@@ -4,10 +4,12 @@ numbers, threads)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +124,23 @@ def test_threads_share_one_instance(store: SqliteLogStore) -> None:
         t.join()
     assert store.count(LogQuery()) == 80
     assert store.count(LogQuery(worker="t2")) == 20
+
+
+def _open_at_barrier(path: str, barrier: Any) -> None:
+    barrier.wait()
+    SqliteLogStore(path).close()
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs an exclusive lock that SQLite refuses at once (no busy
+    handler) when several processes create the file together; every opener must still succeed."""
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(25):
+        path = str(tmp_path / f"r{round_}" / "logs.db")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_at_barrier, args=(path, barrier)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], f"round {round_}"
