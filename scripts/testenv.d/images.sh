@@ -1,6 +1,7 @@
 # Base images, built locally (no container registry is reachable) and pushed to the local registry:
 #   localhost:5000/juliarun/bookworm:minbase-<recipe hash>   debootstrap --variant=minbase bookworm
 #   localhost:5000/juliarun/julia:1.5.3                      images/julia/Dockerfile FROM the base
+#   localhost:5000/juliarun/git:<recipe hash>                images/git/Dockerfile FROM the base
 # The debootstrapped rootfs tarball is cached under $TE_SRC/images, so a fresh Docker image store
 # re-imports it instead of running debootstrap again. Every image carries the label
 # juliarun.io/recipe=<hash of what built it>; an image whose label matches is neither rebuilt nor,
@@ -81,6 +82,10 @@ _images_julia_ref() { echo "$IMAGES_REGISTRY/juliarun/julia:$IMAGES_JULIA_VERSIO
 _images_julia_hash() {
   { cat "$IMAGES_DOCKERFILES/julia/Dockerfile"; _images_base_ref; } | _images_hash
 }
+_images_git_hash() {
+  { cat "$IMAGES_DOCKERFILES/git/Dockerfile"; _images_base_ref; } | _images_hash
+}
+_images_git_ref() { echo "$IMAGES_REGISTRY/juliarun/git:$(_images_git_hash)"; }
 
 # _images_label REF : the recipe label of the local image REF (empty when absent).
 _images_label() {
@@ -142,13 +147,26 @@ _images_build_base() {
     - "$ref" < "$tarball" > /dev/null || te_die "images: docker import of $tarball failed"
 }
 
-_images_build_julia() {
-  local ref=$1 hash=$2 out
+# _images_docker_build REF HASH DIR : build images/DIR/Dockerfile FROM the base image as REF.
+_images_docker_build() {
+  local ref=$1 hash=$2 dir=$3
   te_log "images: docker build $ref"
   DOCKER_BUILDKIT=0 docker build --rm --force-rm --label "juliarun.io/recipe=$hash" \
     --label app.kubernetes.io/part-of=juliarun --build-arg "BASE=$(_images_base_ref)" \
-    -t "$ref" "$IMAGES_DOCKERFILES/julia" > "$IMAGES_LOGS/julia-build.log" 2>&1 \
-    || te_die "images: docker build $ref failed; see $IMAGES_LOGS/julia-build.log"
+    -t "$ref" "$IMAGES_DOCKERFILES/$dir" > "$IMAGES_LOGS/$dir-build.log" 2>&1 \
+    || te_die "images: docker build $ref failed; see $IMAGES_LOGS/$dir-build.log"
+}
+
+_images_build_git() {
+  local ref=$1 hash=$2 out
+  _images_docker_build "$ref" "$hash" git
+  out=$(docker run --rm --network none "$ref" git --version 2>&1) || true
+  case $out in "git version "*) ;; *) te_die "images: $ref: 'git --version' printed '$out'" ;; esac
+}
+
+_images_build_julia() {
+  local ref=$1 hash=$2 out
+  _images_docker_build "$ref" "$hash" julia
   out=$(docker run --rm --network none "$ref" julia --version 2>&1) || true
   [ "$out" = "julia version $IMAGES_JULIA_VERSION" ] \
     || te_die "images: $ref: 'julia --version' printed '$out', not 'julia version $IMAGES_JULIA_VERSION'"
@@ -170,19 +188,22 @@ images_up() {
   flock "$lock"
   _images_ensure "$(_images_base_ref)" "$(_images_base_hash)" _images_build_base
   _images_ensure "$(_images_julia_ref)" "$(_images_julia_hash)" _images_build_julia
+  _images_ensure "$(_images_git_ref)" "$(_images_git_hash)" _images_build_git
   exec {lock}>&-
 }
 
 images_down() { :; }   # nothing runs; images stay in the engine, the registry and the cache
 
 images_status() {
-  local base julia
-  base=$(_images_base_ref); julia=$(_images_julia_ref)
-  printf 'images\t%s,%s\t%s' "${base##*/}" "${julia##*/}" "$IMAGES_REGISTRY"
-  _images_in_sync "$base" "$(_images_base_hash)" && _images_in_sync "$julia" "$(_images_julia_hash)"
+  local base julia git
+  base=$(_images_base_ref); julia=$(_images_julia_ref); git=$(_images_git_ref)
+  printf 'images\t%s,%s,%s\t%s' "${base##*/}" "${julia##*/}" "${git##*/}" "$IMAGES_REGISTRY"
+  _images_in_sync "$base" "$(_images_base_hash)" && _images_in_sync "$julia" "$(_images_julia_hash)" \
+    && _images_in_sync "$git" "$(_images_git_hash)"
 }
 
 images_env() {
   echo "export JULIARUN_BASE_IMAGE=$(_images_base_ref)"
   echo "export JULIARUN_JULIA_IMAGE=$(_images_julia_ref)"
+  echo "export JULIARUN_GIT_IMAGE=$(_images_git_ref)"
 }

@@ -341,7 +341,7 @@ _k8s_pause_image() {
 }
 
 # Docker (for the pause image) and the test images come from the docker/images components, which also
-# bring up the registry. The julia and base images are imported under their registry names.
+# bring up the registry. The julia, base and git images are imported under their registry names.
 _k8s_images() {
   local f img imgs=()
   for f in docker images; do
@@ -358,7 +358,7 @@ _k8s_images() {
   _k8s_pause_image
   _k8s_import_image "$K8S_PAUSE_IMAGE" || te_die "could not import the pause image"
   if declare -F images_env >/dev/null; then
-    mapfile -t imgs < <(images_env | sed -n 's/^export JULIARUN_\(JULIA\|BASE\)_IMAGE=//p')
+    mapfile -t imgs < <(images_env | sed -n 's/^export JULIARUN_\(JULIA\|BASE\|GIT\)_IMAGE=//p')
   fi
   for img in "${imgs[@]}"; do
     _k8s_import_image "$img" || te_die "kubernetes: could not import $img into the node's containerd"

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         "julia:1.10",
         description="Image Julia jobs run in on Docker when a job names none.",
     )
+    git_image: str = Field(
+        "alpine/git:latest",
+        description="Image (with git and sh) of the init container that clones network git "
+        "storage into each Kubernetes pod.",
+    )
     docker_max_workers: int = Field(
         64, ge=1, le=4096, description="Worker containers the Docker backend runs at once."
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,31 +19,11 @@ from juliarun.backends.kubernetes.manifests import NODE_TYPE_LABEL, selector
 from juliarun.errors import JobExistsError, JobFailedError, JobNotFoundError, SpecError
 from juliarun.specs import Batch, JuliaBatch, JuliaParBatchWorkers
 from tests.integration.fixtures._service import require
-from tests.integration.fixtures.kubernetes import NodeFactory, kubeconfig_path, wait_for
+from tests.integration.fixtures.kubernetes import NodeFactory, wait_for
 
 pytestmark = pytest.mark.kubernetes
 
 POLL = 0.5
-
-
-@pytest.fixture
-def kube_ctx(
-    kube_namespace: str,
-    kube_julia_image: str,
-    juliarun_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Context]:
-    """``init("kubernetes")`` as a user would get it from the environment, in this test's
-    namespace."""
-    monkeypatch.setenv("JULIARUN_KUBECONFIG", str(kubeconfig_path()))
-    monkeypatch.setenv("JULIARUN_KUBE_NAMESPACE", kube_namespace)
-    monkeypatch.setenv("JULIARUN_JULIA_IMAGE", kube_julia_image)
-    monkeypatch.setenv("JULIARUN_POLL_INTERVAL", str(POLL))
-    ctx = juliarun.init("kubernetes")
-    try:
-        yield ctx
-    finally:
-        ctx.close()
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ test environment's host-path provisioner (``scripts/testenv up provisioner``).""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-import juliarun
 from juliarun.api import Context
 from juliarun.backends.base import wait_for_job
 from juliarun.backends.kubernetes import KubernetesBackend
@@ -20,30 +18,12 @@ from juliarun.builders.bundles import build_bundle, prune_bundles
 from juliarun.builders.prewarm import prewarm_image
 from juliarun.errors import BackendError, SpecError, StorageError
 from juliarun.specs import Batch, BundlePackage, BundleSpec, JuliaBatch, StorageSpec
-from tests.integration.fixtures.kubernetes import KWOK_ANNOTATION, NodeFactory, kubeconfig_path
+from tests.integration.fixtures.kubernetes import KWOK_ANNOTATION, NodeFactory
 from tests.integration.test_bundles import GREETER_UUID, check_compiled, greeter_bundle
 
 pytestmark = pytest.mark.kubernetes
 
 HOSTPATH_CLASS = "juliarun-hostpath"
-
-
-@pytest.fixture
-def kube_ctx(
-    kube_namespace: str,
-    kube_julia_image: str,
-    juliarun_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Context]:
-    monkeypatch.setenv("JULIARUN_KUBECONFIG", str(kubeconfig_path()))
-    monkeypatch.setenv("JULIARUN_KUBE_NAMESPACE", kube_namespace)
-    monkeypatch.setenv("JULIARUN_JULIA_IMAGE", kube_julia_image)
-    monkeypatch.setenv("JULIARUN_POLL_INTERVAL", "0.5")
-    ctx = juliarun.init("kubernetes")
-    try:
-        yield ctx
-    finally:
-        ctx.close()
 
 
 def backend(ctx: Context) -> KubernetesBackend:

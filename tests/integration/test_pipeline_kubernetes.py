@@ -1,7 +1,8 @@
 """Issue 4's end-to-end line on the real Kubernetes node: run_pipeline builds a bundle of a local
 Julia package (a builder Job on the node), an image FROM the julia image (pushed to the test
 registry, pulled by the node's containerd), and runs a JuliaBatch with host + ramdisk + git
-storage that prints hello world! from real Julia — as test_pipeline does on Docker."""
+storage that prints hello world! from real Julia — as test_pipeline does on Docker. The git
+storage is served over the network (a real git daemon) and cloned by the pod's init container."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 import juliarun
 from juliarun.backends.kubernetes import KubernetesBackend
 from juliarun.flows import run_pipeline
-from tests.integration.fixtures.kubernetes import kubeconfig_path
+from juliarun.specs import StorageSpec
+from tests.integration.fixtures.kubernetes import GitServer, kubeconfig_path
+from tests.integration.git_repos import make_repo
 from tests.integration.pipeline_specs import expected_lines, pipeline_specs
 
 pytestmark = [
@@ -38,6 +41,8 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
     tmp_path: Path,
     julia_image: str,
     kube_julia_image: str,
+    kube_git_image: str,
+    git_server: GitServer,
     kube_namespace: str,
     registry: str,
     docker_labels: dict[str, str],
@@ -49,6 +54,9 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
     monkeypatch.setenv("JULIARUN_POLL_INTERVAL", "0.5")
     monkeypatch.setenv("JULIARUN_DOCKER_LABELS", json.dumps(docker_labels))
     specs = pipeline_specs(tmp_path, julia_image, "juliarun/test-k8s-pipeline", docker_labels)
+    make_repo(git_server.root / "origin")
+    served = StorageSpec(name="repo", kind="git", url=f"{git_server.url}origin")
+    specs.storage = [served if s.name == "repo" else s for s in specs.storage]
     job = specs.job
     first = run_pipeline(
         job,
@@ -64,9 +72,9 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
     try:
         backend = ctx.backend
         assert isinstance(backend, KubernetesBackend)
-        pod_image = backend.client.get(backend._jobs(job.name))["spec"]["template"]["spec"][
-            "containers"
-        ][0]["image"]
+        pod = backend.client.get(backend._jobs(job.name))["spec"]["template"]["spec"]
+        assert [c["image"] for c in pod["initContainers"]] == [kube_git_image]
+        pod_image = pod["containers"][0]["image"]
         assert pod_image.startswith(f"{registry}/juliarun/test-k8s-pipeline:")
         lines = [line.message for line in backend.logs(job.name)]
         assert lines == expected_lines("kubernetes")

@@ -198,3 +198,33 @@ def test_rate_limit_and_paths() -> None:
     assert waits[:2] == [0.0, 0.0]
     assert [round(w, 3) for w in waits[2:]] == [0.1, 0.1]
     assert ns_path("jr", "jobs", "x", group="batch/v1") == "/apis/batch/v1/namespaces/jr/jobs/x"
+
+
+def test_network_git_storage_is_cloned_by_an_init_container_at_the_resolved_commit() -> None:
+    job = JuliaBatch("g", "/mnt/repo/main.jl", "repo")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    m = manifest(job, git_clones={"repo": (REPO.url, commit)}, git_image="registry/git:1")
+    p = pod(m)
+    assert {"name": "st-repo", "emptyDir": {}} in p["volumes"]
+    [init] = p["initContainers"]
+    assert init["name"] == "git-repo" and init["image"] == "registry/git:1"
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert (env["CLONE_URL"], env["CLONE_DIR"], env["CLONE_COMMIT"]) == (
+        REPO.url,
+        "/mnt/repo",
+        commit,
+    )
+    # the URL travels in the environment, never in the shell text
+    assert REPO.url not in " ".join(init["command"])
+    assert init["volumeMounts"] == [{"name": "st-repo", "mountPath": "/mnt/repo"}]
+    assert init["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    main = p["containers"][0]
+    assert {"name": "st-repo", "mountPath": "/mnt/repo", "readOnly": True} in main["volumeMounts"]
+
+
+def test_local_git_storage_has_no_init_container() -> None:
+    m = manifest(Batch("b", ["ls"], ["repo"]), node_paths={"repo": "/n/repo"})
+    assert "initContainers" not in pod(m)
+    assert {"name": "st-repo", "hostPath": {"path": "/n/repo", "type": "Directory"}} in pod(m)[
+        "volumes"
+    ]

@@ -60,6 +60,11 @@ class KubernetesCluster(Cluster):
     image: str | None = Field(
         None, description="Image for jobs that name none (default: JULIARUN_JULIA_IMAGE)."
     )
+    git_image: str | None = Field(
+        None,
+        description="Image (git and sh) that clones network git storage in each pod's init "
+        "container (default: JULIARUN_GIT_IMAGE).",
+    )
     qps: float = Field(
         50, ge=1, le=10000, description="Client-side API requests a second, once a burst is spent."
     )
@@ -88,6 +93,7 @@ class KubernetesCluster(Cluster):
             self.node_types,
             cluster=getattr(self, "_block_document_name", None) or "kubernetes",
             image=self.image or settings.julia_image,
+            git_image=self.git_image or settings.git_image,
             home=settings.home,
             qps=self.qps,
             burst=self.burst,

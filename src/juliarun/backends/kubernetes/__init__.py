@@ -68,13 +68,14 @@ def api_client(
 def from_settings(settings: Settings, cluster: str = "kubernetes") -> KubernetesBackend:
     """The backend ``init("kubernetes")`` gives: kubeconfig from ``JULIARUN_KUBECONFIG`` (else
     ``KUBECONFIG``, else ``~/.kube/config``), namespace ``JULIARUN_KUBE_NAMESPACE`` (created if
-    missing), image ``JULIARUN_JULIA_IMAGE``."""
+    missing), image ``JULIARUN_JULIA_IMAGE``, git clone image ``JULIARUN_GIT_IMAGE``."""
     kubeconfig = settings.kubeconfig or Path.home() / ".kube" / "config"
     return KubernetesBackend(
         api_client(kubeconfig=kubeconfig, context=settings.kube_context),
         settings.kube_namespace,
         cluster=cluster,
         image=settings.julia_image,
+        git_image=settings.git_image,
         home=settings.home,
         qps=settings.kube_qps,
         burst=settings.kube_burst,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -90,6 +91,7 @@ class KubernetesBackend:
         *,
         cluster: str = "kubernetes",
         image: str = "julia:1.5.3",
+        git_image: str = mf.DEFAULT_GIT_IMAGE,
         julia: str = "julia",
         home: Path | None = None,
         qps: float = 50.0,
@@ -109,6 +111,7 @@ class KubernetesBackend:
         self.node_types = dict(node_types) if node_types is not None else mf.default_node_types()
         self.cluster = cluster
         self.image = image
+        self.git_image = git_image
         self.julia = julia
         self.home = home or Path.home() / ".juliarun"
         self.kill_grace = kill_grace
@@ -265,7 +268,8 @@ class KubernetesBackend:
         does not exist is refused, naming the classes that do). host: the directory, made here
         (the test cluster's node is this machine; on other clusters the kubelet creates it,
         hostPath ``DirectoryOrCreate``); ramdisk: nothing to make (a memory-backed emptyDir per
-        pod); git: a checkout made here and mounted read-only from the node's path."""
+        pod); git: a checkout made here, at the resolved commit (a network URL is cloned again
+        by each pod's init container; a local path is mounted read-only from the node)."""
         if spec.kind == "host":
             try:
                 Path(spec.path or "").mkdir(parents=True, exist_ok=True)
@@ -290,11 +294,19 @@ class KubernetesBackend:
         the PersistentVolumeClaims of volumes in the job's namespace)."""
         self._check(job, storage)
         bundle = job_bundle(self.home, job)
-        node_paths = {
-            name: self.provision_storage(spec)
-            for name, spec in storage.items()
-            if spec.kind == "git" and name in job.storage
-        }
+        node_paths: dict[str, str] = {}
+        git_clones: dict[str, tuple[str, str]] = {}
+        for name, spec in storage.items():
+            if spec.kind != "git" or name not in job.storage:
+                continue
+            # The checkout here resolves (and checks) the ref before anything is created; a
+            # network URL is then cloned at that commit by the pod's init container (any node),
+            # a local path is mounted from the node (the node is this machine).
+            checkout = self.provision_storage(spec)
+            if mf.is_remote_git(spec.url or ""):
+                git_clones[name] = (spec.url or "", _head_commit(spec.name, Path(checkout)))
+            else:
+                node_paths[name] = checkout
         for name in job.storage:
             if storage[name].kind == "volume":
                 self.ensure_pvc(storage[name], self.job_namespace(job))
@@ -305,6 +317,8 @@ class KubernetesBackend:
             image=self.image,
             node_types=self.node_types,
             node_paths=node_paths,
+            git_clones=git_clones,
+            git_image=self.git_image,
             cluster=self.cluster,
             julia=self.julia,
             kill_grace=self.kill_grace,
@@ -864,3 +878,16 @@ def not_configured(reason: str) -> ConfigError:
         hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, e.g. "
         'eval "$(scripts/testenv env)"',
     )
+
+
+def _head_commit(storage: str, checkout: Path) -> str:
+    """The commit a git storage's checkout is at (what the pods' init containers check out)."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise StorageError(
+            f"storage {storage!r}: cannot read the commit of {checkout}: {proc.stderr.strip()}",
+            hint="remove the checkout so it is cloned again",
+        )
+    return proc.stdout.strip()

@@ -428,6 +428,9 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
     name = pod_name(pod)
     wid = worker_id(job_name, pod)
     describe = f"kubectl describe pod {name} -n {namespace}"
+    init = init_problem(pod, namespace)
+    if init is not None:
+        return init
     cs = _main(pod)
     state = cs.get("state") or {}
     last = (cs.get("lastState") or {}).get("terminated") or {}
@@ -485,6 +488,49 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
             f"worker {wid} failed: {reason}: {_short(str(pod['status'].get('message') or ''))}",
             f"run `{describe}`",
         )
+    return None
+
+
+def init_problem(pod: Obj, namespace: str) -> Problem | None:
+    """What stops a pod's init containers (the git clones of its storage), if anything.
+
+    >>> pod = {"metadata": {"name": "p"}, "spec": {"initContainers": [{"name": "git-code",
+    ...     "image": "alpine/git"}]}, "status": {"phase": "Failed", "initContainerStatuses": [
+    ...     {"name": "git-code", "state": {"terminated": {"exitCode": 128,
+    ...      "message": "fatal: repository not found"}}}]}}
+    >>> print(init_problem(pod, "jr").reason)
+    git clone of storage 'code' failed (exit code 128): fatal: repository not found
+    """
+    images = {
+        c.get("name"): c.get("image") for c in pod.get("spec", {}).get("initContainers") or []
+    }
+    for cs in pod.get("status", {}).get("initContainerStatuses") or []:
+        cname = str(cs.get("name") or "")
+        storage = cname.removeprefix("git-")
+        logs = f"kubectl logs {pod_name(pod)} -n {namespace} -c {cname}"
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        term = state.get("terminated") or {}
+        if not term and waiting.get("reason") == "CrashLoopBackOff":
+            term = (cs.get("lastState") or {}).get("terminated") or {}
+        if waiting.get("reason") in _PULL_REASONS:
+            image = images.get(cname) or "?"
+            return Problem(
+                f"image pull failure: {image} (clones storage {storage!r}): "
+                f"{waiting.get('reason')}: {_short(str(waiting.get('message') or ''))}",
+                f"set JULIARUN_GIT_IMAGE (or the cluster block's git_image) to an image with "
+                f"git that the nodes can pull (`kubectl describe pod {pod_name(pod)} -n "
+                f"{namespace}`)",
+                fatal=waiting.get("reason") == "InvalidImageName",
+            )
+        if term.get("exitCode") not in (None, 0):
+            message = _short(str(term.get("message") or term.get("reason") or ""))
+            return Problem(
+                f"git clone of storage {storage!r} failed (exit code {term['exitCode']})"
+                + (f": {message}" if message else ""),
+                f"check that the cluster's nodes can reach the storage's url and that the commit "
+                f"is still there (`{logs}`)",
+            )
     return None
 
 

@@ -23,6 +23,7 @@ Job may change together while it runs (elastic Indexed Jobs, GA in Kubernetes 1.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -45,6 +46,55 @@ HELPERS_DIR = "/opt/juliarun"
 STORAGE_LABEL = "juliarun.io/storage"
 PREWARM_LABEL = "juliarun.io/prewarm"
 BUNDLE_VOLUME = "juliarun-bundle"
+GIT_PREFIX = "git-"
+DEFAULT_GIT_IMAGE = "alpine/git:latest"
+# The clone an init container makes: the URL, directory and commit come from its environment,
+# never spliced into the shell text (and not as GIT_* variables: GIT_DIR would redirect git).
+GIT_CLONE_SCRIPT = (
+    'git clone --quiet --no-checkout -- "$CLONE_URL" "$CLONE_DIR" && git -C "$CLONE_DIR"'
+    ' -c advice.detachedHead=false checkout --quiet --detach "$CLONE_COMMIT"'
+)
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCP_LIKE = re.compile(r"^[^/\s:]+@[^/\s:]+:")
+
+
+def is_remote_git(url: str) -> bool:
+    """Whether a pod can clone ``url`` itself (a network URL), as opposed to a path or
+    ``file://`` URL that exists only on the machine juliarun runs on.
+
+    >>> [is_remote_git(u) for u in ["https://h/r.git", "git@h:r.git", "/srv/r", "file:///srv/r"]]
+    [True, True, False, False]
+    """
+    if url.startswith("file://"):
+        return False
+    return bool(_URL_SCHEME.match(url) or _SCP_LIKE.match(url))
+
+
+def git_init_container(name: str, url: str, commit: str, image: str) -> dict[str, Any]:
+    """The init container that clones ``url`` at ``commit`` into the storage's ``emptyDir``
+    (mounted at ``/mnt/<name>``); on failure the kubelet keeps the tail of its output as the
+    termination message, which the status diagnosis reports.
+
+    >>> c = git_init_container("code", "https://git.example/code.git", "0123abc", "alpine/git")
+    >>> c["name"], c["command"][:2], c["volumeMounts"][0]["mountPath"]
+    ('git-code', ['sh', '-c'], '/mnt/code')
+    """
+    return {
+        "name": f"{GIT_PREFIX}{name}",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", GIT_CLONE_SCRIPT],
+        "env": [
+            {"name": "CLONE_URL", "value": url},
+            {"name": "CLONE_DIR", "value": f"/mnt/{name}"},
+            {"name": "CLONE_COMMIT", "value": commit},
+            {"name": "GIT_TERMINAL_PROMPT", "value": "0"},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": f"st-{name}", "mountPath": f"/mnt/{name}"}],
+    }
 
 
 def julia_helpers() -> str:
@@ -159,10 +209,13 @@ def pvc_manifest(spec: StorageSpec, namespace: str) -> dict[str, Any]:
     }
 
 
-def storage_volume(spec: StorageSpec, node_path: str | None = None) -> dict[str, Any]:
+def storage_volume(
+    spec: StorageSpec, node_path: str | None = None, *, cloned: bool = False
+) -> dict[str, Any]:
     """The pod volume of one storage: host → hostPath (created if missing), ramdisk → a
-    memory-backed emptyDir with its size limit, volume → its PersistentVolumeClaim, git →
-    hostPath of the checkout ``node_path`` made on the node (read-only mount).
+    memory-backed emptyDir with its size limit, volume → its PersistentVolumeClaim, git → an
+    ``emptyDir`` an init container clones into when ``cloned``, else hostPath of the checkout
+    ``node_path`` made on the node (read-only mount either way).
 
     >>> storage_volume(StorageSpec(name="scratch", kind="ramdisk", size="64Mi"))
     {'name': 'st-scratch', 'emptyDir': {'medium': 'Memory', 'sizeLimit': '64Mi'}}
@@ -177,6 +230,8 @@ def storage_volume(spec: StorageSpec, node_path: str | None = None) -> dict[str,
         }
     elif spec.kind == "host":
         volume["hostPath"] = {"path": spec.path, "type": "DirectoryOrCreate"}
+    elif cloned:
+        volume["emptyDir"] = {}
     else:
         volume["hostPath"] = {"path": node_path or "", "type": "Directory"}
     return volume
@@ -218,6 +273,8 @@ def job_manifest(
     image: str,
     node_types: Mapping[str, NodeTypeRule] | None = None,
     node_paths: Mapping[str, str] | None = None,
+    git_clones: Mapping[str, tuple[str, str]] | None = None,
+    git_image: str = DEFAULT_GIT_IMAGE,
     cluster: str = "kubernetes",
     julia: str = "julia",
     kill_grace: float = 10,
@@ -225,6 +282,8 @@ def job_manifest(
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job that runs ``job`` in ``namespace``. ``storage`` maps each name the
     job uses to its spec; ``node_paths`` gives git checkouts' directories on the node;
+    ``git_clones`` the git storage that init containers of ``git_image`` clone instead, as
+    ``name → (url, commit)``;
     ``bundle`` is the package bundle address ``(path on the node, root in the pod)``, mounted
     read-only at the root it was compiled for."""
     rules = dict(node_types) if node_types is not None else default_node_types()
@@ -265,10 +324,15 @@ def job_manifest(
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     devices: list[dict[str, Any]] = []
+    init_containers: list[dict[str, Any]] = []
+    clones = git_clones or {}
     for name in job.storage:
         st = storage[name]
-        volume = storage_volume(st, (node_paths or {}).get(name))
+        volume = storage_volume(st, (node_paths or {}).get(name), cloned=name in clones)
         volumes.append(volume)
+        if st.kind == "git" and name in clones:
+            url, commit = clones[name]
+            init_containers.append(git_init_container(name, url, commit, git_image))
         if st.kind == "volume" and st.volume_mode == "Block":
             devices.append({"name": volume["name"], "devicePath": f"/mnt/{name}"})
         else:
@@ -323,6 +387,8 @@ def job_manifest(
         "containers": [container],
         "volumes": volumes,
     }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:

@@ -1,0 +1,97 @@
+"""Network git storage on the real Kubernetes node: the ref is resolved (and checked) where
+juliarun runs, then every pod's init container (the git image) clones the repository at that
+commit into the storage's emptyDir — served here by a real ``git daemon`` on the address pods
+reach this machine at. A path or ``file://`` URL is mounted from the node instead (see
+test_kubernetes_backend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import juliarun
+from juliarun.api import Context
+from juliarun.backends.kubernetes import KubernetesBackend
+from juliarun.errors import StorageError
+from juliarun.specs import Batch
+from tests.integration.fixtures.kubernetes import GitServer
+from tests.integration.git_repos import commit, git, make_repo
+
+pytestmark = pytest.mark.kubernetes
+
+
+def backend(ctx: Context) -> KubernetesBackend:
+    assert isinstance(ctx.backend, KubernetesBackend)
+    return ctx.backend
+
+
+def pod_spec(ctx: Context, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = backend(ctx).client.get(backend(ctx)._jobs(name))["spec"]
+    return spec["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def output(ctx: Context, name: str) -> list[str]:
+    return [line.message for line in backend(ctx).logs(name)]
+
+
+def test_pods_clone_network_git_storage_at_the_resolved_commit(
+    kube_ctx: Context, git_server: GitServer, kube_git_image: str
+) -> None:
+    repo = git_server.root / "data"
+    make_repo(repo)
+    juliarun.define_storage(kube_ctx, name="repo", kind="git", url=f"{git_server.url}data")
+    job = Batch(
+        "gitcat",
+        ["sh", "-c", "cat /mnt/repo/data.txt; touch /mnt/repo/x 2>/dev/null || echo read-only"],
+        "repo",
+    )
+    juliarun.submit(kube_ctx, job)
+    final = juliarun.wait(kube_ctx, job, timeout=180)
+    assert str(final) == "succeeded", final.describe()
+    assert output(kube_ctx, job.name) == ["from git", "read-only"]
+    pod = pod_spec(kube_ctx, job.name)
+    [init] = pod["initContainers"]
+    assert init["image"] == kube_git_image
+    head = git(repo, "rev-parse", "HEAD")
+    assert {"name": "CLONE_COMMIT", "value": head} in init["env"]
+
+    # A new commit on the ref is what the next job's pods clone.
+    newer = commit(repo, "data.txt", "newer\n")
+    again = Batch("gitcat2", ["cat", "/mnt/repo/data.txt"], "repo")
+    juliarun.submit(kube_ctx, again)
+    assert str(juliarun.wait(kube_ctx, again, timeout=180)) == "succeeded"
+    assert output(kube_ctx, again.name) == ["newer"]
+    pod = pod_spec(kube_ctx, again.name)
+    assert {"name": "CLONE_COMMIT", "value": newer} in pod["initContainers"][0]["env"]
+
+
+def test_a_ref_that_does_not_exist_fails_before_anything_is_created(
+    kube_ctx: Context, git_server: GitServer
+) -> None:
+    make_repo(git_server.root / "data")
+    juliarun.define_storage(
+        kube_ctx, name="repo", kind="git", url=f"{git_server.url}data", ref="no-such-branch"
+    )
+    with pytest.raises(StorageError, match="git ref 'no-such-branch' not found"):
+        juliarun.submit(kube_ctx, Batch("nope", ["true"], "repo"))
+    assert juliarun.list(kube_ctx) == []
+
+
+def test_a_clone_that_fails_in_the_pod_is_diagnosed(
+    kube_ctx: Context, git_server: GitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit resolved here is gone from the server by the time the pod clones (history
+    rewritten in between): the init container fails and status says which storage and why."""
+    make_repo(git_server.root / "data")
+    juliarun.define_storage(kube_ctx, name="repo", kind="git", url=f"{git_server.url}data")
+    monkeypatch.setattr(
+        "juliarun.backends.kubernetes.backend._head_commit", lambda storage, checkout: "0" * 40
+    )
+    job = Batch("gitgone", ["true"], "repo", restart="Never", backoff_limit=0)
+    juliarun.submit(kube_ctx, job)
+    final = juliarun.wait(kube_ctx, job, timeout=180)
+    assert final.phase == "failed", final.describe()
+    assert final.reason is not None
+    assert final.reason.startswith("git clone of storage 'repo' failed (exit code 128)")
+    assert "kubectl logs" in (final.hint or "") and "-c git-repo" in (final.hint or "")
