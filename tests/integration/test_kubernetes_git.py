@@ -6,6 +6,7 @@ test_kubernetes_backend)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +96,25 @@ def test_a_clone_that_fails_in_the_pod_is_diagnosed(
     assert final.reason is not None
     assert final.reason.startswith("git clone of storage 'repo' failed (exit code 128)")
     assert "kubectl logs" in (final.hint or "") and "-c git-repo" in (final.hint or "")
+
+
+def test_a_checkout_missing_on_the_node_is_diagnosed_not_waited_on(
+    kube_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local path's checkout is mounted from the node; where the node lacks it (a cluster
+    whose node is another machine, here simulated by a path nowhere) the kubelet's FailedMount
+    event becomes the job's failure with what works on several nodes."""
+    juliarun.define_storage(kube_ctx, name="repo", kind="git", url=make_repo(tmp_path / "origin"))
+    missing = tmp_path / "not-on-the-node"
+    monkeypatch.setattr(KubernetesBackend, "provision_storage", lambda self, spec: str(missing))
+    job = Batch("nomount", ["true"], "repo")
+    juliarun.submit(kube_ctx, job)
+    final = juliarun.wait(kube_ctx, job, timeout=120)
+    assert final.phase == "failed", final.describe()
+    assert final.reason is not None
+    assert final.reason.startswith(
+        "cannot mount storage 'repo' for worker nomount-0 on node juliarun-node: "
+        "hostPath type check failed"
+    ), final.reason
+    assert str(missing) in final.reason
+    assert "network git URL" in (final.hint or "")

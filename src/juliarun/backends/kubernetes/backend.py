@@ -431,6 +431,16 @@ class KubernetesBackend:
             events = [
                 e for e in listing.get("items") or [] if e["involvedObject"].get("uid") == uid
             ]
+        if not done and any(dx.waiting_to_mount(p) for p in live):
+            # Why storage does not mount is said only in the pods' FailedMount events.
+            names = {p["metadata"]["name"] for p in live}
+            listing = self.client.get(
+                ns_path(self._ns_of(name), "events"),
+                fieldSelector="involvedObject.kind=Pod,reason=FailedMount",
+            )
+            events += [
+                e for e in listing.get("items") or [] if e["involvedObject"].get("name") in names
+            ]
         nodes = None
         if any(
             dx._pending_unscheduled(p)

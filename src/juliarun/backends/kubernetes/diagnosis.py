@@ -10,6 +10,9 @@ What is recognised, and what the hint says:
 - quota exceeded (``FailedCreate`` events on the Job) — the quota to raise;
 - image pull failure (``ErrImagePull`` / ``ImagePullBackOff`` / ``InvalidImageName``);
 - ``CrashLoopBackOff``; ``OOMKilled``; a non-zero exit (the caller adds the last log lines);
+- a git clone that fails in a pod's init container (the git error);
+- storage that cannot be mounted on the pod's node (``FailedMount`` events on the pod): the
+  storage it is and, for a hostPath that is not on that node, what works on several nodes;
 - each with the ``kubectl describe`` to run.
 
 Problems nobody but a person can fix (no node of the type, misfit, quota exceeded, an image that
@@ -534,6 +537,68 @@ def init_problem(pod: Obj, namespace: str) -> Problem | None:
     return None
 
 
+_MOUNT_VOLUME = re.compile(r'for volume "([^"]+)"')
+
+
+def waiting_to_mount(pod: Obj) -> bool:
+    """Assigned to a node, still creating its containers (when volumes fail to mount)."""
+    if pod.get("status", {}).get("phase") != "Pending" or not pod.get("spec", {}).get("nodeName"):
+        return False
+    waiting = (_main(pod).get("state") or {}).get("waiting") or {}
+    return waiting.get("reason") in {None, "ContainerCreating", "PodInitializing"}
+
+
+def mount_problem(pod: Obj, events: Sequence[Obj], job_name: str, namespace: str) -> Problem | None:
+    """Why a pod's storage does not mount on its node, from its newest ``FailedMount`` event.
+
+    >>> pod = {"metadata": {"name": "j-0-x", "labels": {INDEX_LABEL: "0"}},
+    ...        "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}
+    >>> event = {"reason": "FailedMount", "involvedObject": {"kind": "Pod", "name": "j-0-x"},
+    ...          "message": 'MountVolume.SetUp failed for volume "st-repo" : hostPath type '
+    ...                     'check failed: /srv/repo is not a directory'}
+    >>> problem = mount_problem(pod, [event], "j", "jr")
+    >>> problem.reason, problem.fatal
+    ("cannot mount storage 'repo' for worker j-0 on node n1: hostPath type check failed: \
+/srv/repo is not a directory", True)
+    """
+    name = pod_name(pod)
+    failed = [
+        e
+        for e in events
+        if e.get("reason") == "FailedMount"
+        and (e.get("involvedObject") or {}).get("kind") == "Pod"
+        and (e.get("involvedObject") or {}).get("name") == name
+    ]
+    if not failed:
+        return None
+    event = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    message = str(event.get("message") or "")
+    volume = _MOUNT_VOLUME.search(message)
+    what = "storage"
+    if volume is not None and volume.group(1).startswith("st-"):
+        what = f"storage {volume.group(1)[3:]!r}"
+    elif volume is not None and volume.group(1) == "juliarun-bundle":
+        what = "the package bundle"
+    elif volume is not None:
+        what = f"volume {volume.group(1)!r}"
+    detail = message.split(" : ", 1)[-1] if " : " in message else message
+    node = pod.get("spec", {}).get("nodeName")
+    host_path = "hostPath type check failed" in message
+    hint = f"run `kubectl describe pod {name} -n {namespace}`"
+    if host_path:
+        hint = (
+            f"the path must exist on node {node}: a host path, a local git checkout and a "
+            "package bundle are on this machine only; on several nodes use volume storage, a "
+            "network git URL, or bake the bundle into the image (ImageSpec.bundle)"
+        )
+    return Problem(
+        f"cannot mount {what} for worker {worker_id(job_name, pod)} on node {node}: "
+        f"{_short(detail)}",
+        hint,
+        fatal=host_path,
+    )
+
+
 def _memory_limit(pod: Obj) -> str | None:
     for c in pod.get("spec", {}).get("containers") or []:
         if c.get("name") == MAIN:
@@ -614,6 +679,8 @@ def diagnose(
     problems: list[tuple[Problem, str | None]] = []
     for pod, _ in newest:
         problem = pod_problem(pod, name, namespace, restart)
+        if problem is None and waiting_to_mount(pod):
+            problem = mount_problem(pod, events, name, namespace)
         if problem is None and _pending_unscheduled(pod):
             problem = unschedulable(pod, nodes, namespace)
         elif problem is None and _pending_unassigned(pod) and nodes is not None:
