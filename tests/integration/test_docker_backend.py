@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 from docker.models.containers import Container
+from docker.types import Mount
 from prefect.blocks.core import Block
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_docker import DockerHost, DockerRegistryCredentials
@@ -40,7 +41,7 @@ from juliarun.backends.docker.engine import (
 )
 from juliarun.backends.docker.runtime import DockerRuntime
 from juliarun.backends.runtime import WorkerLaunch, WorkerStartError
-from juliarun.errors import ConfigError, SpecError
+from juliarun.errors import ConfigError, SpecError, StorageError
 from juliarun.logs import LogQuery, LogStore, open_log_store
 from juliarun.metrics import MetricQuery, open_metric_store
 from juliarun.specs import Batch, JuliaBatch, JuliaParBatchWorkers, StorageSpec
@@ -389,16 +390,18 @@ def test_container_creation_is_idempotent_and_never_takes_a_foreign_name(
 # -- storage ----------------------------------------------------------------------------------
 
 
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+}
+
+
 def _git_repo(path: Path) -> str:
     path.mkdir()
     (path / "data.txt").write_text("from git\n")
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
+    env = {**os.environ, **GIT_ENV}
     for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "data"]):
         subprocess.run(["git", *args], cwd=path, env=env, check=True, capture_output=True)
     return str(path)
@@ -413,7 +416,7 @@ def test_ramdisk_and_git_storage_are_mounted_in_the_container(
     }
     first = {name: backend.provision_storage(spec) for name, spec in specs.items()}
     assert first == {name: backend.provision_storage(spec) for name, spec in specs.items()}
-    assert (Path(first["repo"]) / "data.txt").read_text() == "from git\n"
+    assert first["repo"].startswith(f"juliarun-{backend.names.scope}-git-repo-")  # a volume
     script = (
         "grep ' /mnt/scratch ' /proc/mounts | cut -d' ' -f1,3; "
         "df -k /mnt/scratch | tail -1 | awk '{print $2}'; "
@@ -432,6 +435,141 @@ def test_ramdisk_and_git_storage_are_mounted_in_the_container(
         "read-only",
         "/mnt/scratch /mnt/repo /mnt/scratch",
     ]
+
+
+def _head(repo: Path) -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def _commit(repo: Path, text: str) -> str:
+    (repo / "data.txt").write_text(text + "\n")
+    for args in (["add", "."], ["commit", "-q", "-m", text]):
+        subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, check=True)
+    return _head(repo)
+
+
+def test_git_storage_is_a_volume_per_commit_filled_once_and_refilled_when_incomplete(
+    backend: DockerBackend,
+    base_image: str,
+    tmp_path: Path,
+    logs: LogStore,
+    docker_client: docker.DockerClient,
+    docker_labels: dict[str, str],
+) -> None:
+    origin = Path(_git_repo(tmp_path / "origin"))
+    first_commit = _head(origin)
+    specs = {"repo": StorageSpec(name="repo", kind="git", url=str(origin), ref="main")}
+    script = (
+        "cat /mnt/repo/data.txt; "
+        "stat -c '%U %a' /mnt/repo/data.txt; "
+        "test -f /mnt/repo/.git/HEAD && echo has-git; "
+        "cat /mnt/repo/.git/juliarun-complete; "
+        "stat -c %Y /mnt/repo/.git/juliarun-complete; "
+        "touch /mnt/repo/new 2>/dev/null || echo read-only; "
+        "rm /mnt/repo/data.txt 2>/dev/null || echo still-read-only"
+    )
+
+    def run(job: str) -> list[str]:
+        backend.submit(sh(job, base_image, script, storage=["repo"]), specs)
+        assert str(finish(backend, job)) == "succeeded", messages(logs, job)
+        return messages(logs, job)
+
+    def volume_of(commit: str) -> dict[str, object]:
+        name = f"juliarun-{backend.names.scope}-git-repo-{commit[:12]}"
+        attrs: dict[str, object] = docker_client.volumes.get(name).attrs
+        return attrs
+
+    seen = run("first")
+    assert seen[:4] == ["from git", "root 644", "has-git", first_commit]
+    assert seen[5:] == ["read-only", "still-read-only"]
+    volume = volume_of(first_commit)
+    labels = volume["Labels"]
+    assert isinstance(labels, dict)
+    assert labels["juliarun.io/git-commit"] == first_commit
+    assert labels["juliarun.io/storage"] == "repo"
+    assert labels[SCOPE] == backend.names.scope and labels[CLUSTER] == backend.cluster
+    assert labels[MANAGED_BY] == "juliarun"
+    # Readable by any user, not only by root (what the job ran as).
+    as_nobody = docker_client.containers.run(
+        base_image,
+        ["sh", "-c", "cat /r/data.txt && ls /r/.git/HEAD"],
+        user="65534:65534",
+        mounts=[Mount("/r", str(volume["Name"]), type="volume", read_only=True)],
+        labels=docker_labels,
+        remove=True,
+    )
+    assert as_nobody.decode().split() == ["from", "git", "/r/.git/HEAD"]
+    # No helper container is left behind.
+    assert containers(docker_client, docker_labels, **{"juliarun.io/helper": "git-fill"}) == []
+
+    # Submitted again: the same volume, not filled again.
+    again = run("again")
+    assert again == seen
+    assert volume_of(first_commit)["CreatedAt"] == volume["CreatedAt"]
+
+    # A new commit on the ref: a new volume with it; the old one is kept.
+    second_commit = _commit(origin, "second")
+    moved = run("moved")
+    assert moved[0] == "second" and moved[3] == second_commit
+    assert second_commit in str(volume_of(second_commit)["Labels"])
+    assert volume_of(first_commit)["CreatedAt"] == volume["CreatedAt"]
+
+    # A fill that was interrupted: part of the tree, no marker, its helper container left.
+    third_commit = _commit(origin, "third")
+    name = f"juliarun-{backend.names.scope}-git-repo-{third_commit[:12]}"
+    docker_client.volumes.create(name, labels=docker_labels)
+    docker_client.containers.run(
+        base_image,
+        ["sh", "-c", "echo partial > /v/data.txt"],
+        mounts=[Mount("/v", name, type="volume")],
+        labels=docker_labels,
+        remove=True,
+    )
+    docker_client.containers.create(
+        base_image,
+        ["true"],
+        mounts=[Mount("/juliarun-fill", name, type="volume")],
+        labels={**docker_labels, "juliarun.io/helper": "git-fill"},
+    )
+    created = volume_of(third_commit)["CreatedAt"]
+    time.sleep(1.1)  # CreatedAt has whole seconds
+    refilled = run("refilled")
+    assert refilled[:4] == ["third", "root 644", "has-git", third_commit]
+    assert volume_of(third_commit)["CreatedAt"] != created
+    assert third_commit in str(volume_of(third_commit)["Labels"])
+    assert containers(docker_client, docker_labels, **{"juliarun.io/helper": "git-fill"}) == []
+
+
+def test_a_missing_git_ref_fails_naming_it_before_anything_is_created(
+    backend: DockerBackend,
+    base_image: str,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    docker_labels: dict[str, str],
+) -> None:
+    specs = {
+        "repo": StorageSpec(
+            name="repo", kind="git", url=_git_repo(tmp_path / "origin"), ref="no-such-ref"
+        )
+    }
+    with pytest.raises(StorageError, match="git ref 'no-such-ref' not found"):
+        backend.submit(sh("ghost", base_image, "true", storage=["repo"]), specs)
+    selector = {"label": f"{TEST_LABEL}={docker_labels[TEST_LABEL]}"}
+    assert docker_client.volumes.list(filters=selector) == []
+    assert containers(docker_client, docker_labels) == []
+    assert backend.jobs() == []
+
+    # A script the commit does not have is refused too (its volume, being storage, is made).
+    specs = {"repo": StorageSpec(name="repo", kind="git", url=str(tmp_path / "origin"))}
+    with pytest.raises(SpecError) as err:
+        backend.submit(JuliaBatch("ghost", "/mnt/repo/missing.jl", "repo"), specs)
+    [(field, rule)] = err.value.errors
+    assert field == "script" and "not in commit" in rule and "'repo'" in rule
+    assert backend.jobs() == []
+    assert containers(docker_client, docker_labels) == []
 
 
 # -- bad input --------------------------------------------------------------------------------

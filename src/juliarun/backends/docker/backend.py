@@ -150,18 +150,24 @@ class DockerBackend(SupervisedBackend):
         return ["julia", "--startup-file=no", "--color=no", script, *args]
 
     def _plan(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> Plan:
-        mounts = [
-            docker_storage.mount_for(name, spec, self.provision_storage(spec))
-            for name, spec in storage.items()
-        ]
+        image = job.image or self.image
+        mounts = []
+        trees: dict[str, docker_storage.GitVolume] = {}  # git storage by the name it is used as
+        for name, spec in storage.items():
+            if spec.kind == "git":
+                trees[name] = self._git_volume(spec, image, kind=job.kind)
+                source = trees[name].name
+            else:
+                source = self.provision_storage(spec)
+            mounts.append(docker_storage.mount_for(name, spec, source))
         mounts += self._bundle_mounts(job)
         command = self._command(job)
         if not isinstance(job, Batch):
-            script = docker_storage.host_path(command[3], mounts)
-            if script is not None and not script.is_file():
+            missing = _missing_script(command[3], mounts, trees)
+            if missing:
                 raise SpecError(
                     job.kind,
-                    [("script", f"{command[3]!r} does not exist (looked at {script})")],
+                    [("script", f"{command[3]!r} does not exist ({missing})")],
                     hint="put the script in the job's storage, e.g. /mnt/<storage>/main.jl",
                 )
         env = dict(job.env)
@@ -185,7 +191,7 @@ class DockerBackend(SupervisedBackend):
             "kind": "docker",
             "engine": self.engine.to_json(),
             "scope": self.names.scope,
-            "image": job.image or self.image,
+            "image": image,
             "command": command,
             "working_dir": f"/mnt/{next(iter(storage))}" if storage else None,
             "mounts": mounts,
@@ -230,16 +236,44 @@ class DockerBackend(SupervisedBackend):
     # -- Backend protocol ------------------------------------------------------------------
 
     def provision_storage(self, spec: StorageSpec) -> str:
+        """Create the storage if needed (idempotent); returns the volume's name for ``volume``
+        and ``git`` storage (a git volume is filled with the backend's default image as the
+        helper's: a job fills it with its own, see :mod:`~juliarun.backends.docker.storage`)."""
         if spec.kind == "volume":
-            labels = {
-                **self.labels,
-                MANAGED_BY: "juliarun",
-                CLUSTER: self.cluster,
-                SCOPE: self.names.scope,
-            }
             volume = f"juliarun-{self.names.scope}-{spec.name}"
-            return docker_storage.provision_volume(self.client, spec, volume, labels)
+            return docker_storage.provision_volume(self.client, spec, volume, self._labels())
+        if spec.kind == "git":
+            return self._git_volume(spec, self.image, kind="StorageSpec").name
         return docker_storage.provision(spec, self.home)
+
+    def _labels(self) -> dict[str, str]:
+        """The labels of juliarun's volumes (and helper containers) on the engine."""
+        return {
+            **self.labels,
+            MANAGED_BY: "juliarun",
+            CLUSTER: self.cluster,
+            SCOPE: self.names.scope,
+        }
+
+    def _git_volume(self, spec: StorageSpec, image: str, *, kind: str) -> docker_storage.GitVolume:
+        """The volume of git storage ``spec`` at its ref's commit, filled with a helper of
+        ``image`` (pulled if missing; an image that cannot be pulled is a ``SpecError`` of
+        ``kind`` naming it)."""
+        return docker_storage.provision_git(
+            self.client,
+            spec,
+            self.home,
+            scope=self.names.scope,
+            labels=self._labels(),
+            image=image,
+            ensure_image=lambda: ensure_image(
+                self.client,
+                image,
+                kind=kind,
+                auth=self.registry_auth,
+                default=image == self.image,
+            ),
+        )
 
     def cluster_status(self) -> ClusterStatus:
         components: list[Component] = []
@@ -305,6 +339,21 @@ class DockerBackend(SupervisedBackend):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _missing_script(
+    script: str, mounts: list[dict[str, Any]], trees: Mapping[str, docker_storage.GitVolume]
+) -> str | None:
+    """Where ``script`` was looked for when it is known not to exist (``None``: it exists, or
+    it lies where nothing can be checked from here, e.g. in the image or on a volume)."""
+    path = docker_storage.host_path(script, mounts)
+    if path is not None:
+        return None if path.is_file() else f"looked at {path}"
+    for name, tree in trees.items():
+        prefix = f"{docker_storage.MNT}/{name}/"
+        if script.startswith(prefix) and not tree.has_file(script.removeprefix(prefix)):
+            return f"not in commit {tree.commit[:12]} of git storage {name!r}"
+    return None
 
 
 def _registry_reachable(registry: str, timeout: float = 3.0) -> tuple[bool, str]:

@@ -88,6 +88,17 @@ def volume_dir(spec: StorageSpec, home: Path) -> Path:
 
 
 def _git_checkout(spec: StorageSpec, home: Path) -> Path:
+    with git_checkout(spec, home) as (path, _commit):
+        return path
+
+
+@contextlib.contextmanager
+def git_checkout(spec: StorageSpec, home: Path) -> Iterator[tuple[Path, str]]:
+    """The checkout of ``spec`` at its ref, cloned or fetched under
+    ``JULIARUN_HOME/storage/git``: yields its directory and the commit the ref resolved to,
+    holding the checkout's lock until the ``with`` block ends (the working tree stays at that
+    commit meanwhile, e.g. while it is copied). A ref that is not in the repository raises
+    :class:`StorageError` naming it."""
     ref = spec.ref or "HEAD"
     url = spec.url or ""
     safe_ref = re.sub(r"[^A-Za-z0-9._-]", "_", ref)
@@ -96,7 +107,7 @@ def _git_checkout(spec: StorageSpec, home: Path) -> Path:
     key = hashlib.sha256(f"{url}\0{ref}".encode()).hexdigest()[:8]
     path = home / "storage" / "git" / f"{spec.name}@{safe_ref}-{key}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path.with_name(path.name + ".lock")):  # one provisioner at a time
+    with locked(path.with_name(path.name + ".lock")):  # one provisioner at a time
         if not (path / ".git").exists():
             tmp = path.with_name(path.name + ".partial")
             if tmp.exists():
@@ -112,11 +123,12 @@ def _git_checkout(spec: StorageSpec, home: Path) -> Path:
                 hint="use a branch, tag or commit that exists in the repository",
             )
         _git("checkout", "--quiet", "--force", "--detach", commit, storage=spec.name, cwd=path)
-    return path
+        yield path, commit
 
 
 @contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
+def locked(lock: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``lock`` (created if missing) for the block."""
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
