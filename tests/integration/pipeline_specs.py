@@ -11,8 +11,8 @@ from typing import Any
 
 import juliarun
 from juliarun.specs import BundlePackage, BundleSpec, ImageSpec, JuliaBatch, StorageSpec
+from tests.integration.git_repos import make_repo
 from tests.integration.test_bundles import GREETER_UUID, make_greeter
-from tests.integration.test_docker_backend import _git_repo
 
 MOTD = "built by juliarun"
 
@@ -71,7 +71,7 @@ def pipeline_specs(
         storage=[
             StorageSpec(name="code", kind="host", path=str(code)),
             StorageSpec(name="scratch", kind="ramdisk", size="16Mi"),
-            StorageSpec(name="repo", kind="git", url=_git_repo(tmp_path / "origin")),
+            StorageSpec(name="repo", kind="git", url=make_repo(tmp_path / "origin")),
         ],
         bundle=BundleSpec(
             name="greet",

@@ -46,6 +46,7 @@ from juliarun.logs import LogQuery, LogStore, open_log_store
 from juliarun.metrics import MetricQuery, open_metric_store
 from juliarun.specs import Batch, JuliaBatch, JuliaParBatchWorkers, StorageSpec
 from tests.integration.fixtures.docker import TEST_LABEL
+from tests.integration.git_repos import commit, git, make_repo
 from tests.unit.local_jobs import alive, eventually
 
 pytestmark = pytest.mark.docker
@@ -390,29 +391,12 @@ def test_container_creation_is_idempotent_and_never_takes_a_foreign_name(
 # -- storage ----------------------------------------------------------------------------------
 
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.com",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.com",
-}
-
-
-def _git_repo(path: Path) -> str:
-    path.mkdir()
-    (path / "data.txt").write_text("from git\n")
-    env = {**os.environ, **GIT_ENV}
-    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "data"]):
-        subprocess.run(["git", *args], cwd=path, env=env, check=True, capture_output=True)
-    return str(path)
-
-
 def test_ramdisk_and_git_storage_are_mounted_in_the_container(
     backend: DockerBackend, base_image: str, tmp_path: Path, logs: LogStore
 ) -> None:
     specs = {
         "scratch": StorageSpec(name="scratch", kind="ramdisk", size="16Mi"),
-        "repo": StorageSpec(name="repo", kind="git", url=_git_repo(tmp_path / "origin")),
+        "repo": StorageSpec(name="repo", kind="git", url=make_repo(tmp_path / "origin")),
     }
     first = {name: backend.provision_storage(spec) for name, spec in specs.items()}
     assert first == {name: backend.provision_storage(spec) for name, spec in specs.items()}
@@ -437,20 +421,6 @@ def test_ramdisk_and_git_storage_are_mounted_in_the_container(
     ]
 
 
-def _head(repo: Path) -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
-
-
-def _commit(repo: Path, text: str) -> str:
-    (repo / "data.txt").write_text(text + "\n")
-    for args in (["add", "."], ["commit", "-q", "-m", text]):
-        subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, check=True)
-    return _head(repo)
-
-
 def test_git_storage_is_a_volume_per_commit_filled_once_and_refilled_when_incomplete(
     backend: DockerBackend,
     base_image: str,
@@ -459,8 +429,8 @@ def test_git_storage_is_a_volume_per_commit_filled_once_and_refilled_when_incomp
     docker_client: docker.DockerClient,
     docker_labels: dict[str, str],
 ) -> None:
-    origin = Path(_git_repo(tmp_path / "origin"))
-    first_commit = _head(origin)
+    origin = Path(make_repo(tmp_path / "origin"))
+    first_commit = git(origin, "rev-parse", "HEAD")
     specs = {"repo": StorageSpec(name="repo", kind="git", url=str(origin), ref="main")}
     script = (
         "cat /mnt/repo/data.txt; "
@@ -511,14 +481,14 @@ def test_git_storage_is_a_volume_per_commit_filled_once_and_refilled_when_incomp
     assert volume_of(first_commit)["CreatedAt"] == volume["CreatedAt"]
 
     # A new commit on the ref: a new volume with it; the old one is kept.
-    second_commit = _commit(origin, "second")
+    second_commit = commit(origin, "data.txt", "second\n")
     moved = run("moved")
     assert moved[0] == "second" and moved[3] == second_commit
     assert second_commit in str(volume_of(second_commit)["Labels"])
     assert volume_of(first_commit)["CreatedAt"] == volume["CreatedAt"]
 
     # A fill that was interrupted: part of the tree, no marker, its helper container left.
-    third_commit = _commit(origin, "third")
+    third_commit = commit(origin, "data.txt", "third\n")
     name = f"juliarun-{backend.names.scope}-git-repo-{third_commit[:12]}"
     docker_client.volumes.create(name, labels=docker_labels)
     docker_client.containers.run(
@@ -552,7 +522,7 @@ def test_a_missing_git_ref_fails_naming_it_before_anything_is_created(
 ) -> None:
     specs = {
         "repo": StorageSpec(
-            name="repo", kind="git", url=_git_repo(tmp_path / "origin"), ref="no-such-ref"
+            name="repo", kind="git", url=make_repo(tmp_path / "origin"), ref="no-such-ref"
         )
     }
     with pytest.raises(StorageError, match="git ref 'no-such-ref' not found"):
