@@ -15,6 +15,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import juliarun
 from juliarun.backends.kubernetes import KubernetesBackend
+from juliarun.backends.kubernetes.manifests import BUNDLE_VOLUME
 from juliarun.flows import run_pipeline
 from juliarun.specs import StorageSpec
 from tests.integration.fixtures.kubernetes import GitServer, kubeconfig_path
@@ -35,7 +36,9 @@ def prefect_api(prefect_api_url: str) -> Iterator[str]:
         yield prefect_api_url
 
 
+@pytest.mark.parametrize("bake_bundle", [False, True], ids=["mounted-bundle", "baked-bundle"])
 def test_the_pipeline_prints_hello_world_on_the_real_node(
+    bake_bundle: bool,
     prefect_api: str,
     juliarun_home: Path,
     tmp_path: Path,
@@ -65,6 +68,7 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
         cluster="kubernetes",
         registry=registry,
         timeout=300,
+        bake_bundle=bake_bundle,
     )
     assert first.is_completed(), first.message
     assert first.result()["status"] == "succeeded"
@@ -76,6 +80,13 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
         assert [c["image"] for c in pod["initContainers"]] == [kube_git_image]
         pod_image = pod["containers"][0]["image"]
         assert pod_image.startswith(f"{registry}/juliarun/test-k8s-pipeline:")
+        # Baked, the bundle travels in the image (no node path: any node runs it); mounted,
+        # it is the address on the node, read-only.
+        mounted = [v for v in pod["volumes"] if v["name"] == BUNDLE_VOLUME]
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        assert (len(mounted), "JULIA_DEPOT_PATH" in env) == (
+            (0, False) if bake_bundle else (1, True)
+        )
         lines = [line.message for line in backend.logs(job.name)]
         assert lines == expected_lines("kubernetes")
         juliarun.delete(ctx, job.name)

@@ -106,3 +106,21 @@ def test_build_error_names_the_step_and_its_output() -> None:
     err = BuildError("image build of x", "RUN false", ["oops"])
     assert (err.step, err.output) == ("RUN false", ["oops"])
     assert str(err).startswith("image build of x failed at step: RUN false\noutput:\n  oops")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "missing"),
+    [
+        ({"bundle": BundleSpec(name="b", packages=["Statistics"])}, "image"),
+        ({"image": ImageSpec(name="app", base="debian:bookworm")}, "bundle"),
+    ],
+)
+def test_baking_a_bundle_needs_both_a_bundle_and_an_image(
+    kwargs: dict[str, object], missing: str
+) -> None:
+    from juliarun.flows import run_pipeline
+    from juliarun.specs import JuliaBatch
+
+    job = JuliaBatch("j", "/mnt/code/main.jl", "code")
+    with pytest.raises(SpecError, match=f"bake_bundle: needs a {missing}"):
+        run_pipeline.fn(job, bake_bundle=True, **kwargs)  # type: ignore[arg-type]

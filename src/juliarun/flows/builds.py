@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from juliarun.errors import SpecError
 from juliarun.flows.run_job import run_job
 from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec
 from juliarun.tasks.builds import (
@@ -57,13 +58,29 @@ def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
     registry: str = "localhost:5000",
     credentials_block: str | None = None,
     timeout: float | None = None,
+    bake_bundle: bool = False,
 ) -> dict[str, Any]:
     """Specs to a finished job: the bundle (cached), the image (cached; the job runs in it),
-    then ``run_job`` with the storage, streaming the job's lines into this run's logs."""
+    then ``run_job`` with the storage, streaming the job's lines into this run's logs.
+
+    The job mounts the bundle read-only (``pkg_bundle``), or with ``bake_bundle`` runs in the
+    image with the bundle copied in (the image's ``JULIA_DEPOT_PATH`` / ``JULIA_PROJECT`` point
+    at it): what a cluster of several nodes needs, where a bundle built on one machine is not
+    on the others."""
+    if bake_bundle and (bundle is None or image is None):
+        missing = "bundle" if bundle is None else "image"
+        raise SpecError(
+            "run_pipeline",
+            [("bake_bundle", f"needs a {missing} (the bundle is baked into the image)")],
+            hint="give both bundle= and image=, or leave bake_bundle off",
+        )
     updates: dict[str, Any] = {}
     if bundle is not None:
         built = build_package_bundle(bundle, cluster)
-        updates["pkg_bundle"] = built["name"]
+        if bake_bundle and image is not None:
+            image = image.model_copy(update={"bundle": built["path"]})
+        else:
+            updates["pkg_bundle"] = built["name"]
     if image is not None:
         updates["image"] = build_image(image, registry, credentials_block)
     job = job.model_copy(update=updates) if updates else job
