@@ -3,6 +3,7 @@ per worker, its state shared through files and its output through a real SQLite 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -184,6 +185,24 @@ def test_a_supervisor_that_dies_is_reported(backend: LocalBackend) -> None:
     pid = status.workers[0].pid
     assert pid is not None
     eventually(lambda: not alive(pid), what="the orphaned worker to be killed")
+
+
+def test_a_job_that_ends_as_its_supervisor_exits_is_not_taken_for_a_crash(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor writes the final state, then exits; a status read that saw the state
+    before and the supervisor gone after must read the state again."""
+    import juliarun.backends.supervised as supervised
+
+    backend.submit(sh("ending", "exit 3"), {})
+    final = finish(backend, "ending")
+    assert str(final) == "failed: worker ending-0 exit code 3"
+    reads = iter([dataclasses.replace(final, phase="running", reason=None), final])
+    with monkeypatch.context() as patch:
+        patch.setattr(supervised, "status_from_files", lambda jobdir: next(reads))
+        patch.setattr(LocalBackend, "_supervisor_alive", staticmethod(lambda sup: False))
+        assert str(backend.status("ending")) == "failed: worker ending-0 exit code 3"
+    backend.delete("ending")
 
 
 def test_what_a_worker_leaves_running_ends_with_it(backend: LocalBackend, tmp_path: Path) -> None:

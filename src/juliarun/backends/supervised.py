@@ -212,6 +212,10 @@ class SupervisedBackend(ABC):
         state = jobdir.read_state()
         supervisor = self._supervisor(jobdir, state)
         if not status.done and supervisor and not self._supervisor_alive(supervisor):
+            # The supervisor writes the final state, then exits: read again now that it is
+            # gone, so a job that ended between the two reads is not taken for a crash.
+            status = status_from_files(jobdir)
+        if not status.done and supervisor and not self._supervisor_alive(supervisor):
             status.phase = "failed"
             status.reason = "the job's supervisor exited unexpectedly"
             status.hint = f"see {jobdir.supervisor_log}"
