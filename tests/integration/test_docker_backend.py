@@ -513,6 +513,37 @@ def test_git_storage_is_a_volume_per_commit_filled_once_and_refilled_when_incomp
     assert containers(docker_client, docker_labels, **{"juliarun.io/helper": "git-fill"}) == []
 
 
+def test_prune_storage_removes_replaced_git_volumes_that_no_container_uses(
+    backend: DockerBackend,
+    base_image: str,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    docker_labels: dict[str, str],
+) -> None:
+    origin = Path(make_repo(tmp_path / "origin"))
+    spec = StorageSpec(name="repo", kind="git", url=str(origin))
+    first = backend.provision_storage(spec)
+    commit(origin, "data.txt", "second\n")
+    second = backend.provision_storage(spec)
+    commit(origin, "data.txt", "third\n")
+    newest = backend.provision_storage(spec)
+    assert len({first, second, newest}) == 3
+    # An exited (here: never started) container still refers to the second volume.
+    holder = docker_client.containers.create(
+        base_image, ["true"], mounts=[Mount("/r", second, type="volume")], labels=docker_labels
+    )
+
+    def exists(name: str) -> bool:
+        return bool(docker_client.volumes.list(filters={"name": name}))
+
+    assert backend.prune_storage() == [first]
+    assert (exists(first), exists(second), exists(newest)) == (False, True, True)
+    holder.remove()
+    assert backend.prune_storage() == [second]
+    assert backend.prune_storage() == []
+    assert exists(newest)  # the current commit's volume always stays
+
+
 def test_a_missing_git_ref_fails_naming_it_before_anything_is_created(
     backend: DockerBackend,
     base_image: str,

@@ -169,3 +169,15 @@ def test_serve_schedules_evaluate_alerts_every_minute_when_there_are_rules(
     path.write_text("not json")
     with pytest.raises(ConfigError, match="JULIARUN_ALERT_RULES"):
         evaluate_alerts_deployment()
+
+
+def test_serve_prunes_bundles_and_storage_daily_on_the_served_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from juliarun.deployments.serve import PRUNE_BUNDLES, PRUNE_STORAGE, deployments
+
+    monkeypatch.delenv("JULIARUN_ALERT_RULES", raising=False)
+    served = {d.name: d for d in deployments("docker")}
+    for name in (PRUNE_BUNDLES, PRUNE_STORAGE):
+        assert served[name].parameters == {"cluster": "docker"}
+        assert [s.schedule.interval for s in served[name].schedules] == [timedelta(days=1)]

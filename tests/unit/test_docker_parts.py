@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +29,7 @@ from juliarun.backends.docker.engine import (
 )
 from juliarun.backends.docker.storage import (
     FILL_AT,
+    FILLED_AT,
     GIT_MARKER,
     GitVolume,
     docker_mount,
@@ -255,6 +257,8 @@ def test_git_storage_is_copied_into_a_volume_of_its_commit_marker_last(
     volume = _provision(engine, code(repo), home)
     assert (volume.name, volume.commit) == (f"juliarun-0123abcd-git-code-{head[:12]}", head)
     made = engine.volumes.made[volume.name]
+    filled_at = int(made["labels"].pop(FILLED_AT))  # orders fills for prune_git_volumes
+    assert abs(filled_at / 1e9 - time.time()) < 60
     assert made["labels"] == {
         "app.kubernetes.io/managed-by": "juliarun",
         "juliarun.io/scope": "0123abcd",

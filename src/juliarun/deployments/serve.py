@@ -17,6 +17,7 @@ RUN_JOB = "run-job"
 CLUSTER_REPORT = "cluster-report"
 REPORT_EVERY = timedelta(minutes=15)
 PRUNE_BUNDLES = "prune-bundles"
+PRUNE_STORAGE = "prune-storage"
 PRUNE_EVERY = timedelta(hours=24)
 RUN_PIPELINE = "run-pipeline"
 EVALUATE_ALERTS = "evaluate-alerts"
@@ -45,9 +46,10 @@ def alert_parameters(cluster: str) -> dict[str, Any]:
 
 def deployments(cluster: str = "local") -> list[Any]:
     """``run-job`` and ``run-pipeline`` (triggered from the UI or Python), ``cluster-report``
-    (every 15 minutes), ``prune-bundles`` (daily) and ``evaluate-alerts`` (every minute when
-    JULIARUN_ALERT_RULES names rules; without rules it is only triggered by hand)."""
-    from juliarun.flows import cluster_report, prune_bundles, run_job, run_pipeline
+    (every 15 minutes), ``prune-bundles`` and ``prune-storage`` (daily) and ``evaluate-alerts``
+    (every minute when JULIARUN_ALERT_RULES names rules; without rules it is only triggered by
+    hand)."""
+    from juliarun.flows import cluster_report, prune_bundles, prune_storage, run_job, run_pipeline
     from juliarun.flows.alerts import evaluate_alerts
 
     alerts = alert_parameters(cluster)
@@ -69,6 +71,14 @@ def deployments(cluster: str = "local") -> list[Any]:
         prune_bundles.to_deployment(
             name=PRUNE_BUNDLES,
             description="Remove package-bundle addresses no job uses, once a day.",
+            parameters={"cluster": cluster},
+            interval=PRUNE_EVERY,
+            tags=["juliarun"],
+        ),
+        prune_storage.to_deployment(
+            name=PRUNE_STORAGE,
+            description="Remove storage versions (git volumes of older commits) no job uses, "
+            "once a day.",
             parameters={"cluster": cluster},
             interval=PRUNE_EVERY,
             tags=["juliarun"],

@@ -5,6 +5,7 @@ from juliarun.flows.builds import (
     build_package_bundle,
     prewarm_image,
     prune_bundles,
+    prune_storage,
     run_pipeline,
 )
 from juliarun.flows.cluster_report import cluster_report
@@ -18,6 +19,7 @@ __all__ = [
     "ensure_tenant_flow",
     "prewarm_image",
     "prune_bundles",
+    "prune_storage",
     "run_job",
     "run_pipeline",
 ]

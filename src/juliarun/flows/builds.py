@@ -1,5 +1,5 @@
-"""Build flows: build_image, build_package_bundle, prune_bundles, and run_pipeline (storage →
-bundle → image → job → logs; unchanged specs skip both builds)."""
+"""Build flows: build_image, build_package_bundle, prune_bundles, prune_storage, and
+run_pipeline (storage → bundle → image → job → logs; unchanged specs skip both builds)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from juliarun.tasks.builds import (
     prune_bundles_task,
     use_bundle,
 )
+from juliarun.tasks.storage import prune_storage_task
 
 
 @flow(name="build-image", flow_run_name="{spec.name}")
@@ -46,6 +47,13 @@ def build_package_bundle(spec: BundleSpec, cluster: str = "local") -> dict[str, 
 def prune_bundles(cluster: str = "local") -> list[str]:
     """Remove bundle addresses that no job references and that are not current."""
     return prune_bundles_task(cluster)
+
+
+@flow(name="prune-storage")
+def prune_storage(cluster: str = "local") -> list[str]:
+    """Remove storage a newer version replaced that no job uses (on Docker: the volumes of git
+    storage at older commits); returns what was removed."""
+    return prune_storage_task(cluster)
 
 
 @flow(name="run-pipeline", flow_run_name="{job.name}")

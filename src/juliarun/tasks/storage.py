@@ -50,3 +50,12 @@ def provision_storage(cluster: str, name: str) -> str:
                 raise StorageNotFoundError(name, [s.name for s in ctx.storage.all()]) from None
             spec = api.define_storage(ctx, block.spec(name))
         return ctx.backend.provision_storage(spec)
+
+
+@task(cache_policy=NONE)
+def prune_storage_task(cluster: str) -> list[str]:
+    """Remove storage a newer version replaced that nothing uses (Docker: git volumes of older
+    commits); clusters with nothing of the kind return an empty list."""
+    with context(cluster) as ctx:
+        prune = getattr(ctx.backend, "prune_storage", None)
+        return list(prune()) if callable(prune) else []

@@ -246,6 +246,11 @@ class DockerBackend(SupervisedBackend):
             return self._git_volume(spec, self.image, kind="StorageSpec").name
         return docker_storage.provision(spec, self.home)
 
+    def prune_storage(self) -> list[str]:
+        """Remove git storage volumes a newer commit replaced that no container uses; returns
+        their names (see :func:`~juliarun.backends.docker.storage.prune_git_volumes`)."""
+        return docker_storage.prune_git_volumes(self.client, self.names.scope)
+
     def _labels(self) -> dict[str, str]:
         """The labels of juliarun's volumes (and helper containers) on the engine."""
         return {

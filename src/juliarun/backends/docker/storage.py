@@ -36,9 +36,11 @@ volume without it (a fill that crashed or was interrupted) is removed, with any 
 behind, and filled again. The checkout's lock is held from the fetch to the end of the fill
 (the tree cannot move meanwhile) and a lock per volume name serializes fills of one commit
 reached through two refs, so concurrent submits on this machine never see a half-filled volume.
-A moved ref gives a new volume; the volumes of older commits are kept (jobs may still mount
-them): remove them by label (``docker volume prune --filter label=juliarun.io/storage=<name>``
-removes those no container uses; ``--all`` is needed too on Docker 23 and later).
+A moved ref gives a new volume; the volumes of older commits are kept while jobs may still
+mount them. :func:`prune_git_volumes` (the ``prune_storage`` flow, daily as the
+``prune-storage`` deployment) removes those a newer fill of the same storage has replaced and
+that no container uses (the engine refuses to remove a volume any container, running or
+exited, refers to).
 
 Mounts are plain mappings (stored in the job's ``job.json``) that
 :func:`docker_mount` turns into the SDK's ``Mount``:
@@ -74,6 +76,7 @@ from juliarun.specs import StorageSpec, parse_memory
 MNT = "/mnt"
 STORAGE = "juliarun.io/storage"
 GIT_COMMIT = "juliarun.io/git-commit"
+FILLED_AT = "juliarun.io/filled-at"  # nanoseconds since the epoch (CreatedAt has seconds)
 HELPER = "juliarun.io/helper"
 # Where a helper container mounts the volume it fills (a path no image has: nothing is copied
 # up into the volume from the image, and no_copy says so too), and the marker of a full fill.
@@ -221,7 +224,7 @@ def _fill(
     """Create ``volume`` and copy its checkout in, the marker last."""
     import docker.errors
 
-    recorded = {STORAGE: spec.name, GIT_COMMIT: volume.commit}
+    recorded = {STORAGE: spec.name, GIT_COMMIT: volume.commit, FILLED_AT: str(time.time_ns())}
     try:
         client.volumes.create(name=volume.name, driver="local", labels={**labels, **recorded})
     except docker.errors.APIError as exc:
@@ -232,6 +235,49 @@ def _fill(
         tar.seek(0)
         helper.put_archive(FILL_AT, tar)
         helper.put_archive(FILL_AT, tar_file(GIT_MARKER, f"{volume.commit}\n".encode()))
+
+
+def prune_git_volumes(client: Any, scope: str) -> list[str]:
+    """Remove the git volumes of ``scope`` that a newer fill of the same storage replaced and
+    that no container uses; returns their names. The newest volume of each storage stays."""
+    import docker.errors
+
+    from juliarun.backends.docker.engine import SCOPE
+
+    volumes = client.volumes.list(
+        filters={"label": [f"{MANAGED_BY}=juliarun", f"{SCOPE}={scope}", GIT_COMMIT]}
+    )
+    by_storage: dict[str, list[Any]] = {}
+    for volume in volumes:
+        labels = volume.attrs.get("Labels") or {}
+        by_storage.setdefault(labels.get(STORAGE, ""), []).append(volume)
+    removed = []
+    for group in by_storage.values():
+        group.sort(key=_filled_at, reverse=True)
+        for volume in group[1:]:
+            try:
+                volume.remove()
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # a container (running or exited) refers to it
+                    continue
+                raise StorageError(
+                    f"cannot remove Docker volume {volume.name}: "
+                    f"{getattr(exc, 'explanation', None) or exc}",
+                    hint="check the Docker engine (docker info)",
+                ) from exc
+            removed.append(volume.name)
+    return sorted(removed)
+
+
+def _filled_at(volume: Any) -> tuple[int, str]:
+    labels = volume.attrs.get("Labels") or {}
+    try:
+        stamp = int(labels.get(FILLED_AT) or 0)
+    except ValueError:
+        stamp = 0
+    return stamp, str(volume.attrs.get("CreatedAt") or "")
 
 
 @contextlib.contextmanager
