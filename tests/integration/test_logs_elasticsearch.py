@@ -197,6 +197,49 @@ def test_unreachable_server_is_a_store_error_on_read(
     assert "elasticsearch" in info.value.hint
 
 
+def test_a_search_waits_out_a_shard_that_is_still_starting(
+    make_store: Callable[..., ElasticsearchLogStore], es_client: Elasticsearch, prefix: str
+) -> None:
+    """A search while an index's primary shard is not started yet (a daily index the first
+    lines just created, indices recovering after a restart) gets 503 from Elasticsearch; reads
+    retry that for ``read_retry`` seconds rather than fail. The shard is held unassigned by an
+    allocation rule naming no node, then released."""
+    store = make_store(read_retry=30.0)
+    store.write([line(0, "stored")])  # the template, and today's index, exist
+    store.refresh()
+    index = f"{prefix}-2026.01.01"
+    es_client.indices.create(
+        index=index,
+        settings={"number_of_replicas": 0, "routing.allocation.require._name": "no-such-node"},
+        wait_for_active_shards="0",
+    )
+    release = threading.Timer(
+        1.5,
+        lambda: es_client.indices.put_settings(
+            index=index, settings={"routing.allocation.require._name": None}
+        ),
+    )
+    release.start()
+    try:
+        started = time.monotonic()
+        # the search itself, without a refresh first
+        assert messages(store._select(LogQuery())) == ["stored"]
+        assert time.monotonic() - started >= 1.0  # it did wait for the shard
+    finally:
+        release.join()
+
+    # A shard that never starts: the read gives up after read_retry, naming the 503 (not an
+    # answer without that index's lines).
+    es_client.indices.create(
+        index=f"{prefix}-2026.01.02",
+        settings={"number_of_replicas": 0, "routing.allocation.require._name": "no-such-node"},
+        wait_for_active_shards="0",
+    )
+    brief = make_store(read_retry=1.0)
+    with pytest.raises(StoreError, match="503"):
+        brief._select(LogQuery())
+
+
 def test_follow_sees_late_lines_with_old_timestamps(
     store: ElasticsearchLogStore, make_store: Callable[..., ElasticsearchLogStore]
 ) -> None:

@@ -20,6 +20,13 @@ request that times out goes straight to the spool (the drainer retries it later,
 the writer again); any other item error (a mapping error) is printed on stderr with the line,
 counted in :attr:`rejected`, and not retried.
 
+**Reads are whole or fail.** Searches ask for no partial results and a count that some shards
+did not answer is not taken: a shard that is not started yet (the daily index the first lines of
+a day just created, indices recovering after a restart) makes Elasticsearch answer ``503``, which
+reads retry, like ``429``, for up to ``read_retry`` seconds before failing with
+:class:`~juliarun.errors.StoreError`. An index of the pattern lacking the sort fields (not made
+from the template) sorts as empty rather than failing the search.
+
 **Write-through, then the spool.** ``write`` ships its lines (in bulks of ``bulk_size``) before it
 returns, so a line ``write`` accepted is in Elasticsearch or in the spool on disk, never only in
 memory: the local supervisor publishes a job as finished right after its last ``write``, and a
@@ -84,13 +91,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, TransportError
 
 from juliarun._store import ClosingContext
 from juliarun.errors import StoreError
 from juliarun.logs.base import LogLine, LogQuery, Stream
+
+_T = TypeVar("_T")
 
 __all__ = ["ElasticsearchLogStore", "index_template"]
 
@@ -237,8 +246,9 @@ class ElasticsearchLogStore(ClosingContext):
     failures before its lines are spooled; ``retry_interval``: seconds between attempts to drain
     the spool while Elasticsearch is unreachable; ``request_timeout``: seconds per request;
     ``close_timeout``: the longest ``close`` spends draining; ``adopt_interval``: how often dead
-    writers' spools are looked for. ``clock`` (monotonic seconds) and ``sleep`` drive backoff and
-    deadlines.
+    writers' spools are looked for; ``read_retry``: how long a read (search, count, refresh)
+    retries while Elasticsearch answers 429 or 503. ``clock`` (monotonic seconds) and ``sleep``
+    drive backoff and deadlines.
     """
 
     def __init__(
@@ -253,6 +263,7 @@ class ElasticsearchLogStore(ClosingContext):
         request_timeout: float = 10.0,
         close_timeout: float = 10.0,
         adopt_interval: float = 5.0,
+        read_retry: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         username: str | None = None,
@@ -275,6 +286,7 @@ class ElasticsearchLogStore(ClosingContext):
         self.retry_interval = retry_interval
         self.close_timeout = close_timeout
         self.adopt_interval = adopt_interval
+        self.read_retry = read_retry
         self.clock = clock
         self.sleep = sleep
         self.writer = secrets.token_hex(6)
@@ -587,12 +599,42 @@ class ElasticsearchLogStore(ClosingContext):
     def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
         return _guard(self.url, action)
 
+    def _read(self, action: str, call: Callable[[], _T]) -> _T:
+        """A read request, retried for up to ``read_retry`` seconds while Elasticsearch answers
+        429 or 503 — busy, or shards not yet started (a daily index that the first lines just
+        created, indices recovering after a restart); other errors fail at once."""
+        deadline = self.clock() + self.read_retry
+        delay = 0.05
+        while True:
+            try:
+                with self._guard(action):
+                    result = call()
+                shards = _get(result, "_shards") or {}
+                if not shards.get("failed"):
+                    return result
+                # Some shards answered, some did not: an answer that may miss lines is not one.
+                if self.clock() + delay > deadline:
+                    raise StoreError(
+                        f"Elasticsearch at {self.url}: cannot {action}: {shards['failed']} of "
+                        f"{shards.get('total', '?')} shards failed (503: not started yet?)",
+                        hint="check the log indices' health (GET _cluster/health?level=indices)",
+                    )
+            except StoreError as exc:
+                cause = exc.__cause__
+                transient = isinstance(cause, ApiError) and cause.status_code in {429, 503}
+                if not transient or self.clock() + delay > deadline:
+                    raise
+            self.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def refresh(self) -> None:
         """Make every line stored so far visible to searches."""
-        with self._guard("refresh the log indices"):
-            self._es.indices.refresh(
+        self._read(
+            "refresh the log indices",
+            lambda: self._es.indices.refresh(
                 index=self.pattern, ignore_unavailable=True, allow_no_indices=True
-            )
+            ),
+        )
 
     def _filters(self, q: LogQuery) -> list[dict[str, Any]]:
         filters: list[dict[str, Any]] = []
@@ -646,11 +688,19 @@ class ElasticsearchLogStore(ClosingContext):
     ) -> Iterator[dict[str, Any]]:
         """Every matching hit, in (timestamp, writer, seq) order, a page at a time."""
         order = "desc" if newest_first else "asc"
-        sort = [{"@timestamp": order}, {"writer": order}, {"seq": order}]
+        # unmapped_type: an index of the pattern without these fields (not made from the
+        # template) sorts as empty instead of failing the search.
+        sort = [
+            {"@timestamp": {"order": order, "unmapped_type": "date"}},
+            {"writer": {"order": order, "unmapped_type": "keyword"}},
+            {"seq": {"order": order, "unmapped_type": "long"}},
+        ]
         after: list[Any] | None = None
         while True:
-            with self._guard("search the log indices"):
-                page = self._es.search(
+            page = self._read(
+                "search the log indices",
+                functools.partial(
+                    self._es.search,
                     index=self.pattern,
                     query={"bool": {"filter": filters}},
                     sort=sort,
@@ -659,8 +709,10 @@ class ElasticsearchLogStore(ClosingContext):
                     source=source,
                     ignore_unavailable=True,
                     allow_no_indices=True,
+                    allow_partial_search_results=False,
                     track_total_hits=False,
-                )
+                ),
+            )
             hits = page["hits"]["hits"]
             yield from hits
             if len(hits) < PAGE:
@@ -708,27 +760,31 @@ class ElasticsearchLogStore(ClosingContext):
                 if pattern.search(hit["_source"]["message"])
             )
         else:
-            with self._guard("count log lines"):
-                n = int(
-                    self._es.count(
+            n = int(
+                self._read(
+                    "count log lines",
+                    lambda: self._es.count(
                         index=self.pattern,
                         query={"bool": {"filter": filters}},
                         ignore_unavailable=True,
                         allow_no_indices=True,
-                    )["count"]
-                )
+                    ),
+                )["count"]
+            )
         return n if q.limit is None else min(n, q.limit)
 
     def _marks(self) -> _Marks:
         """Each index's uuid and the local checkpoint of its primary shard."""
-        with self._guard("read the log indices' checkpoints"):
-            stats = self._es.indices.stats(
+        stats = self._read(
+            "read the log indices' checkpoints",
+            lambda: self._es.indices.stats(
                 index=self.pattern,
                 level="shards",
                 metric="docs",
                 filter_path="indices.*.uuid,indices.*.shards.*.routing.primary,"
                 "indices.*.shards.*.seq_no.local_checkpoint",
-            )
+            ),
+        )
         marks: _Marks = {}
         for index, info in (stats.get("indices") or {}).items():
             checkpoint = -1
@@ -836,6 +892,14 @@ class ElasticsearchLogStore(ClosingContext):
                 os.close(self._lock_fd)  # releases the flock: the spool is anyone's to drain
                 self._lock_fd = None
         self._es.close()
+
+
+def _get(response: Any, key: str) -> Any:
+    """``response[key]`` of an API response (or a plain mapping); ``None`` when absent."""
+    try:
+        return response[key]
+    except (KeyError, TypeError):
+        return None
 
 
 @contextlib.contextmanager
