@@ -237,21 +237,35 @@ class Supervisor:
             },
             metrics_file=metrics_file,
         )
+        # The worker's reader threads hold its lines until it is published as running: a job
+        # whose lines are searchable reads as running, never as still waiting.
+        published = threading.Event()
         try:
-            w.handle = self.runtime.start(launch, lambda stream, line: self._line(w, stream, line))
+            w.handle = self.runtime.start(
+                launch, lambda stream, line: self._line(w, stream, line, published)
+            )
         except WorkerStartError as exc:
             status.state = "failed"
             status.finished_at = now()
             status.reason = exc.reason
             self.reason = self.reason or f"worker {worker_id} {status.reason}"
             return
+        finally:
+            if w.handle is None:
+                published.set()
         status.pid = w.handle.pid
-        # Published before any of its output can be stored: a job whose lines are searchable
-        # reads as running, never as still waiting.
-        self._publish("running", final=False)
+        try:
+            self._publish("running", final=False)
+        finally:
+            published.set()
 
-    def _line(self, w: _Worker, stream: Stream, message: str) -> None:
-        """Called from a runtime's reader threads with each line a worker prints."""
+    def _line(
+        self, w: _Worker, stream: Stream, message: str, published: threading.Event | None = None
+    ) -> None:
+        """Called from a runtime's reader threads with each line a worker prints; waits (a
+        bounded time: a line is never dropped) until the worker's start is published."""
+        if published is not None:
+            published.wait(timeout=10)
         w.last_lines.append(message)
         self.lines.put(
             LogLine(
