@@ -86,8 +86,11 @@ def test_a_clone_that_fails_in_the_pod_is_diagnosed(
     rewritten in between): the init container fails and status says which storage and why."""
     make_repo(git_server.root / "data")
     juliarun.define_storage(kube_ctx, name="repo", kind="git", url=f"{git_server.url}data")
+    real = KubernetesBackend._git_checkout
     monkeypatch.setattr(
-        "juliarun.backends.kubernetes.backend._head_commit", lambda storage, checkout: "0" * 40
+        KubernetesBackend,
+        "_git_checkout",
+        lambda self, spec: (real(self, spec)[0], "0" * 40),  # a commit the server lacks
     )
     job = Batch("gitgone", ["true"], "repo", restart="Never", backoff_limit=0)
     juliarun.submit(kube_ctx, job)
@@ -106,7 +109,10 @@ def test_a_checkout_missing_on_the_node_is_diagnosed_not_waited_on(
     event becomes the job's failure with what works on several nodes."""
     juliarun.define_storage(kube_ctx, name="repo", kind="git", url=make_repo(tmp_path / "origin"))
     missing = tmp_path / "not-on-the-node"
-    monkeypatch.setattr(KubernetesBackend, "provision_storage", lambda self, spec: str(missing))
+    real = KubernetesBackend._git_checkout
+    monkeypatch.setattr(
+        KubernetesBackend, "_git_checkout", lambda self, spec: (missing, real(self, spec)[1])
+    )
     job = Batch("nomount", ["true"], "repo")
     juliarun.submit(kube_ctx, job)
     final = juliarun.wait(kube_ctx, job, timeout=120)

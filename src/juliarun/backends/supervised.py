@@ -85,6 +85,11 @@ class SupervisedBackend(ABC):
     @abstractmethod
     def provision_storage(self, spec: StorageSpec) -> str: ...
 
+    def prune_storage(self) -> list[str]:
+        """Nothing to prune by default: a local checkout is one directory per storage and ref,
+        updated in place."""
+        return []
+
     @abstractmethod
     def cluster_status(self) -> ClusterStatus: ...
 

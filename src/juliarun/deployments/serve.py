@@ -53,50 +53,54 @@ def deployments(cluster: str = "local") -> list[Any]:
     from juliarun.flows.alerts import evaluate_alerts
 
     alerts = alert_parameters(cluster)
-
-    return [
-        run_job.to_deployment(
-            name=RUN_JOB,
-            description="Run a juliarun job to the end and publish its worker table.",
-            parameters={"cluster": cluster},
-            tags=["juliarun"],
+    # (flow, name, description, schedule): every one of these takes the served cluster.
+    on_cluster: list[tuple[Any, str, str, timedelta | None]] = [
+        (run_job, RUN_JOB, "Run a juliarun job to the end and publish its worker table.", None),
+        (
+            cluster_report,
+            CLUSTER_REPORT,
+            "Snapshot of cluster capacity, every 15 minutes.",
+            REPORT_EVERY,
         ),
-        cluster_report.to_deployment(
-            name=CLUSTER_REPORT,
-            description="Snapshot of cluster capacity, every 15 minutes.",
-            parameters={"cluster": cluster},
-            interval=REPORT_EVERY,
-            tags=["juliarun"],
+        (
+            prune_bundles,
+            PRUNE_BUNDLES,
+            "Remove package-bundle addresses no job uses, once a day.",
+            PRUNE_EVERY,
         ),
-        prune_bundles.to_deployment(
-            name=PRUNE_BUNDLES,
-            description="Remove package-bundle addresses no job uses, once a day.",
-            parameters={"cluster": cluster},
-            interval=PRUNE_EVERY,
-            tags=["juliarun"],
+        (
+            prune_storage,
+            PRUNE_STORAGE,
+            "Remove storage versions (git volumes of older commits) no job uses, once a day.",
+            PRUNE_EVERY,
         ),
-        prune_storage.to_deployment(
-            name=PRUNE_STORAGE,
-            description="Remove storage versions (git volumes of older commits) no job uses, "
-            "once a day.",
-            parameters={"cluster": cluster},
-            interval=PRUNE_EVERY,
-            tags=["juliarun"],
+        (
+            run_pipeline,
+            RUN_PIPELINE,
+            "Specs to a running job: storage, bundle and image (cached), then the job.",
+            None,
         ),
+    ]
+    served = [
+        flow.to_deployment(
+            name=name,
+            description=description,
+            parameters={"cluster": cluster},
+            interval=every,
+            tags=["juliarun"],
+        )
+        for flow, name, description, every in on_cluster
+    ]
+    served.append(
         evaluate_alerts.to_deployment(
             name=EVALUATE_ALERTS,
             description="Evaluate the alert rules of JULIARUN_ALERT_RULES, every minute.",
             parameters=alerts,
             interval=ALERTS_EVERY if alerts["rules"] else None,
             tags=["juliarun"],
-        ),
-        run_pipeline.to_deployment(
-            name=RUN_PIPELINE,
-            description="Specs to a running job: storage, bundle and image (cached), then the job.",
-            parameters={"cluster": cluster},
-            tags=["juliarun"],
-        ),
-    ]
+        )
+    )
+    return served
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:

@@ -57,5 +57,4 @@ def prune_storage_task(cluster: str) -> list[str]:
     """Remove storage a newer version replaced that nothing uses (Docker: git volumes of older
     commits); clusters with nothing of the kind return an empty list."""
     with context(cluster) as ctx:
-        prune = getattr(ctx.backend, "prune_storage", None)
-        return list(prune()) if callable(prune) else []
+        return ctx.backend.prune_storage()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -280,14 +279,21 @@ class KubernetesBackend:
             return f"emptyDir:Memory:{spec.size or 'unbounded'}"
         if spec.kind == "volume":
             return self.ensure_pvc(spec)
+        return str(self._git_checkout(spec)[0])
+
+    def _git_checkout(self, spec: StorageSpec) -> tuple[Path, str]:
+        """The checkout of git storage here, and the commit its ref resolved to."""
         from juliarun.backends.local import storage as local_storage
 
         try:
-            return str(local_storage.provision(spec, self.home))
-        except StorageError:
-            raise
+            with local_storage.git_checkout(spec, self.home) as found:
+                return found
         except OSError as exc:
             raise StorageError(f"storage {spec.name!r}: {exc}") from exc
+
+    def prune_storage(self) -> list[str]:
+        """Nothing to prune: clones live in each pod's emptyDir, claims are the user's."""
+        return []
 
     def manifest(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> dict[str, Any]:
         """The Job object ``submit`` would create (storage is provisioned: git checkouts, and
@@ -302,11 +308,11 @@ class KubernetesBackend:
             # The checkout here resolves (and checks) the ref before anything is created; a
             # network URL is then cloned at that commit by the pod's init container (any node),
             # a local path is mounted from the node (the node is this machine).
-            checkout = self.provision_storage(spec)
+            checkout, commit = self._git_checkout(spec)
             if mf.is_remote_git(spec.url or ""):
-                git_clones[name] = (spec.url or "", _head_commit(spec.name, Path(checkout)))
+                git_clones[name] = (spec.url or "", commit)
             else:
-                node_paths[name] = checkout
+                node_paths[name] = str(checkout)
         for name in job.storage:
             if storage[name].kind == "volume":
                 self.ensure_pvc(storage[name], self.job_namespace(job))
@@ -888,16 +894,3 @@ def not_configured(reason: str) -> ConfigError:
         hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, e.g. "
         'eval "$(scripts/testenv env)"',
     )
-
-
-def _head_commit(storage: str, checkout: Path) -> str:
-    """The commit a git storage's checkout is at (what the pods' init containers check out)."""
-    proc = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise StorageError(
-            f"storage {storage!r}: cannot read the commit of {checkout}: {proc.stderr.strip()}",
-            hint="remove the checkout so it is cloned again",
-        )
-    return proc.stdout.strip()
