@@ -40,7 +40,7 @@ from juliarun.backends.docker.engine import (
     WORKER,
 )
 from juliarun.backends.docker.runtime import DockerRuntime
-from juliarun.backends.runtime import WorkerLaunch, WorkerStartError
+from juliarun.backends.supervised.runtime import WorkerLaunch, WorkerStartError
 from juliarun.errors import ConfigError, SpecError, StorageError
 from juliarun.logs import LogQuery, LogStore, open_log_store
 from juliarun.metrics import MetricQuery, open_metric_store

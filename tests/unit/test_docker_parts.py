@@ -38,7 +38,7 @@ from juliarun.backends.docker.storage import (
     provision_git,
     tar_file,
 )
-from juliarun.backends.runtime import Exit, open_runtime
+from juliarun.backends.supervised.runtime import Exit, open_runtime
 from juliarun.errors import BackendError, StorageError
 from juliarun.specs import StorageSpec
 from tests.unit.test_storage import Repo, code, commit, git

@@ -192,7 +192,7 @@ def test_a_job_that_ends_as_its_supervisor_exits_is_not_taken_for_a_crash(
 ) -> None:
     """The supervisor writes the final state, then exits; a status read that saw the state
     before and the supervisor gone after must read the state again."""
-    import juliarun.backends.supervised as supervised
+    import juliarun.backends.supervised.backend as supervised
 
     backend.submit(sh("ending", "exit 3"), {})
     final = finish(backend, "ending")

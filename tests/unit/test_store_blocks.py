@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from juliarun.backends.jobdir import JobDir
+from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.blocks import LocalCluster
 from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 from juliarun.logs.elasticsearch import ElasticsearchLogStore

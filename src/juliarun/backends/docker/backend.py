@@ -36,9 +36,9 @@ from juliarun.backends.docker.engine import (
     scope,
 )
 from juliarun.backends.docker.runtime import JULIARUN_JL
-from juliarun.backends.jobdir import JobDir
 from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
-from juliarun.backends.supervised import Plan, SupervisedBackend
+from juliarun.backends.supervised.backend import Plan, SupervisedBackend
+from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, ConfigError, SpecError
 from juliarun.specs import Batch, JobSpec, StorageSpec
 

@@ -35,7 +35,13 @@ from juliarun.backends.docker.engine import (
     retry,
 )
 from juliarun.backends.docker.storage import docker_mount
-from juliarun.backends.runtime import Exit, LineSink, Sample, WorkerLaunch, WorkerStartError
+from juliarun.backends.supervised.runtime import (
+    Exit,
+    LineSink,
+    Sample,
+    WorkerLaunch,
+    WorkerStartError,
+)
 from juliarun.logs.base import Stream
 
 IN_CONTAINER = "/opt/juliarun"

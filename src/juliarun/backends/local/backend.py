@@ -17,9 +17,9 @@ import psutil
 
 from juliarun.backends.base import ClusterStatus, Component, NodeStatus
 from juliarun.backends.bundles import job_bundle
-from juliarun.backends.jobdir import JobDir
 from juliarun.backends.local import storage as local_storage
-from juliarun.backends.supervised import Plan, SupervisedBackend
+from juliarun.backends.supervised.backend import Plan, SupervisedBackend
+from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, SpecError
 from juliarun.specs import Batch, JobSpec, StorageSpec
 

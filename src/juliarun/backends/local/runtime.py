@@ -16,7 +16,13 @@ from typing import IO, Any
 
 import psutil
 
-from juliarun.backends.runtime import Exit, LineSink, Sample, WorkerLaunch, WorkerStartError
+from juliarun.backends.supervised.runtime import (
+    Exit,
+    LineSink,
+    Sample,
+    WorkerLaunch,
+    WorkerStartError,
+)
 from juliarun.logs.base import Stream
 
 

@@ -1,6 +1,7 @@
 """The worker-runtime seam: how one worker of a supervised job runs (a local process group, a
-Docker container). The :class:`~juliarun.backends.supervisor.Supervisor` owns everything else
-(restart policy, scale, phase, state, logs, metrics); a runtime only starts, watches and stops.
+Docker container). The :class:`~juliarun.backends.supervised.supervisor.Supervisor` owns
+everything else (restart policy, scale, phase, state, logs, metrics); a runtime only starts,
+watches and stops.
 
 A runtime is chosen by the ``kind`` of the ``runtime`` mapping in the job's ``job.json``:
 

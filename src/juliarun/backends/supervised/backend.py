@@ -1,5 +1,5 @@
 """What the local and Docker backends share: each job is a detached supervisor process on this
-machine (:mod:`juliarun.backends.supervisor`) whose state lives in a job directory under
+machine (:mod:`juliarun.backends.supervised.supervisor`) whose state lives in a job directory under
 ``<home>/clusters/<cluster>/jobs/<name>/``, so every Python process on the machine sees the same
 jobs. A subclass says how a job's workers run (its worker runtime) and checks a job before
 anything is created."""
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import psutil
 
 from juliarun.backends.base import ClusterStatus, JobStatus
-from juliarun.backends.jobdir import JobDir, now, status_from_files
+from juliarun.backends.supervised.jobdir import JobDir, now, status_from_files
 from juliarun.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
 from juliarun.specs import JobSpec, JuliaParBatchWorkers, StorageSpec, validate_spec
 
@@ -197,7 +197,7 @@ class SupervisedBackend(ABC):
             raise JobExistsError(job.name, self.cluster) from exc
         with open(jobdir.supervisor_log, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "juliarun.backends.supervisor", str(jobdir.path)],
+                [sys.executable, "-m", "juliarun.backends.supervised.supervisor", str(jobdir.path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

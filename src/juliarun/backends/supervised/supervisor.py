@@ -1,6 +1,6 @@
 """The supervisor of one job: a detached process on this machine that runs the job's workers
 through a worker runtime (local process groups, Docker containers; see
-:mod:`juliarun.backends.runtime`).
+:mod:`juliarun.backends.supervised.runtime`).
 
 The supervisor captures every stdout/stderr line (with a timestamp, the worker id and the
 stream) into the log store, ingests the metric lines workers append to their metrics file plus
@@ -9,7 +9,7 @@ exponential backoff, follows the desired worker count written by ``scale``, and 
 state for every other process to read.
 
 SIGTERM stops the workers gracefully (SIGTERM, then SIGKILL after the grace period); SIGUSR1
-kills them at once. Run as ``python -m juliarun.backends.supervisor JOBDIR``.
+kills them at once. Run as ``python -m juliarun.backends.supervised.supervisor JOBDIR``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 import psutil
 
 from juliarun.backends.base import JobStatus, WorkerStatus
-from juliarun.backends.jobdir import JobDir, now
-from juliarun.backends.runtime import (
+from juliarun.backends.supervised.jobdir import JobDir, now
+from juliarun.backends.supervised.runtime import (
     Exit,
     WorkerHandle,
     WorkerLaunch,
