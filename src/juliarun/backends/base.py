@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from juliarun.errors import JobTimeoutError
@@ -182,12 +183,31 @@ class ClusterStatus:
         return self.render(verbose=True)
 
 
+@dataclass(frozen=True)
+class NodeReadiness:
+    """Whether one node has an image now (what pre-warming reports per node)."""
+
+    node: str
+    ready: bool
+    detail: str
+
+
 @runtime_checkable
 class Backend(Protocol):
     """An execution platform: local processes, Docker, or Kubernetes."""
 
     kind: ClassVar[str]
     cluster: str
+
+    @property
+    def home(self) -> Path:
+        """Where this cluster's state (jobs, bundles, storage catalog) lives on this machine."""
+        ...
+
+    @property
+    def image(self) -> str | None:
+        """The image jobs that name none run in (``None`` where jobs are not containers)."""
+        ...
 
     def submit(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> JobStatus:
         """Start ``job`` with its storage (by the names the job uses) provisioned and mounted at
@@ -220,6 +240,23 @@ class Backend(Protocol):
         ...
 
     def cluster_status(self) -> ClusterStatus: ...
+
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """Where a job sees ``host_path`` when it is mounted as host storage ``storage``
+        (``/mnt/<storage>`` in a container, the directory itself for a local process)."""
+        ...
+
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]:
+        """Make ``image`` present on the cluster's nodes (of ``node_type`` when given) before
+        jobs need it; one row per node."""
+        ...
+
+    def bundle_paths_in_use(self) -> list[str]:
+        """Package-bundle paths that jobs on the cluster mount but that no ``job.json`` under
+        ``home`` records (Kubernetes Jobs); empty where every job has a ``job.json``."""
+        ...
 
     def close(self) -> None: ...
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from juliarun.errors import SpecError
+from juliarun.builders.bundles import check_bake_bundle
 from juliarun.flows.run_job import run_job
 from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec
 from juliarun.tasks.builds import (
@@ -75,13 +75,7 @@ def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
     image with the bundle copied in (the image's ``JULIA_DEPOT_PATH`` / ``JULIA_PROJECT`` point
     at it): what a cluster of several nodes needs, where a bundle built on one machine is not
     on the others."""
-    if bake_bundle and (bundle is None or image is None):
-        missing = "bundle" if bundle is None else "image"
-        raise SpecError(
-            "run_pipeline",
-            [("bake_bundle", f"needs a {missing} (the bundle is baked into the image)")],
-            hint="give both bundle= and image=, or leave bake_bundle off",
-        )
+    check_bake_bundle(bundle, image, bake_bundle)
     updates: dict[str, Any] = {}
     if bundle is not None:
         built = build_package_bundle(bundle, cluster)

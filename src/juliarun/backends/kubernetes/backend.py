@@ -20,6 +20,7 @@ from juliarun.backends.base import (
     CollectResult,
     Component,
     JobStatus,
+    NodeReadiness,
     NodeStatus,
 )
 from juliarun.backends.bundles import job_bundle
@@ -330,6 +331,20 @@ class KubernetesBackend:
             kill_grace=self.kill_grace,
             bundle=(str(bundle.path), bundle.root) if bundle is not None else None,
         )
+
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """Pods see host storage at ``/mnt/<storage>``."""
+        return f"/mnt/{storage}"
+
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]:
+        """A labelled DaemonSet pulls ``image`` onto every node (of ``node_type``); see
+        :mod:`juliarun.backends.kubernetes.prewarm`."""
+        from juliarun.backends.kubernetes.prewarm import prewarm
+
+        rows = prewarm(self, image, node_type, timeout=timeout)
+        return [NodeReadiness(r.node, r.ready, r.detail) for r in rows]
 
     def bundle_paths_in_use(self) -> list[str]:
         """The package bundle addresses (paths on the node) juliarun's Jobs mount, in the

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import psutil
 
-from juliarun.backends.base import ClusterStatus, JobStatus
+from juliarun.backends.base import ClusterStatus, JobStatus, NodeReadiness
 from juliarun.backends.supervised.jobdir import JobDir, now, status_from_files
 from juliarun.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
 from juliarun.specs import JobSpec, JuliaParBatchWorkers, StorageSpec, validate_spec
@@ -92,6 +92,19 @@ class SupervisedBackend(ABC):
 
     @abstractmethod
     def cluster_status(self) -> ClusterStatus: ...
+
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """Containers see host storage at ``/mnt/<storage>``."""
+        return f"/mnt/{storage}"
+
+    def bundle_paths_in_use(self) -> list[str]:
+        """Every job has a ``job.json`` under ``home`` naming its bundle: nothing else."""
+        return []
+
+    @abstractmethod
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]: ...
 
     def close(self) -> None:
         return None
