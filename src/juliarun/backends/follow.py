@@ -51,6 +51,7 @@ def follow_job(
     logs: LogStore,
     *,
     on_line: Callable[[LogLine], None],
+    on_status: Callable[[JobStatus], None] | None = None,
     metrics: MetricStore | None = None,
     collect: bool = True,
     worker: str | None = None,
@@ -63,12 +64,29 @@ def follow_job(
     """Hand every line of job ``name`` (of ``worker`` / ``stream`` when given; the last
     ``lines`` of those already written, then new ones) to ``on_line`` until the job ends, or
     for at most ``timeout`` seconds (the job is left running, and the status returned is not
-    ``done``: :meth:`Followed.raise_if_running` turns that into :class:`JobTimeoutError`)."""
+    ``done``: :meth:`Followed.raise_if_running` turns that into :class:`JobTimeoutError`).
+    ``on_status`` sees the job's status as it is polled (at most every ``poll_interval``)."""
     deadline = None if timeout is None else clock() + timeout
     count = 0
+    polled_at: float | None = None
 
     def past_deadline() -> bool:
         return deadline is not None and clock() >= deadline
+
+    def poll() -> JobStatus:
+        nonlocal polled_at
+        polled_at = clock()
+        current = backend.status(name)
+        if on_status is not None:
+            on_status(current)
+        return current
+
+    def watching() -> bool:
+        """The stop condition of a collector or a log source: the deadline, with the status
+        polled for ``on_status`` on the way."""
+        if on_status is not None and (polled_at is None or clock() - polled_at >= poll_interval):
+            poll()
+        return past_deadline()
 
     def wanted(line: LogLine) -> bool:
         return (worker is None or line.worker == worker) and (
@@ -84,7 +102,7 @@ def follow_job(
     collected: CollectResult | None = None
     final: JobStatus | None = None
     if collect and isinstance(backend, LogCollector):
-        collected = backend.collect(name, logs, metrics, on_line=hand_on, stop=past_deadline)
+        collected = backend.collect(name, logs, metrics, on_line=hand_on, stop=watching)
     elif isinstance(backend, LogSource):
         for line in backend.logs(name, follow=True, lines=lines, worker=worker, stop=past_deadline):
             hand_on(line)
@@ -101,7 +119,7 @@ def follow_job(
 
         def stop() -> bool:
             nonlocal final
-            current = backend.status(name)
+            current = poll()
             if current.done:
                 final = current
                 return True
@@ -110,5 +128,5 @@ def follow_job(
         for line in logs.follow(query, stop=stop, poll_interval=poll_interval):
             hand_on(line)
     if final is None:
-        final = backend.status(name)
+        final = poll()
     return Followed(final, count, collected, timeout)

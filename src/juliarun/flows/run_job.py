@@ -47,8 +47,8 @@ def run_job(
     job fails (with its reason)."""
     if storage or job.storage:
         prepare_storage(cluster, job.storage, storage or [])
-    submit_job(cluster, job)
-    status = watch_job(cluster, job.name, timeout, tenant=job.tenant)
+    submitted = submit_job(cluster, job)
+    status = watch_job(cluster, job.name, timeout, tenant=job.tenant, submitted=submitted)
     rows = job_summary(status)
     if delete_after:
         delete_job(cluster, job.name)

@@ -70,19 +70,33 @@ def submit_job(cluster: str, job: JobSpec) -> JobStatus:
 
 @task(cache_policy=NONE)
 def watch_job(
-    cluster: str, name: str, timeout: float | None = None, *, tenant: str = "default"
+    cluster: str,
+    name: str,
+    timeout: float | None = None,
+    *,
+    tenant: str = "default",
+    submitted: JobStatus | None = None,
 ) -> JobStatus:
     """Follow the job until it ends, logging each of its lines as ``worker | line``; raises
     JobTimeoutError after ``timeout`` seconds (the job is left running).
 
     On Kubernetes the same pass is the job's log collector: the lines it reads from the pods
     are shipped into the log store (and metric lines and kubelet samples into the metric
-    store) as they are logged here."""
+    store) as they are logged here. ``submitted`` is the status ``submit_job`` returned (its
+    phase already emitted as an event)."""
     logger = get_run_logger()
 
     def log_line(line: LogLine) -> None:
         log = logger.warning if line.stream == "stderr" else logger.info
         log("%s | %s", line.worker, line.message)
+
+    seen: list[str] = [] if submitted is None else [submitted.phase]
+
+    def on_status(status: JobStatus) -> None:
+        """``juliarun.job.running`` once, when the job is seen running."""
+        if status.phase == "running" and "running" not in seen:
+            seen.append("running")
+            emit_job_event(cluster, tenant, status)
 
     with context(cluster) as ctx:
         followed = follow_job(
@@ -91,6 +105,7 @@ def watch_job(
             ctx.logs,
             metrics=ctx.metrics,
             on_line=log_line,
+            on_status=on_status,
             timeout=timeout,
             poll_interval=ctx.settings.poll_interval,
         )
