@@ -69,6 +69,7 @@ def test_kwok_nodes_of_a_pool_run_its_node_type_and_are_idempotent(
     job = Batch(
         f"on-pool-{pool.name}",
         ["sleep", "600"],
+        env={"KWOK_RUN_FOR": "600s"},  # kwok keeps the pod running that long
         resources={
             "cpu": "3",
             "memory": "1Gi",
@@ -85,7 +86,17 @@ def test_kwok_nodes_of_a_pool_run_its_node_type_and_are_idempotent(
         return bool(pods) and all(p.spec.node_name in names for p in pods)
 
     wait_for(placed, timeout=60, what="the job's pod to land on a pool node")
+    wait_for(
+        lambda: str(juliarun.status(kube_ctx, job)) == "running",  # type: ignore[arg-type]
+        timeout=30,
+        what="the job to run",
+    )
+    quick = Batch(f"quick-{pool.name}", ["true"], resources=job.resources)
+    juliarun.submit(kube_ctx, quick)  # type: ignore[arg-type]
+    assert str(juliarun.wait(kube_ctx, quick, timeout=60)) == "succeeded"  # type: ignore[arg-type]
+    assert str(juliarun.status(kube_ctx, job)) == "running"  # type: ignore[arg-type]
     juliarun.delete(kube_ctx, job, force=True)  # type: ignore[arg-type]
+    juliarun.delete(kube_ctx, quick, force=True)  # type: ignore[arg-type]
 
     assert provider.delete_nodes(pool, [names[1]]) == [names[1]]
     assert provider.delete_nodes(pool, [names[1]]) == []  # already gone
