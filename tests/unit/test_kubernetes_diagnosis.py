@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from juliarun.backends.kubernetes.backend import node_status
+from juliarun.backends.kubernetes.clusterview import node_status
 from juliarun.backends.kubernetes.diagnosis import (
     diagnose,
     parse_scheduler_message,

@@ -68,12 +68,14 @@ def _cond(obj: Obj, kind: str) -> Obj | None:
     return None
 
 
-def _true(obj: Obj, kind: str) -> bool:
+def condition_true(obj: Obj, kind: str) -> bool:
+    """Whether condition ``kind`` of an object (a Job, a pod, a node) has status ``True``."""
     c = _cond(obj, kind)
     return c is not None and c.get("status") == "True"
 
 
-def _main(pod: Obj) -> Obj:
+def main_container(pod: Obj) -> Obj:
+    """The status of the pod's ``main`` container (else its first container's, else empty)."""
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         if cs.get("name") == MAIN:
             return cs  # type: ignore[no-any-return]
@@ -107,7 +109,7 @@ def worker_id(job_name: str, pod: Obj) -> str:
 def worker_from_pod(job_name: str, pod: Obj, earlier: int = 0) -> WorkerStatus:
     """One worker from its newest pod; ``earlier`` pods of the same index count as restarts."""
     status = pod.get("status", {})
-    cs = _main(pod)
+    cs = main_container(pod)
     state = cs.get("state") or {}
     phase = status.get("phase")
     worker = WorkerStatus(
@@ -434,7 +436,7 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
     init = init_problem(pod, namespace)
     if init is not None:
         return init
-    cs = _main(pod)
+    cs = main_container(pod)
     state = cs.get("state") or {}
     last = (cs.get("lastState") or {}).get("terminated") or {}
     term = state.get("terminated") or {}
@@ -544,7 +546,7 @@ def waiting_to_mount(pod: Obj) -> bool:
     """Assigned to a node, still creating its containers (when volumes fail to mount)."""
     if pod.get("status", {}).get("phase") != "Pending" or not pod.get("spec", {}).get("nodeName"):
         return False
-    waiting = (_main(pod).get("state") or {}).get("waiting") or {}
+    waiting = (main_container(pod).get("state") or {}).get("waiting") or {}
     return waiting.get("reason") in {None, "ContainerCreating", "PodInitializing"}
 
 
@@ -681,9 +683,9 @@ def diagnose(
         problem = pod_problem(pod, name, namespace, restart)
         if problem is None and waiting_to_mount(pod):
             problem = mount_problem(pod, events, name, namespace)
-        if problem is None and _pending_unscheduled(pod):
+        if problem is None and pending_unscheduled(pod):
             problem = unschedulable(pod, nodes, namespace)
-        elif problem is None and _pending_unassigned(pod) and nodes is not None:
+        elif problem is None and pending_unassigned(pod) and nodes is not None:
             problem = missing_node(pod, nodes)  # known before the scheduler says so
         if problem is not None:
             problems.append((problem, pod_name(pod) if _has_run(pod) else None))
@@ -692,12 +694,12 @@ def diagnose(
         problems.append((created, None))
     problems.sort(key=lambda p: not p[0].fatal)  # the fatal ones explain most
 
-    if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+    if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
         status.phase = "succeeded"
         status.finished_at = ts((_cond(job, "Complete") or {}).get("lastTransitionTime"))
         return report
-    failed = _cond(job, "Failed") if _true(job, "Failed") else None
-    if failed is None and _true(job, "FailureTarget"):
+    failed = _cond(job, "Failed") if condition_true(job, "Failed") else None
+    if failed is None and condition_true(job, "FailureTarget"):
         failed = _cond(job, "FailureTarget")
     if failed is not None or (problems and problems[0][0].fatal):
         status.phase = "failed"
@@ -715,12 +717,13 @@ def diagnose(
         status.reason, status.hint = problems[0][0].reason, problems[0][0].hint
     elif not pods and status.phase == "created":
         status.reason = "waiting for the job controller to create pods"
-    elif any(_pending_unassigned(p) for p, _ in newest):
+    elif any(pending_unassigned(p) for p, _ in newest):
         status.reason = "waiting for scheduler"
     return report
 
 
-def _pending_unscheduled(pod: Obj) -> bool:
+def pending_unscheduled(pod: Obj) -> bool:
+    """Pending, and the scheduler said it cannot place the pod (``PodScheduled=False``)."""
     cond = _cond(pod, "PodScheduled")
     return (
         pod.get("status", {}).get("phase") == "Pending"
@@ -730,14 +733,15 @@ def _pending_unscheduled(pod: Obj) -> bool:
     )
 
 
-def _pending_unassigned(pod: Obj) -> bool:
+def pending_unassigned(pod: Obj) -> bool:
+    """Pending, and on no node yet."""
     return pod.get("status", {}).get("phase") == "Pending" and not pod.get("spec", {}).get(
         "nodeName"
     )
 
 
 def _has_run(pod: Obj) -> bool:
-    cs = _main(pod)
+    cs = main_container(pod)
     return bool(
         (cs.get("state") or {}).get("terminated") or cs.get("lastState", {}).get("terminated")
     )
