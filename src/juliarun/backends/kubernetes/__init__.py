@@ -1,7 +1,11 @@
 """The Kubernetes backend: jobs as ``batch/v1`` Jobs, status with diagnosis, pod logs, and the
 cluster view. Modules: ``client`` (JSON requests, retries, rate limit), ``manifests`` (pure: spec →
 Job), ``diagnosis`` (pure: Job/pods/events/nodes → status), ``watch`` (pure resume logic + driver),
-``backend``."""
+``routes`` (which namespace a job lives in; tenants' jobs), ``volumes`` (storage: PVCs, git
+sources, host paths, bundles), ``evidence`` (what a status is diagnosed from), ``podlogs`` (pod
+output: read, follow), ``clusterview`` (health, pods waiting, node percentages), ``collector``
+(shipping output into the stores), ``tenants``, ``prewarm``, and ``backend``
+(:class:`KubernetesBackend`: the job lifecycle and the one face of the parts)."""
 
 from __future__ import annotations
 
