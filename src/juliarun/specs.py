@@ -372,6 +372,11 @@ class JobSpec(_Model):
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
     image: str | None = Field(None, description="Container image (Docker and Kubernetes).")
     pkg_bundle: Name | None = Field(None, description="Package bundle to mount (by name).")
+    placement: Name = Field(
+        "pack",
+        description="Placement policy where juliarun places jobs whole (a cluster with "
+        "placement 'juliarun'): pack (the fewest nodes), spread, or a registered policy name.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Per-worker resources.")
     restart: Literal["Never", "OnFailure"] = Field(
         "Never", description="Restart a worker that exits non-zero (OnFailure) or not (Never)."

@@ -52,6 +52,9 @@ class DiagnosisCategory(enum.StrEnum):
     """The job controller has not created the job's pods yet."""
     WAITING_FOR_SCHEDULER = "waiting_for_scheduler"
     """A pod is not placed on a node yet."""
+    WAITING_FOR_PLACEMENT = "waiting_for_placement"
+    """juliarun's placement controller has not placed the job whole yet (its pods are gated):
+    the reason says why (no room for all its workers at once, not all created yet)."""
     WAITING_FOR_NODES = "waiting_for_nodes"
     """No matching node has room now; one would once other jobs end (or nodes are added)."""
     NODE_NOT_SCHEDULABLE = "node_not_schedulable"

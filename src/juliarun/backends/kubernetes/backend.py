@@ -74,6 +74,7 @@ class KubernetesBackend:
         cluster: str = "kubernetes",
         image: str = "julia:1.5.3",
         git_image: str = mf.DEFAULT_GIT_IMAGE,
+        gate_pods: bool = False,
         julia: str = "julia",
         home: Path | None = None,
         qps: float = 50.0,
@@ -94,6 +95,7 @@ class KubernetesBackend:
         self.cluster = cluster
         self.image = image
         self.git_image = git_image
+        self.gate_pods = gate_pods  # pods wait gated for juliarun's placement controller
         self.julia = julia
         self.home = home or Path.home() / ".juliarun"
         self.kill_grace = kill_grace
@@ -187,6 +189,7 @@ class KubernetesBackend:
             julia=self.julia,
             kill_grace=self.kill_grace,
             bundle=(str(bundle.path), bundle.root) if bundle is not None else None,
+            gated=self.gate_pods,
         )
 
     def job_path(self, storage: str, host_path: Path) -> str:

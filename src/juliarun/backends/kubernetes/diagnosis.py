@@ -51,6 +51,7 @@ from juliarun.backends.base import (
     WorkerState,
     WorkerStatus,
 )
+from juliarun.backends.kubernetes import manifests as mf
 from juliarun.specs import parse_quantity
 
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -750,6 +751,8 @@ def diagnose(
     problems: list[tuple[Problem, str | None]] = []
     for pod, _ in newest:
         problem = pod_problem(pod, name, namespace, restart)
+        if problem is None and placement_gated(pod):
+            problem = placement_wait(job)
         if problem is None and waiting_to_mount(pod):
             problem = mount_problem(pod, events, name, namespace)
         if problem is None and pending_unscheduled(pod):
@@ -800,6 +803,30 @@ def diagnose(
     elif any(pending_unassigned(p) for p, _ in newest):
         report.explain(Diagnosis(Category.WAITING_FOR_SCHEDULER, "waiting for scheduler"))
     return report
+
+
+def placement_gated(pod: Obj) -> bool:
+    """The pod waits for juliarun's placement controller (its scheduling gate)."""
+    gates = pod.get("spec", {}).get("schedulingGates") or []
+    return any(g.get("name") == mf.PLACEMENT_GATE for g in gates)
+
+
+def placement_wait(job: Obj) -> Problem:
+    """Why a gated job waits: what the placement controller wrote on the Job (nothing yet:
+    no controller has looked at it)."""
+    said = str(
+        (job.get("metadata", {}).get("annotations") or {}).get(mf.PLACEMENT_ANNOTATION) or ""
+    )
+    why = said.removeprefix("waiting: ") if said.startswith("waiting: ") else None
+    summary = "waiting for placement" + (f": {why}" if why else "")
+    hint = (
+        "the job starts whole once all its workers fit; add nodes (or let the cluster "
+        "autoscaler) or wait for other jobs to end"
+        if why
+        else "juliarun's placement controller places gated jobs: run the cluster autoscaler "
+        "or `juliarun placement` against this cluster"
+    )
+    return Problem(Category.WAITING_FOR_PLACEMENT, summary, hint, said or None)
 
 
 def pending_unscheduled(pod: Obj) -> bool:
