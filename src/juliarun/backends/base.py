@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from juliarun.errors import JobTimeoutError
 from juliarun.logs.base import LogLine, LogStore
@@ -359,6 +359,17 @@ class LogSource(Protocol):
     ) -> Iterator[LogLine]:
         """Lines of every worker interleaved by time (the last ``lines`` only when given);
         ``follow`` keeps yielding until the job ends or ``stop()``."""
+        ...
+
+
+@runtime_checkable
+class Placer(Protocol):
+    """A backend whose jobs juliarun can place whole itself (Kubernetes, with pods gated until
+    a placement controller places them)."""
+
+    def placement_controller(self, *, interval: float = 1.0) -> Any:
+        """A placement controller for this cluster (``step()``, ``run()``, ``start()`` /
+        ``stop()``)."""
         ...
 
 

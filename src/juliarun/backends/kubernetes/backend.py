@@ -28,6 +28,7 @@ from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_pat
 from juliarun.backends.kubernetes.clusterview import ClusterView
 from juliarun.backends.kubernetes.collector import KubernetesCollector
 from juliarun.backends.kubernetes.evidence import JobInspector
+from juliarun.backends.kubernetes.placement import PlacementController
 from juliarun.backends.kubernetes.podlogs import PodLogs
 from juliarun.backends.kubernetes.prewarm import prewarm
 from juliarun.backends.kubernetes.routes import JobRoutes
@@ -191,6 +192,12 @@ class KubernetesBackend:
             bundle=(str(bundle.path), bundle.root) if bundle is not None else None,
             gated=self.gate_pods,
         )
+
+    def placement_controller(self, *, interval: float = 1.0) -> PlacementController:
+        """The controller that places this cluster's gated jobs whole (see
+        :mod:`juliarun.backends.kubernetes.placement`); it needs credentials that may list pods,
+        nodes and jobs cluster-wide and patch pods and jobs."""
+        return PlacementController(self.client, interval=interval)
 
     def job_path(self, storage: str, host_path: Path) -> str:
         """Pods see host storage at ``/mnt/<storage>``."""

@@ -183,19 +183,22 @@ class PlacementController:
         return PlacementDecision(namespace, name, True, nodes=tuple(plan.nodes))
 
     def _record(self, job: Obj, decision: PlacementDecision) -> None:
-        """The decision, on the Job (for ``status``), in the log and to ``on_decision``."""
+        """A decision that changes what the Job says: on the Job (for ``status``), in the log,
+        in ``decisions`` and to ``on_decision`` (a job that still waits for the same reason is
+        not said again)."""
         text = str(decision).split(": ", 1)[1]
         annotations = (job.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(PLACEMENT_ANNOTATION) != text:
-            try:
-                self.client.merge_patch(
-                    ns_path(decision.namespace, "jobs", decision.job, group="batch/v1"),
-                    {"metadata": {"annotations": {PLACEMENT_ANNOTATION: text}}},
-                )
-            except KubeApiError as exc:
-                if exc.status != 404:
-                    raise
-            log.info("placement: %s", decision)
+        if annotations.get(PLACEMENT_ANNOTATION) == text:
+            return
+        try:
+            self.client.merge_patch(
+                ns_path(decision.namespace, "jobs", decision.job, group="batch/v1"),
+                {"metadata": {"annotations": {PLACEMENT_ANNOTATION: text}}},
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+        log.info("placement: %s", decision)
         self.decisions.append(decision)
         if self.on_decision is not None:
             self.on_decision(decision)
