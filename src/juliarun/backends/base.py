@@ -373,6 +373,32 @@ class Placer(Protocol):
         ...
 
 
+@runtime_checkable
+class NodeOperator(Protocol):
+    """A backend whose nodes the cluster autoscaler can add and remove (Kubernetes)."""
+
+    def cluster_objects(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """Every node and every live pod, as the cluster's API gives them."""
+        ...
+
+    def mark_for_removal(self, node: str) -> None:
+        """Cordon ``node`` and mark it as being drained for removal."""
+        ...
+
+    def unmark(self, node: str) -> None:
+        """Take a removal mark back."""
+        ...
+
+    def evict_pods(self, node: str) -> tuple[int, list[str]]:
+        """Evict the pods of ``node`` (disruption budgets honoured): how many went, and the
+        pods kept."""
+        ...
+
+    def node_provider(self, kind: str, options: Mapping[str, str]) -> Any:
+        """The :class:`~juliarun.providers.base.NodeProvider` of ``kind`` for this cluster."""
+        ...
+
+
 @dataclass
 class CollectResult:
     """What one collection of a job's output shipped into the stores."""

@@ -23,6 +23,7 @@ from juliarun.backends.base import ClusterStatus, CollectResult, JobStatus, Node
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
+from juliarun.backends.kubernetes import nodes
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.backends.kubernetes.clusterview import ClusterView
@@ -198,6 +199,26 @@ class KubernetesBackend:
         :mod:`juliarun.backends.kubernetes.placement`); it needs credentials that may list pods,
         nodes and jobs cluster-wide and patch pods and jobs."""
         return PlacementController(self.client, interval=interval)
+
+    # -- nodes (the cluster autoscaler's) ----------------------------------------------------
+
+    def cluster_objects(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        return nodes.read_state(self.client)
+
+    def mark_for_removal(self, node: str) -> None:
+        nodes.mark_for_removal(self.client, node)
+
+    def unmark(self, node: str) -> None:
+        nodes.unmark(self.client, node)
+
+    def evict_pods(self, node: str) -> tuple[int, list[str]]:
+        return nodes.evict_pods(self.client, node)
+
+    def node_provider(self, kind: str, options: Mapping[str, str]) -> Any:
+        """kwok nodes on this cluster's apiserver; cloud providers by their own credentials."""
+        from juliarun.providers import provider_for
+
+        return provider_for(kind, options, kube=self.client, cluster=self.cluster)
 
     def job_path(self, storage: str, host_path: Path) -> str:
         """Pods see host storage at ``/mnt/<storage>``."""
