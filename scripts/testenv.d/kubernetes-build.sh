@@ -9,7 +9,7 @@
 K8S_VERSION=${JULIARUN_K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${JULIARUN_ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${JULIARUN_KWOK_VERSION:-v0.8.0}
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 # Staging modules of k8s.io/kubernetes: each is published as k8s.io/<m> v0.<minor>.<patch>, and the
 # kubernetes module itself requires them as v0.0.0 with replace => ./staging/..., which a dependent module
 # ignores, so the wrapper module pins every one of them.
