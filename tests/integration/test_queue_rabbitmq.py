@@ -49,7 +49,8 @@ n = JuliaRun.consume(work; prefetch=parse(Int, get(ENV, "PREFETCH", "1"))) do id
         error("failing on $id once")
     end
     slow = joinpath(dir, "slow-$id")
-    sleep(isfile(slow) ? parse(Float64, read(slow, String)) : parse(Float64, get(ENV, "WORK_SECONDS", "0")))
+    seconds = isfile(slow) ? read(slow, String) : get(ENV, "WORK_SECONDS", "0")
+    sleep(parse(Float64, seconds))
     JuliaRun.publish(done, "$id $(getpid())")
 end
 println("handled $n")
@@ -64,7 +65,11 @@ def julia_throws(julia: str) -> str:
     def probe() -> str | None:
         code = 'f() = throw(EOFError()); try; f(); catch e; print("caught"); end'
         run = subprocess.run(
-            [julia, "--startup-file=no", "-e", code], capture_output=True, text=True, timeout=120
+            [julia, "--startup-file=no", "-e", code],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if run.stdout != "caught":
             return (
@@ -85,12 +90,12 @@ class Workers:
         self.script = dir / "worker.jl"
         self.script.write_text(WORKER)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.args = [work, done, str(dir)]
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
         n = len(self.procs)
         proc = subprocess.Popen(
-            [self.julia, "--startup-file=no", "--color=no", str(self.script)]
-            + [self.work, self.done, str(self.dir)],
+            [self.julia, "--startup-file=no", "--color=no", str(self.script), *self.args],
             env={**os.environ, **self.queue.env, "JULIARUN_JL": str(JULIARUN_JL), **env},
             stdin=subprocess.DEVNULL,
             stdout=open(self.dir / f"worker-{n}.out", "wb"),  # noqa: SIM115

@@ -14,7 +14,8 @@ class QueueStats:
     ``ready`` messages wait for a consumer; ``unacked`` ones are delivered and not yet
     acknowledged; rates are messages per second over the broker's last sampling interval.
 
-    >>> QueueStats("work", ready=7, unacked=2, consumers=1, publish_rate=0.0, deliver_rate=1.5).backlog
+    >>> stats = QueueStats("work", 7, 2, consumers=1, publish_rate=0.0, deliver_rate=1.5)
+    >>> stats.backlog
     9
     """
 

@@ -211,7 +211,7 @@ class LocalBroker:
         logs = sorted((self.path / "log").glob("*.log"), key=lambda p: p.stat().st_mtime)
         text: list[str] = []
         for log in logs[-2:]:
-            text += [f"--- {log.name}"] + log.read_text(errors="replace").splitlines()[-lines:]
+            text += [f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-lines:]]
         return "\n".join(text)
 
 
@@ -221,8 +221,8 @@ def _ready(broker: LocalBroker) -> bool:
         return False
     queue = broker.queue()
     try:
-        queue._api("/api/overview")  # noqa: SLF001 - same package
-        queue._open()  # noqa: SLF001
+        queue._api("/api/overview")
+        queue._open()
     except QueueError:
         return False
     finally:

@@ -8,20 +8,20 @@ Queues are durable, without arguments: exactly what RabbitMQ's STOMP plugin decl
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from juliarun.errors import QueueError
 from juliarun.queues.base import Body, Queue, QueueStats
 
-if TYPE_CHECKING:
-    import pika
-    import pika.adapters.blocking_connection
+# pika ships no type information: its objects are Any here.
+Channel = Any
 
 
 def mask_url(url: str) -> str:
@@ -96,8 +96,8 @@ class RabbitMQQueue(Queue):
         self.stomp_port = stomp_port
         self.job_host = job_host or self.host
         self.timeout = timeout
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: pika.adapters.blocking_connection.BlockingChannel | None = None
+        self._connection: Any = None
+        self._channel: Channel | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -132,9 +132,9 @@ class RabbitMQQueue(Queue):
 
     # -- AMQP ---------------------------------------------------------------------------
 
-    def _open(self) -> pika.adapters.blocking_connection.BlockingChannel:
-        import pika
-        import pika.exceptions
+    def _open(self) -> Channel:
+        import pika  # type: ignore[import-untyped]
+        import pika.exceptions  # type: ignore[import-untyped]
 
         if self._connection is not None and self._connection.is_open:
             try:  # a broker that went away since the last call shows up here
@@ -205,7 +205,7 @@ class RabbitMQQueue(Queue):
 
         properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
-        def send(channel: pika.adapters.blocking_connection.BlockingChannel) -> int:
+        def send(channel: Channel) -> int:
             count = 0
             for body in _encode_bodies(bodies):
                 channel.basic_publish(
@@ -218,9 +218,7 @@ class RabbitMQQueue(Queue):
         return int(self._call("publish to", name, send, retry=False))
 
     def depth(self, name: str) -> int:
-        result = self._call(
-            "depth of", name, lambda ch: ch.queue_declare(queue=name, passive=True)
-        )
+        result = self._call("depth of", name, lambda ch: ch.queue_declare(queue=name, passive=True))
         return int(result.method.message_count)
 
     def purge(self, name: str) -> int:
@@ -237,10 +235,8 @@ class RabbitMQQueue(Queue):
         with self._lock:
             connection, self._connection, self._channel = self._connection, None, None
             if connection is not None and connection.is_open:
-                try:
+                with contextlib.suppress(pika.exceptions.AMQPError):
                     connection.close()
-                except pika.exceptions.AMQPError:
-                    pass
 
     # -- management API -----------------------------------------------------------------
 
