@@ -229,3 +229,9 @@ class BuildError(JuliaRunError):
             f"{what} failed at step: {step}" + (f"\noutput:\n  {tail}" if tail else ""),
             hint=hint or "fix the step (see its output above) and build again",
         )
+
+
+class QueueError(JuliaRunError):
+    """A message queue broker could not be started, reached or used."""
+
+    default_hint = "check the broker's log (its directory is in the message) and that it is running"
