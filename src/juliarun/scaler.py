@@ -30,13 +30,18 @@ Every decision is recorded in the context's metric store as ``juliarun.scaler.wo
 ...                    clock=lambda: 0.0)
 >>> [scaler.step().desired for _ in range(4)]
 [1, 3, 10, 10]
->>> print(scaler.decisions[2])
+>>> for decision in scaler.decisions[:4]:
+...     print(decision)
+workers: stays 1: resumed at 1 workers
+workers: stays 1: BoundedMetric(<lambda>, 1:10) reads 1: wants 1
+workers: 1 -> 3: BoundedMetric(<lambda>, 1:10) reads 3: wants 3
 workers: 3 -> 10: BoundedMetric(<lambda>, 1:10) reads 10: wants 10
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -48,8 +53,8 @@ from typing import Protocol
 from juliarun.backends.base import JobStatus
 from juliarun.errors import JobNotFoundError, JuliaRunError, MetricError, SpecError
 from juliarun.metrics.base import MetricStore
-from juliarun.scaling.metrics import MetricLike, as_metric
-from juliarun.scaling.policy import Decision, PolicyLike, as_policy
+from juliarun.scaling.metrics import BoundedMetric, MetricLike, as_metric
+from juliarun.scaling.policy import MAX_WORKERS, Decision, HPAPolicy, PolicyLike, as_policy
 from juliarun.specs import JobSpec, JuliaParBatchWorkers
 
 log = logging.getLogger("juliarun")
@@ -88,7 +93,14 @@ class JobScaler:
 
     ``step()`` runs one round and returns its decision; ``run()`` blocks until ``stop()`` or the
     job ends; ``start()`` runs it in a background thread and returns a :class:`ScalerHandle`.
-    ``on_decision`` is called with every decision; ``clock`` and ``sleep`` are injectable."""
+    ``on_decision`` is called with every decision; ``clock`` and ``sleep`` are injectable.
+
+    With the direct policy and a :class:`~juliarun.scaling.metrics.BoundedMetric` outermost (the
+    seed's ``BoundedMetric(..., 1:10)``), the bounds are also the policy's ``min_workers`` and
+    ``max_workers``: a count outside them (set by hand, or by another scaler) comes back at once.
+    With ``resume`` (the default) the count the job has when the scaler starts counts as a
+    recommendation made then, so a (re)started scaler scales down only after the policy's
+    scale-down window, as if it had been running all along."""
 
     def __init__(
         self,
@@ -102,6 +114,7 @@ class JobScaler:
         sleep: Callable[[float], object] | None = None,
         on_decision: Callable[[Decision], object] | None = None,
         keep: int = 10_000,
+        resume: bool = True,
     ) -> None:
         if isinstance(workers, JobSpec) and not isinstance(workers, JuliaParBatchWorkers):
             rule = f"only JuliaParBatchWorkers jobs can be scaled (got {type(workers).__name__})"
@@ -117,6 +130,15 @@ class JobScaler:
         self.name = workers if isinstance(workers, str) else workers.name
         self.metric = as_metric(metric)
         self.policy = as_policy(policy)
+        if (policy is None or policy == "direct") and isinstance(self.metric, BoundedMetric):
+            low, high = math.ceil(self.metric.low), math.floor(self.metric.high)
+            if not 0 <= low <= high <= MAX_WORKERS:
+                rule = (
+                    f"bounds {self.metric.bounds} must hold whole worker counts in 0..{MAX_WORKERS}"
+                )
+                raise SpecError("JobScaler", [("metric", rule)])
+            self.policy = HPAPolicy(min_workers=low, max_workers=high)
+        self.resume = resume
         self.interval = float(seconds)
         self.clock = clock
         self._stop = threading.Event()
@@ -142,6 +164,21 @@ class JobScaler:
         status = self.ctx.backend.status(self.name)
         current = status.desired_workers
         history: Sequence[Decision] = self.decisions
+        if not history and self.resume and not status.done:
+            resumed = Decision(
+                now,
+                current,
+                current,
+                None,
+                f"resumed at {current} workers",
+                {},
+                current,
+                "",
+                self.name,
+            )
+            with self._lock:
+                self._history.append(resumed)
+            history = [resumed]
         if status.done:
             self.ended = status
             decision = Decision.hold(current, f"the job has {status.phase}", at=now)

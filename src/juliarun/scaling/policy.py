@@ -51,6 +51,7 @@ Any function ``policy(current, value, history) -> int`` is a policy too:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -367,6 +368,19 @@ class CallablePolicy:
             result,
             reading.source,
         )
+
+
+def reversals(decisions: Sequence[Decision]) -> int:
+    """How often the direction of change flips (up then down, or down then up) over the
+    decisions that changed the count: a measure of flapping.
+
+    >>> ups_and_downs = [Decision(t, c, d, 0.0, "") for t, (c, d) in enumerate(
+    ...     [(1, 4), (4, 4), (4, 6), (6, 2), (2, 5)])]
+    >>> reversals(ups_and_downs)
+    2
+    """
+    signs = [1 if d.desired > d.current else -1 for d in decisions if d.changed]
+    return sum(1 for a, b in itertools.pairwise(signs) if a != b)
 
 
 def as_policy(policy: PolicyLike) -> Policy:
