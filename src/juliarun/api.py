@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -20,15 +21,17 @@ from juliarun.backends.base import (
     JobStatus,
     LogCollector,
     LogSource,
+    QueueHost,
     wait_for_job,
 )
 from juliarun.backends.follow import follow_job
 from juliarun.context import Context as Context  # noqa: PLC0414 - re-exported
-from juliarun.errors import JuliaRunError
+from juliarun.errors import BackendError, JuliaRunError, SpecError
 from juliarun.logs import LogLine, LogQuery
 from juliarun.logs.base import Stream
 from juliarun.metrics import MetricQuery, Row
 from juliarun.metrics.base import Aggregation
+from juliarun.queues.base import Queue
 from juliarun.specs import JobSpec, StorageSpec
 
 log = logging.getLogger("juliarun")
@@ -47,6 +50,11 @@ def init(cluster: str | None = None) -> Context:
     ctx = connect(cluster)
     log.info("compute cluster: %s (%s)", ctx.cluster, ctx.backend.kind)
     return ctx
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise SpecError("start_queue", [("name", f"must be a DNS-1123 label (got {name!r})")])
 
 
 def _name(job: JobRef) -> str:
@@ -163,11 +171,38 @@ def tail(
     return printed
 
 
-def delete(ctx: Context, job: JobRef, *, force: bool = False) -> bool:
-    """Stop the job's workers (immediately with ``force``) and remove the job. Its log lines
-    stay searchable."""
+def delete(ctx: Context, job: JobRef | Queue, *, force: bool = False) -> bool:
+    """Stop the job's workers (immediately with ``force``) and remove the job; its log lines
+    stay searchable. Given a queue from :func:`start_queue`, stop its broker and remove it."""
+    if isinstance(job, Queue):
+        if job.name is None or not isinstance(ctx.backend, QueueHost):
+            raise JuliaRunError(
+                f"{job!r} was not started on cluster {ctx.cluster!r}",
+                hint="delete a queue through the context start_queue gave it on",
+            )
+        log.info("deleting queue %s ...", job.name)
+        job.close()
+        return ctx.backend.delete_queue(job.name, force=force)
     log.info("deleting %s ...", _name(job))
     return ctx.backend.delete(_name(job), force=force)
+
+
+def start_queue(ctx: Context, name: str = "mq") -> Queue:
+    """Start a message queue broker (RabbitMQ) as a service of the cluster, or find it running:
+    the seed's ``queue = start_queue(ctx)``. Its ``url`` reaches it from here, its ``env``
+    gives a job what it needs to reach it (``JuliaParBatchWorkers(..., env=queue.env)``);
+    ``delete(ctx, queue, force=True)`` removes it."""
+    if not isinstance(ctx.backend, QueueHost):
+        raise BackendError(
+            f"cluster {ctx.cluster!r} ({ctx.backend.kind}) cannot run a queue yet",
+            hint="start the queue on the local cluster, or give the workers an existing broker "
+            "(a RabbitMQ block)",
+        )
+    _check_name(name)
+    log.info("starting %s...", name)
+    queue = ctx.backend.start_queue(name)
+    log.info("JuliaRun.MessageQ %s up at %s", name, queue)
+    return queue
 
 
 def scale(ctx: Context, job: JobRef, workers: int) -> JobStatus:

@@ -170,11 +170,16 @@ def _one_or_many(value: Any) -> Any:
     return value
 
 
+# Variables a job may be given under juliarun's prefix: the platform sets none of them (a queue
+# handle's ``env`` for its workers).
+JOB_ENV_PREFIXES = ("JULIARUN_QUEUE_",)
+
+
 def _env_map(value: dict[str, str]) -> dict[str, str]:
     for key in value:
         if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"environment variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
-        if key.startswith("JULIARUN_"):
+        if key.startswith("JULIARUN_") and not key.startswith(JOB_ENV_PREFIXES):
             raise ValueError(f"environment variable {key!r}: the JULIARUN_ prefix is reserved")
     return value
 

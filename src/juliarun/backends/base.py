@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 from juliarun.errors import JobTimeoutError
 from juliarun.logs.base import LogLine, LogStore
 from juliarun.metrics.base import MetricStore
+from juliarun.queues.base import Queue
 from juliarun.specs import JobSpec, StorageSpec
 
 Phase = Literal["created", "running", "succeeded", "failed"]
@@ -370,6 +371,19 @@ class Placer(Protocol):
     def placement_controller(self, *, interval: float = 1.0) -> Any:
         """A placement controller for this cluster (``step()``, ``run()``, ``start()`` /
         ``stop()``)."""
+        ...
+
+
+@runtime_checkable
+class QueueHost(Protocol):
+    """A backend that runs message-queue brokers as services of the cluster."""
+
+    def start_queue(self, name: str) -> Queue:
+        """Start broker ``name`` (or find it running); a handle once it takes messages."""
+        ...
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        """Stop broker ``name`` and remove it (its messages too); whether there was one."""
         ...
 
 

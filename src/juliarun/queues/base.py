@@ -39,8 +39,11 @@ class Queue(ABC):
     """A handle on a message broker: declare queues, publish, read depths and statistics.
 
     ``url`` reaches the broker from this machine (credentials included; its ``repr`` masks the
-    password); ``env`` holds what a job needs to reach it from where the job runs.
+    password); ``env`` holds what a job needs to reach it from where the job runs; ``name`` is
+    the broker's name on its cluster (``start_queue``'s), ``None`` for a broker of its own.
     """
+
+    name: str | None = None
 
     @property
     @abstractmethod

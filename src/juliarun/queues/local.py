@@ -134,6 +134,7 @@ class LocalBroker:
             f"{url}@127.0.0.1:{ports['amqp']}/%2F",
             management_url=f"http://127.0.0.1:{ports['management']}",
             stomp_port=ports["stomp"],
+            name=self.name,
         )
 
     # -- files ---------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class RabbitMQQueue(Queue):
         stomp_port: int,
         job_host: str | None = None,
         timeout: float = 10.0,
+        name: str | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(amqp_url)
         if parts.scheme != "amqp" or not parts.hostname:
@@ -87,6 +88,7 @@ class RabbitMQQueue(Queue):
                 hint="use amqp://user:password@host:port/vhost",
             )
         self._url = amqp_url
+        self.name = name  # the broker's name on its cluster (None: a broker of its own)
         self.host = parts.hostname
         self.port = parts.port or 5672
         self.user = urllib.parse.unquote(parts.username or "guest")

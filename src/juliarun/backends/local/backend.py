@@ -21,6 +21,7 @@ from juliarun.backends.local import storage as local_storage
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, SpecError
+from juliarun.queues.base import Queue
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 MNT = "/mnt/"
@@ -105,6 +106,18 @@ class LocalBackend(SupervisedBackend):
                 f"julia executable {self.julia!r} not found",
                 hint="install it (scripts/testenv up julia) or set JULIARUN_JULIA",
             )
+
+    def start_queue(self, name: str) -> Queue:
+        """A dedicated ``rabbitmq-server`` of this cluster on this machine (own node name,
+        ports, data directory and generated credentials)."""
+        from juliarun.queues.local import start_local_broker
+
+        return start_local_broker(self.home, self.cluster, name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        from juliarun.queues.local import delete_local_broker
+
+        return delete_local_broker(self.home, self.cluster, name, force=force)
 
     def job_path(self, storage: str, host_path: Path) -> str:
         """A local job sees the directory itself."""
