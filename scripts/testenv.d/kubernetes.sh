@@ -225,7 +225,8 @@ _k8s_start_proxy() {
   [ -s "$K8S_HOME/kube-proxy.kubeconfig" ] || _k8s_kubeconfig "$K8S_HOME/kube-proxy.kubeconfig" kube-proxy
   # iptables mode: kube-proxy only adds its own KUBE-* chains (and the jumps to them); conntrack
   # limits and the other host sysctls are left alone.
-  cat > "$K8S_HOME/kube-proxy.yaml" <<EOF
+  # (kube-proxy exits when its config file changes: written aside, replaced only when it differs)
+  cat > "$K8S_HOME/kube-proxy.yaml.new" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -242,6 +243,12 @@ conntrack:
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 EOF
+  if cmp -s "$K8S_HOME/kube-proxy.yaml.new" "$K8S_HOME/kube-proxy.yaml"; then
+    rm -f "$K8S_HOME/kube-proxy.yaml.new"
+  else
+    te_running k8s-proxy && te_stop k8s-proxy 20
+    mv "$K8S_HOME/kube-proxy.yaml.new" "$K8S_HOME/kube-proxy.yaml"
+  fi
   _k8s_start k8s-proxy "$K8S_RUN/logs/kube-proxy.log" "$(_k8s_bin kube-proxy)" \
     --config="$K8S_HOME/kube-proxy.yaml" --v=1
   te_wait_http "http://127.0.0.1:10256/healthz" 60 \
