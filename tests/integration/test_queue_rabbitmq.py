@@ -396,3 +396,50 @@ def peek(q: RabbitMQQueue, name: str) -> list[tuple[str, int]]:
             out.append((id, int(pid)))
     finally:
         connection.close()  # unacknowledged: all back in the queue
+
+
+FRAMES = r"""
+include(ENV["JULIARUN_JL"])
+const J = JuliaRun
+f = J.encode_frame("SEND", ["destination" => "/queue/a:b", "note" => "x\ny\\z\r"], "a\0b")
+println(repr(String(copy(f))))
+g = J.read_frame(IOBuffer(vcat(b"\n\r\n", f, b"\n")))
+println(g.command, " ", g.headers, " ", repr(String(copy(g.body))))
+c = J.encode_frame("CONNECT", ["login" => "a:b"])
+println(repr(String(copy(c))))
+r = J.read_frame(IOBuffer(b"RECEIPT\nreceipt-id:p1\nreceipt-id:p2\n\n\0"))
+println(J.header(r, "receipt-id"), " ", isempty(r.body))
+bad_frames = (b"MESSAGE\nk:v\n\nno end", b"MESSAGE\ncontent-length:5\n\nab\0",
+              b"MESSAGE\nk:\\t\n\n\0")
+for bad in bad_frames
+    try
+        J.read_frame(IOBuffer(bad))
+        println("accepted")
+    catch err
+        println(typeof(err))
+    end
+end
+"""
+
+
+def test_stomp_frames_encode_and_parse(julia_throws: str, tmp_path: Path) -> None:
+    script = tmp_path / "frames.jl"
+    script.write_text(FRAMES)
+    run = subprocess.run(
+        [julia_throws, "--startup-file=no", str(script)],
+        env={**os.environ, "JULIARUN_JL": str(JULIARUN_JL)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert run.stdout.splitlines() == [
+        r'"SEND\ndestination:/queue/a\\cb\nnote:x\\ny\\\\z\\r\ncontent-length:3\n\na\0b\0"',
+        'SEND ["destination" => "/queue/a:b", "note" => "x\\ny\\\\z\\r", "content-length" => "3"]'
+        ' "a\\0b"',
+        r'"CONNECT\nlogin:a:b\n\n\0"',
+        "p1 true",
+        "EOFError",
+        "EOFError",
+        "Main.JuliaRun.QueueError",
+    ]

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -29,12 +30,38 @@ from typing import Any
 
 import psutil
 
-from juliarun.errors import QueueError
+from juliarun.errors import QueueError, SpecError
 from juliarun.queues.rabbitmq import RabbitMQQueue
 
 SBIN = Path("/usr/lib/rabbitmq/bin")
 USER = "juliarun"
 EPMD_PORT = 4369
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+
+
+def check_name(name: str) -> str:
+    """A broker name is a DNS-1123 label of at most 40 characters (it names a directory and
+    an Erlang node).
+
+    >>> check_name("work-1")
+    'work-1'
+    >>> check_name("Work_1")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid queue: name: must be lower-case letters, digits and '-', ...
+    """
+    if not NAME.match(name):
+        raise SpecError(
+            "queue",
+            [
+                (
+                    "name",
+                    "must be lower-case letters, digits and '-', start and end with a letter "
+                    f"or digit, at most 40 characters (got {name!r})",
+                )
+            ],
+        )
+    return name
 
 
 def broker_dir(home: Path, cluster: str, name: str) -> Path:
@@ -88,7 +115,7 @@ class LocalBroker:
 
     def __init__(self, home: Path, cluster: str, name: str) -> None:
         self.cluster = cluster
-        self.name = name
+        self.name = check_name(name)
         self.path = broker_dir(home, cluster, name)
 
     @property
