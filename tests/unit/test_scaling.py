@@ -104,6 +104,26 @@ def test_work_queue_backlog_is_ready_plus_unacked_per_worker() -> None:
     assert (one.read().value, str(one)) == (15.0, "WorkQueueMetric(jobs)")
 
 
+def test_work_queue_with_a_rate_asks_for_the_workers_that_keep_up() -> None:
+    queue = Queue()
+    metric = WorkQueueMetric(queue, "work", per_worker=2, per_worker_rate=0.5)
+    assert str(metric) == "WorkQueueMetric(work, per_worker=2, per_worker_rate=0.5)"
+    # Steady load: 3 msg/s needs 6 workers though the backlog (4) asks for 2.
+    queue.stats_by_name["work"] = QueueStats("work", 0, 4, 6, 3.0, 3.0)
+    reading = metric.read()
+    assert (reading.value, reading.inputs["for_backlog"], reading.inputs["for_rate"]) == (
+        6.0,
+        2.0,
+        6.0,
+    )
+    # A burst: the backlog asks for more than the rate.
+    queue.stats_by_name["work"] = QueueStats("work", 36, 4, 6, 3.0, 3.0)
+    assert metric.read().value == 20.0
+    with pytest.raises(SpecError) as err:
+        WorkQueueMetric(queue, per_worker_rate=0)
+    assert err.value.errors[0][0] == "per_worker_rate"
+
+
 def test_a_queue_that_fails_is_a_metric_error_caused_by_it() -> None:
     queue = Queue()
     queue.fail = ConnectionRefusedError("connection refused")
