@@ -430,9 +430,9 @@ def run_policy(
 
 def test_scale_down_waits_for_the_highest_recommendation_of_the_window() -> None:
     policy = HPAPolicy(target=10)  # down: 300 s window, 100 % per 15 s
-    series = [(0, 100), (60, 50), (120, 10), (240, 10), (301, 10), (359, 10), (361, 10)]
+    series = [(0, 100), (60, 50), (120, 10), (240, 10), (300, 10), (359, 10), (361, 10)]
     got = [(d.recommendation, d.desired) for d in run_policy(policy, series, 1)]
-    # 100 at +0 holds 10 until +300; 50 at +60 holds 5 until +360; then straight to 1.
+    # 100 at +0 holds 10 until +300 (gone at +300); 50 at +60 holds 5 until +360; then 1.
     assert got == [(10, 10), (5, 10), (1, 10), (1, 10), (1, 5), (1, 5), (1, 1)]
 
 
