@@ -556,6 +556,9 @@ def test_bounds_clamp_and_bring_a_count_outside_them_back() -> None:
 
 def test_policy_inputs_are_validated() -> None:
     with pytest.raises(SpecError) as err:
+        HPAPolicy.kubernetes(target=-1, max_workers=-1)
+    assert [f for f, _ in err.value.errors] == ["target", "max_workers"]
+    with pytest.raises(SpecError) as err:
         HPAPolicy(min_workers=5, max_workers=2)
     assert err.value.errors == [("max_workers", "must be >= min_workers (5)")]
     with pytest.raises(SpecError) as err:
