@@ -147,6 +147,7 @@ class JobScaler:
         self._lock = threading.Lock()
         self._history: deque[Decision] = deque(maxlen=keep)
         self.ended: JobStatus | None = None
+        self._handle: ScalerHandle | None = None
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -266,11 +267,16 @@ class JobScaler:
         self._stop.set()
 
     def start(self) -> ScalerHandle:
-        """Run in a background thread; the handle stops it."""
+        """Run in a background thread; the handle stops it. One loop per scaler at a time."""
+        if self._handle is not None and self._handle.running:
+            raise JuliaRunError(
+                f"the scaler for {self.name} is already running",
+                hint="stop its handle first (handle.stop()), or step() it by hand",
+            )
         self._stop.clear()
-        handle = ScalerHandle(self)
-        handle.thread.start()
-        return handle
+        self._handle = ScalerHandle(self)
+        self._handle.thread.start()
+        return self._handle
 
 
 class ScalerHandle:

@@ -17,7 +17,7 @@ import pytest
 
 from juliarun import api
 from juliarun.backends.base import JobStatus
-from juliarun.errors import MetricError, SpecError
+from juliarun.errors import JuliaRunError, MetricError, SpecError
 from juliarun.logs import LogQuery
 from juliarun.metrics import MetricQuery
 from juliarun.scaler import VALUE_METRIC, WORKERS_METRIC, JobScaler
@@ -250,7 +250,10 @@ def test_a_failing_metric_holds_the_scale_and_the_loop_ends_with_the_job(
     paced = JobScaler(ctx, "pool", lambda: 3.0, 5, PROMPT, clock=lambda: now[0], sleep=sleep)
     assert [d.desired for d in paced.run(steps=3)] == [3, 3, 3]
     assert sleeps == [5.0, 5.0]
-    handle = JobScaler(ctx, "pool", lambda: 3.0, 0.05, PROMPT).start()
+    background = JobScaler(ctx, "pool", lambda: 3.0, 0.05, PROMPT)
+    handle = background.start()
+    with pytest.raises(JuliaRunError, match="the scaler for pool is already running"):
+        background.start()
     eventually(lambda: len(handle.decisions) >= 3, what="three rounds")
     api.delete(ctx, "pool", force=True)
     assert handle.join(timeout=10) and handle.error is None

@@ -104,6 +104,26 @@ def test_work_queue_backlog_is_ready_plus_unacked_per_worker() -> None:
     assert (one.read().value, str(one)) == (15.0, "WorkQueueMetric(jobs)")
 
 
+def test_work_queue_with_a_rate_asks_for_the_workers_that_keep_up() -> None:
+    queue = Queue()
+    metric = WorkQueueMetric(queue, "work", per_worker=2, per_worker_rate=0.5)
+    assert str(metric) == "WorkQueueMetric(work, per_worker=2, per_worker_rate=0.5)"
+    # Steady load: 3 msg/s needs 6 workers though the backlog (4) asks for 2.
+    queue.stats_by_name["work"] = QueueStats("work", 0, 4, 6, 3.0, 3.0)
+    reading = metric.read()
+    assert (reading.value, reading.inputs["for_backlog"], reading.inputs["for_rate"]) == (
+        6.0,
+        2.0,
+        6.0,
+    )
+    # A burst: the backlog asks for more than the rate.
+    queue.stats_by_name["work"] = QueueStats("work", 36, 4, 6, 3.0, 3.0)
+    assert metric.read().value == 20.0
+    with pytest.raises(SpecError) as err:
+        WorkQueueMetric(queue, per_worker_rate=0)
+    assert err.value.errors[0][0] == "per_worker_rate"
+
+
 def test_a_queue_that_fails_is_a_metric_error_caused_by_it() -> None:
     queue = Queue()
     queue.fail = ConnectionRefusedError("connection refused")
@@ -410,9 +430,9 @@ def run_policy(
 
 def test_scale_down_waits_for_the_highest_recommendation_of_the_window() -> None:
     policy = HPAPolicy(target=10)  # down: 300 s window, 100 % per 15 s
-    series = [(0, 100), (60, 50), (120, 10), (240, 10), (301, 10), (359, 10), (361, 10)]
+    series = [(0, 100), (60, 50), (120, 10), (240, 10), (300, 10), (359, 10), (361, 10)]
     got = [(d.recommendation, d.desired) for d in run_policy(policy, series, 1)]
-    # 100 at +0 holds 10 until +300; 50 at +60 holds 5 until +360; then straight to 1.
+    # 100 at +0 holds 10 until +300 (gone at +300); 50 at +60 holds 5 until +360; then 1.
     assert got == [(10, 10), (5, 10), (1, 10), (1, 10), (1, 5), (1, 5), (1, 1)]
 
 
@@ -535,6 +555,9 @@ def test_bounds_clamp_and_bring_a_count_outside_them_back() -> None:
 
 
 def test_policy_inputs_are_validated() -> None:
+    with pytest.raises(SpecError) as err:
+        HPAPolicy.kubernetes(target=-1, max_workers=-1)
+    assert [f for f, _ in err.value.errors] == ["target", "max_workers"]
     with pytest.raises(SpecError) as err:
         HPAPolicy(min_workers=5, max_workers=2)
     assert err.value.errors == [("max_workers", "must be >= min_workers (5)")]

@@ -154,12 +154,23 @@ class _WorkQueueSpec(_Model):
     per_worker: float = Field(
         1.0, gt=0, description="Messages one worker should have: the value is backlog / this."
     )
+    per_worker_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Messages per second one worker handles; when set, the value is at least "
+        "publish_rate / this (the workers that keep up with what arrives).",
+    )
 
 
 class WorkQueueMetric:
     """The backlog of a work queue (``ready + unacked``: waiting plus being worked on) divided by
     ``per_worker``, i.e. how many workers the backlog asks for. The inputs carry the counts, the
     consumers and the publish and deliver rates.
+
+    A backlog alone undercounts under steady load: once enough workers run, the backlog is small
+    and asks for fewer of them, and the count flaps. Given ``per_worker_rate`` (messages per
+    second one worker handles), the value is the larger of the backlog's ask and
+    ``publish_rate / per_worker_rate``, the workers that keep up with what arrives.
 
     >>> from types import SimpleNamespace
     >>> class Queue:
@@ -169,13 +180,23 @@ class WorkQueueMetric:
     >>> reading = WorkQueueMetric(Queue(), "work", per_worker=5).read()
     >>> reading.value, reading.inputs["backlog"], reading.inputs["publish_rate"]
     (3.0, 15.0, 2.5)
+    >>> WorkQueueMetric(Queue(), "work", per_worker=5, per_worker_rate=0.5).read().value
+    5.0
     """
 
-    def __init__(self, queue: QueueSource, name: str = "work", *, per_worker: float = 1.0) -> None:
-        spec = _WorkQueueSpec(queue=name, per_worker=per_worker)
+    def __init__(
+        self,
+        queue: QueueSource,
+        name: str = "work",
+        *,
+        per_worker: float = 1.0,
+        per_worker_rate: float | None = None,
+    ) -> None:
+        spec = _WorkQueueSpec(queue=name, per_worker=per_worker, per_worker_rate=per_worker_rate)
         self.queue = queue
         self.name = spec.queue
         self.per_worker = spec.per_worker
+        self.per_worker_rate = spec.per_worker_rate
         self.last: QueueStatsLike | None = None
 
     def read(self) -> Reading:
@@ -200,7 +221,12 @@ class WorkQueueMetric:
         self.last = stats
         backlog = inputs["ready"] + inputs["unacked"]
         inputs["backlog"] = backlog
-        return Reading(backlog / self.per_worker, source, inputs)
+        value = backlog / self.per_worker
+        if self.per_worker_rate is not None:
+            inputs["for_backlog"] = value
+            inputs["for_rate"] = inputs["publish_rate"] / self.per_worker_rate
+            value = max(value, inputs["for_rate"])
+        return Reading(value, source, inputs)
 
     @property
     def publish_rate(self) -> float | None:
@@ -214,6 +240,8 @@ class WorkQueueMetric:
 
     def __str__(self) -> str:
         per = "" if self.per_worker == 1 else f", per_worker={_fmt(self.per_worker)}"
+        if self.per_worker_rate is not None:
+            per += f", per_worker_rate={_fmt(self.per_worker_rate)}"
         return f"WorkQueueMetric({self.name}{per})"
 
 

@@ -57,11 +57,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from juliarun.errors import SpecError
 from juliarun.scaling.metrics import Reading
-from juliarun.specs import _Model
+from juliarun.specs import _Model, spec_error
 
 MAX_WORKERS = 1000  # what a JuliaParBatchWorkers job allows
 
@@ -200,7 +200,10 @@ class HPAPolicy(_Model):
             ]
         )
         base: dict[str, object] = {"target": target, "min_workers": 1, "scale_up": up}
-        return cls.model_validate({**base, **fields})
+        try:
+            return cls.model_validate({**base, **fields})
+        except ValidationError as exc:
+            raise spec_error(cls.__name__, exc) from exc
 
     # -- the algorithm ------------------------------------------------------------------------
 
