@@ -10,9 +10,9 @@
 #   issuer 2  github.com/oauth2-proxy/mockoidc in a small main (oidc/issuer2/main.go), https://127.0.0.1:4447/oidc,
 #             one confidential client juliarun-issuer2 (the apiserver's audience for it).
 #
-# Test users are whoever the sign-in names in login_hint "USER[:GROUP,...]" (both issuers honour it), so
-# `scripts/testenv token USER [GROUP...] [--issuer 1|2]` (oidc/token.py) gets a real ID token through the
-# issuer's own authorization-code flow with PKCE. Kubernetes sees issuer 1's users as oidc1:<sub> with
+# Test users are whoever the sign-in names in login_hint "USER[;GROUP,...]" (both issuers honour it; ";"
+# since names may hold ":"), so `scripts/testenv token USER [GROUP...] [--issuer 1|2]` (oidc/token.py) gets
+# a real ID token through the issuer's own authorization-code flow with PKCE. Kubernetes sees issuer 1's users as oidc1:<sub> with
 # groups oidc1:<group>, issuer 2's as oidc2:<preferred_username> with groups oidc2:<group>; names and groups
 # starting with system: are refused.
 #
@@ -86,6 +86,7 @@ _issuer2_build() {
   if [ ! -f "$src/go.mod" ]; then
     (cd "$src" && go mod init juliarun.local/testenv/oidc-issuer2 >/dev/null 2>&1) || te_die "issuer2 module failed"
   fi
+  rm -f "$TE_BIN"/oidc-issuer2-*  # builds of an older main.go
   te_log "building the second OIDC issuer (mockoidc $MOCKOIDC_TE_VERSION)"
   (cd "$src" && GOMAXPROCS=1 GOFLAGS="-mod=mod -p=1" GOTOOLCHAIN=local CGO_ENABLED=0 \
     flock "$TE_HOME/go-build.lock" sh -c "
@@ -221,7 +222,7 @@ $ca
     claimValidationRules:
       - expression: "!claims.sub.startsWith('system:')"
         message: "user names starting with system: are reserved"
-      - expression: "!has(claims.groups) || claims.groups.all(g, !g.startsWith('system:'))"
+      - expression: "!has(claims.groups) || dyn(claims.groups).all(g, !g.startsWith('system:'))"
         message: "group names starting with system: are reserved"
     claimMappings:
       username: {claim: sub, prefix: "$OIDC_USERNAME_PREFIX1"}
@@ -238,7 +239,7 @@ $ca
     claimValidationRules:
       - expression: "has(claims.preferred_username) && !claims.preferred_username.startsWith('system:')"
         message: "a preferred_username is required, and names starting with system: are reserved"
-      - expression: "!has(claims.groups) || claims.groups.all(g, !g.startsWith('system:'))"
+      - expression: "!has(claims.groups) || dyn(claims.groups).all(g, !g.startsWith('system:'))"
         message: "group names starting with system: are reserved"
     claimMappings:
       username: {claim: preferred_username, prefix: "$OIDC_USERNAME_PREFIX2"}
@@ -303,6 +304,16 @@ _oidc_wait() {  # NAME LOGFILE CHECK... : wait for CHECK while NAME runs
   te_die "$name did not come up (log: $logf)"
 }
 
+# _oidc_restart_if_changed NAME STAMP : stop NAME when it runs with another recorded STAMP; record STAMP.
+_oidc_restart_if_changed() {
+  local name=$1 stamp=$2 f=$OIDC_RUN/$1.stamp
+  if te_running "$name" && [ "$(cat "$f" 2>/dev/null)" != "$stamp" ]; then
+    te_log "oidc: $name changed, restarting it"
+    te_stop "$name"
+  fi
+  printf '%s\n' "$stamp" > "$f"
+}
+
 oidc_up() {
   local p
   te_apt curl openssl
@@ -314,26 +325,22 @@ oidc_up() {
     te_running "${p%%:*}" || te_port_free "${p##*:}" || te_die "127.0.0.1:${p##*:} is taken by a process testenv did not start"
   done
 
+  # Each service is restarted when what it runs changed (binary, config, code): a stamp is recorded.
+  _oidc_hydra_config
+  _oidc_restart_if_changed hydra "$(_hydra_bin) $(sha256sum < "$OIDC_RUN/hydra.yaml")"
   if ! te_running hydra; then
-    _oidc_hydra_config
     DSN="sqlite://$OIDC_RUN/hydra.sqlite?_fk=true&mode=rwc" "$(_hydra_bin)" migrate sql up -e --yes \
       >> "$OIDC_RUN/hydra-migrate.log" 2>&1 || te_die "hydra migrations failed (log: $OIDC_RUN/hydra-migrate.log)"
     te_start hydra "$OIDC_RUN/hydra.log" "$(_hydra_bin)" serve all --config "$OIDC_RUN/hydra.yaml"
   fi
+  _oidc_restart_if_changed oidc-login "$(sha256sum < "$_oidc_here/oidc/login_consent.py")"
   te_start oidc-login "$OIDC_RUN/login.log" "$(_oidc_python)" -u "$_oidc_here/oidc/login_consent.py" \
     --listen "127.0.0.1:$OIDC_LOGIN_PORT" --cert "$OIDC_HOME/server.crt" --key "$OIDC_HOME/server.key" \
     --admin "$OIDC_ISSUER1_ADMIN"
-  # A rebuilt issuer 2 (its main.go changed) replaces the running one.
-  if te_running oidc-issuer2 && [ "$(cat "$OIDC_RUN/issuer2.bin" 2>/dev/null)" != "$(_issuer2_bin)" ]; then
-    te_log "oidc: issuer 2 was rebuilt, restarting it"
-    te_stop oidc-issuer2
-  fi
-  if ! te_running oidc-issuer2; then
-    _issuer2_bin > "$OIDC_RUN/issuer2.bin"
-    te_start oidc-issuer2 "$OIDC_RUN/issuer2.log" "$(_issuer2_bin)" -listen "127.0.0.1:$OIDC_ISSUER2_PORT" \
-      -cert "$OIDC_HOME/server.crt" -key "$OIDC_HOME/server.key" -signing-key "$OIDC_HOME/issuer2-signing.key" \
-      -client-id "$OIDC_ISSUER2_CLIENT" -client-secret "$(cat "$OIDC_HOME/issuer2-client-secret")"
-  fi
+  _oidc_restart_if_changed oidc-issuer2 "$(_issuer2_bin)"
+  te_start oidc-issuer2 "$OIDC_RUN/issuer2.log" "$(_issuer2_bin)" -listen "127.0.0.1:$OIDC_ISSUER2_PORT" \
+    -cert "$OIDC_HOME/server.crt" -key "$OIDC_HOME/server.key" -signing-key "$OIDC_HOME/issuer2-signing.key" \
+    -client-id "$OIDC_ISSUER2_CLIENT" -client-secret "$(cat "$OIDC_HOME/issuer2-client-secret")"
   _oidc_wait hydra "$OIDC_RUN/hydra.log" _oidc_discovery_ok "$OIDC_ISSUER1_URL"
   _oidc_wait oidc-login "$OIDC_RUN/login.log" _oidc_login_ok
   _oidc_wait oidc-issuer2 "$OIDC_RUN/issuer2.log" _oidc_discovery_ok "$OIDC_ISSUER2_URL"

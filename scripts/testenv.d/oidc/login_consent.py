@@ -4,7 +4,7 @@ Hydra is headless: it sends each browser to this app to sign in and to consent. 
 tests only and signs in whoever it is told:
 
 - ``GET /login?login_challenge=...``: when the authorization request carried ``login_hint``
-  ``USER[:GROUP,GROUP...]`` the user is accepted at once (headless flows, ``scripts/testenv
+  ``USER[;GROUP,GROUP...]`` the user is accepted at once (headless flows, ``scripts/testenv
   token``); otherwise a form asks for a user name and groups (a browser).
 - ``GET /consent?consent_challenge=...``: every requested scope is granted, and the ID token and
   access token get the user's ``groups``, ``email`` (``USER@issuer1.test``) and
@@ -28,7 +28,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ADMIN = "http://127.0.0.1:4445"
+# hydra's admin API (--admin).
+ADMIN = ["http://127.0.0.1:4445"]
 
 
 def admin(method: str, path: str, challenge_key: str, challenge: str, body: Any = None) -> Any:
@@ -36,7 +37,7 @@ def admin(method: str, path: str, challenge_key: str, challenge: str, body: Any 
     query = urllib.parse.urlencode({challenge_key: challenge})
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
-        f"{ADMIN}{path}?{query}",
+        f"{ADMIN[0]}{path}?{query}",
         data=data,
         method=method,
         headers={"Content-Type": "application/json", "Accept": "application/json"},
@@ -46,8 +47,8 @@ def admin(method: str, path: str, challenge_key: str, challenge: str, body: Any 
 
 
 def parse_hint(hint: str) -> tuple[str, list[str]]:
-    """``"alice:team-a,admins"`` -> ``("alice", ["team-a", "admins"])``."""
-    user, _, groups = hint.partition(":")
+    """``"alice;team-a,admins"`` -> ``("alice", ["team-a", "admins"])``."""
+    user, _, groups = hint.partition(";")
     return user.strip(), [g.strip() for g in groups.split(",") if g.strip()]
 
 
@@ -67,8 +68,8 @@ FORM = """<!doctype html>
 class Handler(BaseHTTPRequestHandler):
     server_version = "juliarun-test-login/1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        sys.stderr.write("%s %s\n" % (self.log_date_time_string(), format % args))
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"{self.log_date_time_string()} {format % args}\n")
 
     def _redirect(self, url: str) -> None:
         self.send_response(302)
@@ -130,8 +131,7 @@ class Handler(BaseHTTPRequestHandler):
             challenge,
             {
                 "grant_scope": request.get("requested_scope") or [],
-                "grant_access_token_audience": request.get("requested_access_token_audience")
-                or [],
+                "grant_access_token_audience": request.get("requested_access_token_audience") or [],
                 "remember": False,
                 "session": {"id_token": claims, "access_token": {"groups": groups}},
             },
@@ -165,11 +165,11 @@ class Handler(BaseHTTPRequestHandler):
         except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
             self._text(502, f"hydra's admin API failed: {exc}")
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         self._dispatch(url.path, urllib.parse.parse_qs(url.query))
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         form = urllib.parse.parse_qs(self.rfile.read(length).decode())
@@ -186,20 +186,19 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    global ADMIN
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:4446", help="host:port (HTTPS)")
     parser.add_argument("--cert", required=True, help="TLS certificate (PEM)")
     parser.add_argument("--key", required=True, help="TLS private key (PEM)")
-    parser.add_argument("--admin", default=ADMIN, help="hydra's admin API")
+    parser.add_argument("--admin", default=ADMIN[0], help="hydra's admin API")
     args = parser.parse_args()
-    ADMIN = args.admin.rstrip("/")
+    ADMIN[0] = args.admin.rstrip("/")
     host, _, port = args.listen.rpartition(":")
     server = ThreadingHTTPServer((host, int(port)), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    print(f"login/consent app on https://{args.listen} (hydra admin {ADMIN})", flush=True)
+    print(f"login/consent app on https://{args.listen} (hydra admin {ADMIN[0]})", flush=True)
     server.serve_forever()
 
 

@@ -1,7 +1,7 @@
 """``scripts/testenv token``: a valid ID token for a test user, from a real test issuer.
 
 A test helper only. It signs the user in through the issuer's own authorization-code flow with
-PKCE, headlessly: the user and groups travel in ``login_hint`` (``USER:GROUP,GROUP``), which the
+PKCE, headlessly: the user and groups travel in ``login_hint`` (``USER;GROUP,GROUP``), which the
 test issuers honour (hydra through the test login/consent app; issuer 2 directly). Nothing is
 signed here; the token is the issuer's.
 
@@ -46,6 +46,7 @@ def sign_in(
     issuer_name: str,
     user: str,
     groups: list[str],
+    *,
     client_id: str | None = None,
     ttl: int | None = None,
 ) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def sign_in(
         "nonce": nonce,
         "code_challenge": _b64url(hashlib.sha256(verifier.encode()).digest()),
         "code_challenge_method": "S256",
-        "login_hint": user + (":" + ",".join(groups) if groups else ""),
+        "login_hint": user + (";" + ",".join(groups) if groups else ""),
     }
     if ttl is not None:
         if not issuer.get("per_user_ttl"):
@@ -98,7 +99,9 @@ def sign_in(
         raise SystemExit("sign-in did not come back to the redirect URI")
     answer = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
     if "error" in answer:
-        raise SystemExit(f"sign-in refused: {answer['error'][0]}: {answer.get('error_description')}")
+        raise SystemExit(
+            f"sign-in refused: {answer['error'][0]}: {answer.get('error_description')}"
+        )
     if answer.get("state") != [state]:
         raise SystemExit("sign-in answered with another state")
     form = {
@@ -127,7 +130,9 @@ def sign_in(
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="scripts/testenv token", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="scripts/testenv token", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("config")
     parser.add_argument("user")
     parser.add_argument("groups", nargs="*")
@@ -138,7 +143,9 @@ def main(argv: list[str]) -> None:
     args = parser.parse_intermixed_args(argv)
     with open(args.config) as f:
         config = json.load(f)
-    tokens = sign_in(config, args.issuer, args.user, args.groups, args.client, args.ttl)
+    tokens = sign_in(
+        config, args.issuer, args.user, args.groups, client_id=args.client, ttl=args.ttl
+    )
     print(json.dumps(tokens) if args.json else tokens["id_token"])
 
 

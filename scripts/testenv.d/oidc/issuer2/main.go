@@ -3,7 +3,7 @@
 // disk (tokens stay verifiable across restarts) and one confidential client.
 //
 // There is no login page: each authorization request names its test user in login_hint as
-// "USER[:GROUP,GROUP...]". The ID token then carries sub "issuer2|USER", preferred_username USER,
+// "USER[;GROUP,GROUP...]" (";": names may hold ":"). The ID token then carries sub "issuer2|USER", preferred_username USER,
 // email USER@issuer2.test and groups GROUPs (with the scopes profile, email, groups). A request
 // without login_hint is refused (mockoidc would otherwise sign in its default user). The optional
 // parameter id_token_ttl=SECONDS shortens that one user's ID token (for expiry tests).
@@ -44,9 +44,9 @@ func (u *testUser) Claims(scope []string, claims *mockoidc.IDTokenClaims) (jwt.C
 	return u.MockUser.Claims(scope, claims)
 }
 
-// parseHint reads "USER[:GROUP,GROUP...]".
+// parseHint reads "USER[;GROUP,GROUP...]".
 func parseHint(hint string, ttl time.Duration) (*testUser, error) {
-	name, groupList, _ := strings.Cut(hint, ":")
+	name, groupList, _ := strings.Cut(hint, ";")
 	if name == "" {
 		return nil, errors.New("login_hint names no user")
 	}
