@@ -196,7 +196,10 @@ _k8s_apiserver_args() {
 # A hash of the apiserver's flags and of the files they name that only a restart picks up (the
 # authentication configuration is also reloaded live, but its presence is a flag).
 _k8s_apiserver_hash() {
-  { printf '%s\n' "$@"; [ -s "$K8S_AUTHN_CONFIG" ] && cat "$K8S_AUTHN_CONFIG"; } | sha256sum | cut -c1-16
+  {
+    printf '%s\n' "$@"
+    if [ -s "$K8S_AUTHN_CONFIG" ]; then cat "$K8S_AUTHN_CONFIG"; fi
+  } | sha256sum | cut -c1-16
 }
 
 _k8s_start_apiserver() {
