@@ -41,7 +41,8 @@ OIDC_ISSUER2_CLIENT=juliarun-issuer2
 # The redirect the CLI client registers: any port on loopback matches it (RFC 8252; hydra honours it).
 OIDC_CLI_REDIRECT=http://127.0.0.1/callback
 OIDC_ROUTER_REDIRECT=https://127.0.0.1/oauth2/callback
-OIDC_ISSUER2_REDIRECT=http://127.0.0.1/callback
+# Where scripts/testenv token's sign-ins end (nothing listens there: the helper stops at the redirect).
+OIDC_TOKEN_REDIRECT=http://127.0.0.1:8085/callback
 OIDC_AUTHN_CONFIG=$OIDC_HOME/authentication-config.yaml
 OIDC_USERNAME_PREFIX1=oidc1:
 OIDC_USERNAME_PREFIX2=oidc2:
@@ -184,7 +185,7 @@ _oidc_token_config() {
       "scope": "openid offline_access profile email",
       "default_client": "$OIDC_CLI_CLIENT",
       "clients": {
-        "$OIDC_CLI_CLIENT": {"secret": null, "redirect_uri": "http://127.0.0.1:8085/callback"},
+        "$OIDC_CLI_CLIENT": {"secret": null, "redirect_uri": "$OIDC_TOKEN_REDIRECT"},
         "$OIDC_ROUTER_CLIENT": {"secret": "$(cat "$OIDC_HOME/router-client-secret")", "redirect_uri": "$OIDC_ROUTER_REDIRECT"}
       }
     },
@@ -194,7 +195,7 @@ _oidc_token_config() {
       "default_client": "$OIDC_ISSUER2_CLIENT",
       "per_user_ttl": true,
       "clients": {
-        "$OIDC_ISSUER2_CLIENT": {"secret": "$(cat "$OIDC_HOME/issuer2-client-secret")", "redirect_uri": "http://127.0.0.1:8085/callback"}
+        "$OIDC_ISSUER2_CLIENT": {"secret": "$(cat "$OIDC_HOME/issuer2-client-secret")", "redirect_uri": "$OIDC_TOKEN_REDIRECT"}
       }
     }
   }
