@@ -241,6 +241,45 @@ _k8s_start_controllers() {
     --bind-address=127.0.0.1 --secure-port=10259 --leader-elect=false --profiling=false --v=1
 }
 
+# --- kube-proxy: Services (ClusterIP) work from pods and from this machine ---------------------------
+
+_k8s_start_proxy() {
+  local node_ip=$1
+  [ -s "$K8S_PKI/kube-proxy.crt" ] || _k8s_cert kube-proxy "/CN=system:kube-proxy" "$_k8s_client_ext" \
+    || te_die "kubernetes: issuing the kube-proxy certificate failed"
+  [ -s "$K8S_HOME/kube-proxy.kubeconfig" ] || _k8s_kubeconfig "$K8S_HOME/kube-proxy.kubeconfig" kube-proxy
+  # iptables mode: kube-proxy only adds its own KUBE-* chains (and the jumps to them); conntrack
+  # limits and the other host sysctls are left alone.
+  cat > "$K8S_HOME/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $K8S_HOME/kube-proxy.kubeconfig
+mode: iptables
+clusterCIDR: $K8S_POD_CIDR
+hostnameOverride: $K8S_NODE_NAME
+bindAddress: $node_ip
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
+  _k8s_start k8s-proxy "$K8S_RUN/logs/kube-proxy.log" "$(_k8s_bin kube-proxy)" \
+    --config="$K8S_HOME/kube-proxy.yaml" --v=1
+  te_wait_http "http://127.0.0.1:10256/healthz" 60 \
+    || te_die "kube-proxy did not become healthy (see $K8S_RUN/logs/kube-proxy.log)"
+}
+
+_k8s_stop_proxy() {
+  te_running k8s-proxy || return 0
+  te_stop k8s-proxy 20
+  # remove the rules it made (its own chains only)
+  "$(_k8s_bin kube-proxy)" --cleanup --v=0 >> "$K8S_RUN/logs/kube-proxy.log" 2>&1 || true
+}
+
 # --- containerd, images, CNI, kubelet ---------------------------------------------------------------
 
 _k8s_write_containerd_config() {
@@ -500,6 +539,7 @@ kubernetes_up() {
   _k8s_start_kubelet "$node_ip"
   _k8s_wait_node_ready
   _k8s_restore_sysctls
+  _k8s_start_proxy "$node_ip"
   # A re-registered node keeps its old labels; make sure ours is there.
   _k8s_kubectl label node "$K8S_NODE_NAME" --overwrite "$K8S_NODE_LABELS" >/dev/null
 }
@@ -519,6 +559,7 @@ _k8s_kill_containers() {
 }
 
 kubernetes_down() {
+  _k8s_stop_proxy
   te_stop k8s-kubelet 30
   _k8s_restore_sysctls
   _k8s_kill_containers

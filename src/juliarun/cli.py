@@ -423,6 +423,30 @@ def metrics_plot(
 
 @app.command()
 @clean_errors
+def placement(
+    cluster: ClusterOpt = None,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between passes.", min=0.1, max=600)
+    ] = 1.0,
+) -> None:
+    """Place gated jobs whole (a Kubernetes cluster with placement 'juliarun') until Ctrl-C,
+    printing each decision."""
+    from juliarun.backends.base import Placer
+
+    with api.init(cluster) as ctx:
+        if not isinstance(ctx.backend, Placer):
+            raise JuliaRunError(
+                f"cluster {ctx.cluster!r} places its jobs itself ({ctx.backend.kind})",
+                hint="juliarun places jobs whole on Kubernetes clusters with placement 'juliarun'",
+            )
+        controller = ctx.backend.placement_controller(interval=interval)
+        controller.on_decision = lambda decision: print(decision, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            controller.run()
+
+
+@app.command()
+@clean_errors
 def demo() -> None:
     """Run the seed's session (helloworld batch, 3 workers, tail, delete) through the
     run_job flow on the embedded local default, with real Julia."""

@@ -372,6 +372,11 @@ class JobSpec(_Model):
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
     image: str | None = Field(None, description="Container image (Docker and Kubernetes).")
     pkg_bundle: Name | None = Field(None, description="Package bundle to mount (by name).")
+    placement: Name = Field(
+        "pack",
+        description="Placement policy where juliarun places jobs whole (a cluster with "
+        "placement 'juliarun'): pack (the fewest nodes), spread, or a registered policy name.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Per-worker resources.")
     restart: Literal["Never", "OnFailure"] = Field(
         "Never", description="Restart a worker that exits non-zero (OnFailure) or not (Never)."
@@ -747,7 +752,7 @@ class BundleSpec(_Model):
 POOL_LABEL = "juliarun.io/pool"
 NODE_TYPE_LABEL = "juliarun.io/node-type"  # the default node-type map's label and taint key
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
-ProviderKind = Literal["kwok", "aws", "azure", "gcp"]
+ProviderKind = Literal["kwok", "aws"]
 
 
 class NodeTaint(_Model):
@@ -789,12 +794,12 @@ class NodePool(_Model):
     price: float = Field(0.0, ge=0, description="Price per node-hour (to prefer cheaper pools).")
     spot: bool = Field(False, description="Nodes may be taken back by the provider at any time.")
     provider: ProviderKind = Field(
-        "kwok", description="Who makes the nodes: kwok (simulated), aws, azure or gcp."
+        "kwok", description="Who makes the nodes: kwok (simulated, on the cluster) or aws."
     )
     provider_options: dict[str, str] = Field(
         default_factory=dict,
-        description="Provider settings: e.g. aws group (Auto Scaling group name), azure "
-        "resource_group / scale_set, gcp project / zone / group.",
+        description="Provider settings: for aws launch_template (required), region, subnet, "
+        "instance_type, endpoint.",
     )
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ def poll_until(ctx: Context, name: str, predicate, polls: int, what: str):  # ty
 def pods_exist(ctx: Context, name: str, count: int = 1) -> list[dict]:  # type: ignore[type-arg]
     b = backend(ctx)
     return wait_for(
-        lambda: (pods := b._job_pods(name)) and len(pods) >= count and pods,
+        lambda: (pods := b.routes.job_pods(name)) and len(pods) >= count and pods,
         60,
         0.2,
         f"{count} pod(s) of {name}",
@@ -100,7 +100,7 @@ def test_seed_session_on_the_real_node(kube_ctx: Context, code: Path) -> None:
 
     assert juliarun.delete(kube_ctx, job) is True
     assert juliarun.list(kube_ctx) == []
-    assert backend(kube_ctx)._job_pods("helloworld") == []  # foreground: pods went first
+    assert backend(kube_ctx).routes.job_pods("helloworld") == []  # foreground: pods went first
     with pytest.raises(JobNotFoundError):
         juliarun.status(kube_ctx, job)
 
@@ -162,10 +162,11 @@ def test_force_delete_releases_a_pod_whose_finalizer_is_held(kube_ctx: Context) 
     b = backend(kube_ctx)
     pod = pods_exist(kube_ctx, "held")[0]["metadata"]["name"]
     b.client.merge_patch(
-        b._pods(pod, namespace=b.namespace), {"metadata": {"finalizers": ["juliarun.io/test-hold"]}}
+        b.routes.pods_path(pod, namespace=b.namespace),
+        {"metadata": {"finalizers": ["juliarun.io/test-hold"]}},
     )
     assert juliarun.delete(kube_ctx, job, force=True) is True
-    assert b.client.get_or_none(b._pods(pod, namespace=b.namespace)) is None
+    assert b.client.get_or_none(b.routes.pods_path(pod, namespace=b.namespace)) is None
     assert juliarun.list(kube_ctx) == []
 
 
@@ -210,7 +211,7 @@ def test_three_workers_land_on_highmem_nodes_only(
     juliarun.submit(kube_ctx, job)
     pods = wait_for(
         lambda: (
-            (ps := backend(kube_ctx)._job_pods("wide"))
+            (ps := backend(kube_ctx).routes.job_pods("wide"))
             and sum(1 for p in ps if p["spec"].get("nodeName")) == 3
             and ps
         ),
@@ -365,7 +366,7 @@ def test_script_that_exits_3(kube_ctx: Context, code: Path) -> None:
     assert status.last_lines == ["about to fail"]
     assert status.workers[0].exit_code == 3 and status.workers[0].restarts == 0
     # the pod failure policy failed the Job at once: no retry pod
-    assert len(backend(kube_ctx)._job_pods("fails")) == 1
+    assert len(backend(kube_ctx).routes.job_pods("fails")) == 1
     assert "juliarun tail fails" in status.hint
 
 

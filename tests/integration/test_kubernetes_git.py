@@ -14,6 +14,7 @@ import pytest
 import juliarun
 from juliarun.api import Context
 from juliarun.backends.kubernetes import KubernetesBackend
+from juliarun.backends.kubernetes.volumes import Volumes
 from juliarun.errors import StorageError
 from juliarun.specs import Batch
 from tests.integration.fixtures.kubernetes import GitServer
@@ -28,7 +29,7 @@ def backend(ctx: Context) -> KubernetesBackend:
 
 
 def pod_spec(ctx: Context, name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = backend(ctx).client.get(backend(ctx)._jobs(name))["spec"]
+    spec: dict[str, Any] = backend(ctx).client.get(backend(ctx).routes.jobs_path(name))["spec"]
     return spec["template"]["spec"]  # type: ignore[no-any-return]
 
 
@@ -86,10 +87,10 @@ def test_a_clone_that_fails_in_the_pod_is_diagnosed(
     rewritten in between): the init container fails and status says which storage and why."""
     make_repo(git_server.root / "data")
     juliarun.define_storage(kube_ctx, name="repo", kind="git", url=f"{git_server.url}data")
-    real = KubernetesBackend._git_checkout
+    real = Volumes.git_checkout
     monkeypatch.setattr(
-        KubernetesBackend,
-        "_git_checkout",
+        Volumes,
+        "git_checkout",
         lambda self, spec: (real(self, spec)[0], "0" * 40),  # a commit the server lacks
     )
     job = Batch("gitgone", ["true"], "repo", restart="Never", backoff_limit=0)
@@ -109,10 +110,8 @@ def test_a_checkout_missing_on_the_node_is_diagnosed_not_waited_on(
     event becomes the job's failure with what works on several nodes."""
     juliarun.define_storage(kube_ctx, name="repo", kind="git", url=make_repo(tmp_path / "origin"))
     missing = tmp_path / "not-on-the-node"
-    real = KubernetesBackend._git_checkout
-    monkeypatch.setattr(
-        KubernetesBackend, "_git_checkout", lambda self, spec: (missing, real(self, spec)[1])
-    )
+    real = Volumes.git_checkout
+    monkeypatch.setattr(Volumes, "git_checkout", lambda self, spec: (missing, real(self, spec)[1]))
     job = Batch("nomount", ["true"], "repo")
     juliarun.submit(kube_ctx, job)
     final = juliarun.wait(kube_ctx, job, timeout=120)

@@ -104,7 +104,7 @@ def follow_job(
     if collect and isinstance(backend, LogCollector):
         collected = backend.collect(name, logs, metrics, on_line=hand_on, stop=watching)
     elif isinstance(backend, LogSource):
-        for line in backend.logs(name, follow=True, lines=lines, worker=worker, stop=past_deadline):
+        for line in backend.logs(name, follow=True, lines=lines, worker=worker, stop=watching):
             hand_on(line)
     else:
         since = backend.status(name).created_at

@@ -220,7 +220,18 @@ def connect(cluster: str | None = None) -> Context:
 
 
 def load_cluster(name: str) -> Cluster:
-    """The saved cluster block called ``name``, whatever its type."""
+    """The saved cluster block called ``name``, whatever its type. Saved blocks live on a
+    Prefect server: without ``PREFECT_API_URL`` there is none to ask (and no temporary server
+    is started just to find out)."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise ConfigError(
+            f"no cluster {name!r}: not local, docker or kubernetes, and no Prefect server to "
+            "load a saved cluster block from (PREFECT_API_URL is not set)",
+            hint="use --cluster local, docker or kubernetes, or set PREFECT_API_URL to the "
+            "server that holds the block",
+        )
     blocks = cluster_blocks()
     for block_type in blocks:
         try:

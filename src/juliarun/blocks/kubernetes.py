@@ -16,7 +16,7 @@ SecretDict('**********')
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
 from prefect.types import SecretDict
@@ -71,6 +71,12 @@ class KubernetesCluster(Cluster):
         description="Image (git and sh) that clones network git storage in each pod's init "
         "container (default: JULIARUN_GIT_IMAGE).",
     )
+    placement: Literal["kube-scheduler", "juliarun"] = Field(
+        "kube-scheduler",
+        description="Who places jobs: the kube-scheduler pod by pod, or juliarun's placement "
+        "controller, which starts each job whole (its pods wait gated until all fit) by the "
+        "job's placement policy.",
+    )
     qps: float = Field(
         50, ge=1, le=10000, description="Client-side API requests a second, once a burst is spent."
     )
@@ -112,6 +118,7 @@ class KubernetesCluster(Cluster):
             namespace=settings.kube_namespace,
             image=settings.julia_image,
             git_image=settings.git_image,
+            placement=settings.kube_placement,
             qps=settings.kube_qps,
             burst=settings.kube_burst,
             kill_grace=settings.kill_grace,
@@ -131,6 +138,7 @@ class KubernetesCluster(Cluster):
             cluster=cluster,
             image=self.image or settings.julia_image,
             git_image=self.git_image or settings.git_image,
+            gate_pods=self.placement == "juliarun",
             home=settings.home,
             qps=self.qps,
             burst=self.burst,

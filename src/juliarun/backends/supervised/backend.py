@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import psutil
 
-from juliarun.backends.base import ClusterStatus, JobStatus, NodeReadiness
+from juliarun.backends.base import ClusterStatus, DiagnosisCategory, JobStatus, NodeReadiness
 from juliarun.backends.supervised.jobdir import JobDir, now, status_from_files
 from juliarun.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
 from juliarun.specs import JobSpec, JuliaParBatchWorkers, StorageSpec, validate_spec
@@ -237,12 +237,14 @@ class SupervisedBackend(ABC):
             status.phase = "failed"
             status.reason = "the job's supervisor exited unexpectedly"
             status.hint = f"see {jobdir.supervisor_log}"
+            status.category = DiagnosisCategory.SUPERVISOR_CRASHED
         elif not supervisor:
             age = (now() - status.created_at).total_seconds() if status.created_at else 0
             if age > 60:
                 status.phase = "failed"
                 status.reason = "the job's supervisor never started"
                 status.hint = f"see {jobdir.supervisor_log}"
+                status.category = DiagnosisCategory.SUPERVISOR_NEVER_STARTED
         return status
 
     def jobs(self) -> list[JobSpec]:
