@@ -30,6 +30,8 @@ K8S_NODE_LABELS=juliarun.io/node-kind=real
 K8S_CTRD_DIR=/run/juliarun/containerd
 K8S_CTRD_SOCK=$K8S_CTRD_DIR/containerd.sock
 K8S_PAUSE_IMAGE=juliarun.local/pause:1.0
+# Structured authentication configuration (OIDC issuers), written by the oidc component; used when present.
+K8S_AUTHN_CONFIG=${JULIARUN_K8S_AUTHN_CONFIG:-$TE_HOME/oidc/authentication-config.yaml}
 K8S_CNI_BRIDGE=jrcni0
 
 _k8s_bin() { echo "$(k8s_bin_dir)/$1"; }
@@ -171,12 +173,11 @@ _k8s_start_etcd() {
   te_wait_http "http://127.0.0.1:$K8S_ETCD_PORT/health" 60 || te_die "etcd did not come up (see $K8S_RUN/logs/etcd.log)"
 }
 
-_k8s_start_apiserver() {
+# The apiserver's flags; the oidc component's structured authentication configuration (two OIDC issuers)
+# is passed when it exists.
+_k8s_apiserver_args() {
   local node_ip=$1
-  te_running k8s-apiserver && return 0
-  te_port_free "$K8S_API_PORT" || te_die "port $K8S_API_PORT is taken by something else"
-  _k8s_start k8s-apiserver "$K8S_RUN/logs/kube-apiserver.log" "$(_k8s_bin kube-apiserver)" \
-    --bind-address=127.0.0.1 --secure-port="$K8S_API_PORT" --advertise-address="$node_ip" \
+  printf '%s\n' --bind-address=127.0.0.1 --secure-port="$K8S_API_PORT" --advertise-address="$node_ip" \
     --etcd-servers="http://127.0.0.1:$K8S_ETCD_PORT" \
     --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
     --tls-cert-file="$K8S_PKI/apiserver.crt" --tls-private-key-file="$K8S_PKI/apiserver.key" \
@@ -189,6 +190,30 @@ _k8s_start_apiserver() {
     --service-account-key-file="$K8S_PKI/sa.pub" --service-account-signing-key-file="$K8S_PKI/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true --profiling=false --v=1
+  if [ -s "$K8S_AUTHN_CONFIG" ]; then printf '%s\n' --authentication-config="$K8S_AUTHN_CONFIG"; fi
+}
+
+# A hash of the apiserver's flags and of the files they name that only a restart picks up (the
+# authentication configuration is also reloaded live, but its presence is a flag).
+_k8s_apiserver_hash() {
+  {
+    printf '%s\n' "$@"
+    if [ -s "$K8S_AUTHN_CONFIG" ]; then cat "$K8S_AUTHN_CONFIG"; fi
+  } | sha256sum | cut -c1-16
+}
+
+_k8s_start_apiserver() {
+  local node_ip=$1 args=() hash
+  mapfile -t args < <(_k8s_apiserver_args "$node_ip")
+  hash=$(_k8s_apiserver_hash "${args[@]}")
+  if te_running k8s-apiserver; then
+    [ "$(cat "$K8S_RUN/apiserver.hash" 2>/dev/null)" = "$hash" ] && return 0
+    te_log "kubernetes: the apiserver's flags or authentication config changed, restarting it"
+    te_stop k8s-apiserver 30
+  fi
+  te_port_free "$K8S_API_PORT" || te_die "port $K8S_API_PORT is taken by something else"
+  _k8s_start k8s-apiserver "$K8S_RUN/logs/kube-apiserver.log" "$(_k8s_bin kube-apiserver)" "${args[@]}"
+  echo "$hash" > "$K8S_RUN/apiserver.hash"
   local i
   for ((i = 0; i < 240; i++)); do
     curl -fsS -o /dev/null --max-time 2 --cacert "$K8S_PKI/ca.crt" "$K8S_API_URL/readyz" 2>/dev/null && return 0
