@@ -447,12 +447,27 @@ def placement(
 
 @app.command()
 @clean_errors
-def demo() -> None:
-    """Run the seed's session (helloworld batch, 3 workers, tail, delete) through the
-    run_job flow on the embedded local default, with real Julia."""
-    from juliarun.demo import run
+def demo(
+    which: Annotated[
+        str,
+        typer.Argument(
+            help="session: the seed's session (helloworld batch, 3 workers, tail, delete) "
+            "through the run_job flow; autoscale: the talk's process-autoscaler demo (a queue, "
+            "Julia workers, a JobScaler following the backlog)."
+        ),
+    ] = "session",
+) -> None:
+    """Run one of the talk's demos on the embedded local default, with real Julia."""
+    if which == "session":
+        from juliarun.demo import run
 
-    run()
+        run()
+    elif which == "autoscale":
+        from juliarun.demo_autoscale import run as run_autoscale
+
+        run_autoscale()
+    else:
+        raise JuliaRunError(f"no demo {which!r}", hint="juliarun demo session | autoscale")
 
 
 @app.command()

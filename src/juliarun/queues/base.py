@@ -74,6 +74,10 @@ class Queue(ABC):
         """Ready/unacked/consumers and rates of ``name``."""
 
     @abstractmethod
+    def take(self, name: str, limit: int | None = None) -> list[bytes]:
+        """Take (and acknowledge) the messages ready in queue ``name``, at most ``limit``."""
+
+    @abstractmethod
     def purge(self, name: str) -> int:
         """Drop every ready message of ``name``; returns how many were dropped."""
 

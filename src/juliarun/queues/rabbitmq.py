@@ -223,6 +223,19 @@ class RabbitMQQueue(Queue):
         result = self._call("depth of", name, lambda ch: ch.queue_declare(queue=name, passive=True))
         return int(result.method.message_count)
 
+    def take(self, name: str, limit: int | None = None) -> list[bytes]:
+        def get(channel: Channel) -> list[bytes]:
+            bodies: list[bytes] = []
+            while limit is None or len(bodies) < limit:
+                method, _, body = channel.basic_get(queue=name, auto_ack=False)
+                if method is None:
+                    break
+                bodies.append(bytes(body))
+                channel.basic_ack(method.delivery_tag)
+            return bodies
+
+        return list(self._call("take from", name, get, retry=False))
+
     def purge(self, name: str) -> int:
         result = self._call("purge", name, lambda ch: ch.queue_purge(queue=name))
         return int(result.method.message_count)
