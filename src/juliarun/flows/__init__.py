@@ -1,5 +1,6 @@
 """Prefect flows: the pipelines juliarun runs orchestrated."""
 
+from juliarun.flows.autoscale import process_autoscaler
 from juliarun.flows.builds import (
     build_image,
     build_package_bundle,
@@ -18,6 +19,7 @@ __all__ = [
     "cluster_report",
     "ensure_tenant_flow",
     "prewarm_image",
+    "process_autoscaler",
     "prune_bundles",
     "prune_storage",
     "run_job",
