@@ -691,9 +691,12 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
         try:
             tables = self._query_api.query(flux, org=self.org)
         except Exception as exc:
+            refused = getattr(exc, "status", None) in (401, 403)
             raise StoreError(
                 f"InfluxDB at {self.url} cannot query {q.name!r}: {_short(exc)}",
-                hint="check that InfluxDB is up (`scripts/testenv up influxdb`) and the bucket"
+                hint="InfluxDB refused the token: check it (InfluxDB 1.8: 'user:password')"
+                if refused
+                else "check that InfluxDB is up (`scripts/testenv up influxdb`) and the bucket"
                 f" {self.bucket!r} exists",
             ) from exc
         firsts: dict[tuple[str, ...], int] = {}
