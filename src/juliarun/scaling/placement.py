@@ -192,17 +192,19 @@ class Resources:
 
     def short_of(self, available: Resources) -> list[str]:
         """The resources this amount needs more of than ``available`` has (an extended
-        resource ``available`` does not list counts as zero)."""
+        resource ``available`` does not list counts as zero). Only resources asked for count,
+        as in the Kubernetes scheduler: a node overcommitted on memory still takes a pod
+        that asks for none."""
         short = [
             name
             for name, need, have in zip(
                 RESOURCE_NAMES, self.vector(), available.vector(), strict=True
             )
-            if need > have
+            if need > 0 and need > have
         ]
         if self.extra:
             have_extra = dict(available.extra)
-            short += [k for k, v in self.extra if v > have_extra.get(k, 0)]
+            short += [k for k, v in self.extra if v > 0 and v > have_extra.get(k, 0)]
         return short
 
     def fits_in(self, available: Resources) -> bool:

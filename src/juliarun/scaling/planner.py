@@ -1045,7 +1045,7 @@ def _scale_down(
     holds_headroom: dict[int, str] = {}
     for key, i in ledger.where.items():
         if key.startswith(_HEADROOM + "/"):
-            holds_headroom[i] = key.split("/", 1)[1].rsplit("-", 1)[0]
+            holds_headroom[i] = key[len(_HEADROOM) + 1 :].rsplit("-", 1)[0]
         else:
             pending_on[i] = pending_on.get(i, 0) + 1
     gone: set[int] = set()
