@@ -363,17 +363,15 @@ class Pod:
     phase: str = "Pending"
     gated: bool = False
     daemon: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """``namespace/name``: unique in a cluster."""
 
     def __post_init__(self) -> None:
         if self.requests.pods < 1:
             object.__setattr__(
                 self, "requests", Resources(*self.requests.vector()[:3], 1, self.requests.extra)
             )
-
-    @property
-    def key(self) -> str:
-        """``namespace/name``: unique in a cluster."""
-        return f"{self.namespace}/{self.name}"
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     @property
     def terminal(self) -> bool:
@@ -403,9 +401,10 @@ class Pod:
     def scheduling_key(self) -> tuple[Any, ...]:
         """Pods with equal keys are interchangeable for placement (same requests, selector,
         affinity and tolerations)."""
+        selector = self.node_selector
         return (
             self.requests,
-            tuple(sorted(self.node_selector.items())),
+            tuple(sorted(selector.items()) if len(selector) > 1 else selector.items()),
             self.affinity,
             self.tolerations,
         )

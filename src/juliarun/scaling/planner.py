@@ -237,6 +237,22 @@ class Plan:
             out.setdefault(d.pool or "", []).append(d.node)
         return out
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Per pool, its nodes before and after the plan (the artifact's table row).
+
+        >>> Plan((NodeDecision("a-0", "a", "keep", ""), NodeDecision("a-1", "a", "remove", ""),
+        ...       NodeDecision("b-0", "b", "add", ""))).sizes()
+        {'a': (2, 1), 'b': (0, 1)}
+        """
+        out: dict[str, list[int]] = {}
+        for d in self.decisions:
+            if d.pool is None:
+                continue
+            row = out.setdefault(d.pool, [0, 0])
+            row[0] += d.action != "add"
+            row[1] += d.action != "remove"
+        return {pool: (row[0], row[1]) for pool, row in sorted(out.items())}
+
     def reason(self, node: str) -> str:
         """Why the plan does what it does with ``node``."""
         for d in self.decisions:
@@ -418,6 +434,7 @@ class _Ledger:
 
     def __init__(self, cluster: _Cluster) -> None:
         self.c = cluster
+        self.n_existing = len(cluster.nodes)
         self.free = [list(f) for f in cluster.free]
         self.alloc = list(cluster.alloc)
         self.kind = list(cluster.kind)
@@ -428,10 +445,6 @@ class _Ledger:
         self.where: dict[str, int] = {}  # pending pod key -> node index
         self.why: dict[int, dict[str, int]] = {}  # new node -> job -> pods
         self._cands: dict[Any, tuple[list[int], set[str]]] = {}
-
-    @property
-    def n_existing(self) -> int:
-        return len(self.c.nodes)
 
     def name(self, i: int) -> str:
         n = self.n_existing
@@ -704,14 +717,18 @@ def _first_fit(cluster: _Cluster) -> tuple[FirstFit, _Ledger]:
     until it is full, then on the next, which is what filling node by node does."""
     ledger = _Ledger(cluster)
     largest = cluster.largest
-    order: list[tuple[tuple[float, ...], str, Pod, Any]] = []
-    for p, key in zip(cluster.pending, cluster.keys, strict=True):
-        v = _vec(p.requests)
-        size = sorted((v[r] / largest[r] if largest[r] else 0.0 for r in range(4)), reverse=True)
-        order.append((tuple(-s for s in size), p.key, p, key))
-    order.sort(key=lambda t: (t[0], t[1]))
+    order: list[tuple[tuple[float, ...], str, int, Pod, Any]] = []
+    sizes: dict[Resources, tuple[float, ...]] = {}
+    for index, (p, key) in enumerate(zip(cluster.pending, cluster.keys, strict=True)):
+        size = sizes.get(p.requests)
+        if size is None:
+            v = _vec(p.requests)
+            shares = [v[r] / largest[r] if largest[r] else 0.0 for r in range(4)]
+            size = sizes[p.requests] = tuple(sorted(-s for s in shares))
+        order.append((size, p.key, index, p, key))
+    order.sort()
     runs: list[tuple[Any, list[Pod]]] = []
-    for _, _, pod, key in order:
+    for _, _, _, pod, key in order:
         if runs and runs[-1][0] == key:
             runs[-1][1].append(pod)
         else:
@@ -838,6 +855,7 @@ def _headroom_pod(pool: str, shape: Resources, index: int) -> Pod:
 
 
 _HEADROOM = "juliarun.io/headroom"  # the namespace of the pods that stand for headroom
+_HEADROOM_KEY = _HEADROOM + "/"
 
 
 def _pool_free(ledger: _Ledger, pool: str, gone: set[int]) -> list[int]:
@@ -1024,7 +1042,7 @@ def plan(
         if d.action == "keep" and d.reason.startswith("unneeded")
     }
     placements = {
-        k: ledger.name(i) for k, i in ledger.where.items() if not k.startswith(_HEADROOM + "/")
+        k: ledger.name(i) for k, i in ledger.where.items() if not k.startswith(_HEADROOM_KEY)
     }
     return Plan(tuple(decisions), tuple(unmet), since_out, placements, strategy)
 
@@ -1044,7 +1062,7 @@ def _scale_down(
     pending_on: dict[int, int] = {}
     holds_headroom: dict[int, str] = {}
     for key, i in ledger.where.items():
-        if key.startswith(_HEADROOM + "/"):
+        if key.startswith(_HEADROOM_KEY):
             holds_headroom[i] = key[len(_HEADROOM) + 1 :].rsplit("-", 1)[0]
         else:
             pending_on[i] = pending_on.get(i, 0) + 1
