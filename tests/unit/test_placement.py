@@ -21,6 +21,7 @@ from juliarun.errors import ConfigError
 from juliarun.scaling import placement
 from juliarun.scaling.placement import (
     NODE_TYPE_LABEL,
+    Gang,
     Node,
     Placement,
     Pod,
@@ -387,16 +388,16 @@ def test_bind_attaches_pods_to_their_nodes() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_pack_uses_the_fewest_nodes_and_fills_the_fullest_first() -> None:
+def test_pack_uses_the_fewest_nodes_then_the_best_fit() -> None:
     nodes = [node("n0"), node("n1", pods=(worker("o", 0, cpu="2"),)), node("n2"), node("n3")]
     pods = [worker("j", i) for i in range(5)]
     result = place_gang(pods, nodes)
     assert result.assignment == {
-        "default/j-0": "n1",  # the half-full node first (best fit)
+        "default/j-0": "n0",  # nodes that hold two of the job first
         "default/j-1": "n0",
-        "default/j-2": "n0",
+        "default/j-2": "n2",
         "default/j-3": "n2",
-        "default/j-4": "n2",
+        "default/j-4": "n1",  # the last one: the half-full node fits it best
     }
     assert (result.placed, result.nodes, result.reason) == (
         True,
@@ -479,10 +480,10 @@ def test_a_registered_ranking_function_changes_where_a_job_lands(restore_policie
     pods = [worker("j", i, cpu="1") for i in range(3)]
     assert place_gang(pods, nodes).nodes == ["n0"]
 
-    def zone_b(pod: Pod, n: Node, free: Resources, placed: int) -> Any:
+    def zone_b(pod: Pod, n: Node, free: Resources, gang: Gang) -> Any:
         if n.labels.get("zone") != "b":
             return None  # never zone a
-        return (-placed, -free.cpu, n.name)
+        return (-gang.on(n.name), -free.cpu, n.name)
 
     register_policy("zone-b", zone_b)
     assert get_policy("zone-b") is zone_b
@@ -508,7 +509,7 @@ def test_a_registered_class_can_place_the_whole_job(restore_policies: None) -> N
             return {p.key: nodes[0].name for p in pods}
 
     class Ranked:
-        def rank(self, pod: Pod, n: Node, free: Resources, placed: int) -> Any:
+        def rank(self, pod: Pod, n: Node, free: Resources, gang: Gang) -> Any:
             return -int(n.name[1:])
 
     register_policy("round-robin", RoundRobin)
@@ -626,3 +627,24 @@ def test_placements_never_overcommit_and_respect_selectors_and_taints(
             assert result.reason
     for name, u in used.items():
         assert u.fits_in(by_name[name].allocatable), name
+
+
+def test_pack_keeps_a_job_on_few_nodes_in_a_fragmented_cluster() -> None:
+    # 100 nodes with a little room each, 4 empty ones: a job of 8 x 2 cpu lands on 2 nodes
+    busy = [node(f"b{i:02}", cpu="8", pods=(worker("o", i, cpu="6"),)) for i in range(100)]
+    empty = [node(f"e{i}", cpu="8") for i in range(4)]
+    pods = [worker("j", i) for i in range(8)]
+    assert place_gang(pods, busy + empty).nodes == ["e0", "e1"]
+    assert len(place_gang(pods, busy + empty, policy="spread").nodes) == 8
+    # the ranking function sees the gang: how many are left, where they went
+    seen: list[tuple[int, int]] = []
+
+    def watch(pod: Pod, n: Node, free: Resources, gang: Gang) -> Any:
+        if n.name == "e3":
+            seen.append((gang.remaining, gang.on("e3")))
+        return placement.pack(pod, n, free, gang)
+
+    # e3 holds 4 and b00 one: the fifth goes to b00, the sixth finds no room
+    result = place_gang(pods, [*empty[3:], *busy[:1]], policy=watch)
+    assert seen == [(8, 0), (7, 1), (6, 2), (5, 3)]
+    assert result.reason.startswith("job j cannot be placed whole: 5 of 8 pods placed")

@@ -702,17 +702,33 @@ class Placement:
         return sorted(set(self.assignment.values()))
 
 
-RankFn = Callable[[Pod, Node, Resources, int], Any]
-"""``rank(pod, node, free, placed)``: a sortable key (lower is better) or ``None`` to keep the
-pod off the node; ``free`` is what the node has left before this pod, ``placed`` how many pods
-of the same job the gang has put on it so far."""
+@dataclass
+class Gang:
+    """A gang placement under way, as a ranking policy sees it: the ``job``, its ``size`` in
+    pods, the pods still to place (``remaining``, the one being ranked included) and how many
+    of its pods each node holds so far (``placed``)."""
+
+    job: str | None
+    size: int
+    remaining: int
+    placed: dict[str, int] = field(default_factory=dict)
+
+    def on(self, node: str) -> int:
+        """How many of the gang's pods ``node`` holds so far."""
+        return self.placed.get(node, 0)
+
+
+RankFn = Callable[[Pod, Node, Resources, Gang], Any]
+"""``rank(pod, node, free, gang)``: a sortable key (lower is better) or ``None`` to keep the
+pod off the node; ``free`` is what the node has left before this pod (it fits), ``gang`` the
+placement so far."""
 
 
 @runtime_checkable
 class RankingPolicy(Protocol):
     """A policy that ranks the nodes a pod fits; :func:`place_gang` does the rest."""
 
-    def rank(self, pod: Pod, node: Node, free: Resources, placed: int) -> Any: ...
+    def rank(self, pod: Pod, node: Node, free: Resources, gang: Gang) -> Any: ...
 
 
 @runtime_checkable
@@ -741,22 +757,40 @@ def dominant(pod: Pod, node: Node) -> int:
     return max(range(4), key=lambda i: (shares[i], -i))
 
 
-def pack(pod: Pod, node: Node, free: Resources, placed: int) -> Any:
-    """Best fit: the node the pod leaves the least free of its dominant resource on (then the
-    fewest free of the others); nodes that already hold the job first on ties."""
-    d = dominant(pod, node)
-    after = (free - pod.requests).vector()
-    alloc = node.allocatable.vector()
-    rest = sum(_share(after[i], alloc[i]) for i in range(4) if i != d)
-    return (_share(after[d], alloc[d]), -placed, rest)
+def _room(asks: tuple[int, ...], free: tuple[int, ...]) -> int:
+    """How many pods asking ``asks`` fit in ``free``."""
+    return min((f // a for a, f in zip(asks, free, strict=True) if a > 0), default=UNLIMITED)
 
 
-def spread(pod: Pod, node: Node, free: Resources, placed: int) -> Any:
-    """Worst fit: the node with the most free of the pod's dominant resource, fewest of the
-    job's pods first."""
+def pack(pod: Pod, node: Node, free: Resources, gang: Gang) -> Any:
+    """The fewest nodes: the node that would hold the most of the job (its pods there so far
+    and as many of the remaining as fit), nodes already holding the job first, then best fit
+    (the least left free of the pod's dominant resource, then of the others)."""
+    r, a = pod.requests, node.allocatable
+    room = free.pods // r.pods
+    left: list[float] = []
+    shares: list[float] = []
+    for ask, have, of in (
+        (r.cpu, free.cpu, a.cpu),
+        (r.memory, free.memory, a.memory),
+        (r.gpu, free.gpu, a.gpu),
+        (r.pods, free.pods, a.pods),
+    ):
+        if ask > 0:
+            room = min(room, have // ask)
+        left.append((have - ask) / of if of > 0 else 0.0)
+        shares.append(ask / of if of > 0 else 0.0)
+    on = gang.placed.get(node.name, 0)
+    d = max(range(4), key=shares.__getitem__)
+    return (-(on + min(room, gang.remaining)), -on, left[d], sum(left) - left[d])
+
+
+def spread(pod: Pod, node: Node, free: Resources, gang: Gang) -> Any:
+    """Worst fit: the fewest of the job's pods, then the most left free of the pod's dominant
+    resource."""
     d = dominant(pod, node)
-    after = (free - pod.requests).vector()
-    return (placed, -_share(after[d], node.allocatable.vector()[d]))
+    after = free.vector()[d] - pod.requests.vector()[d]
+    return (gang.on(node.name), -_share(after, node.allocatable.vector()[d]))
 
 
 _POLICIES: dict[str, Policy] = {"pack": pack, "spread": spread}
@@ -764,7 +798,7 @@ _POLICIES: dict[str, Policy] = {"pack": pack, "spread": spread}
 
 def register_policy(name: str, policy: Policy | type[Any]) -> None:
     """Register a placement policy by name: a ranking function ``rank(pod, node, free,
-    placed)``, an object with ``rank`` (:class:`RankingPolicy`) or ``place``
+    gang)`` (see :data:`RankFn`), an object with ``rank`` (:class:`RankingPolicy`) or ``place``
     (:class:`GangPolicy`), or a class of either (instantiated without arguments).
 
     >>> register_policy("last-name", lambda pod, node, free, placed: [-ord(c) for c in node.name])
@@ -782,7 +816,7 @@ def register_policy(name: str, policy: Policy | type[Any]) -> None:
     if not (isinstance(obj, GangPolicy | RankingPolicy) or callable(obj)):
         raise ConfigError(
             f"placement policy {name!r} is neither callable nor has rank() or place()",
-            hint="pass rank(pod, node, free, placed) -> key, or an object with rank or place",
+            hint="pass rank(pod, node, free, gang) -> key, or an object with rank or place",
         )
     _POLICIES[name] = obj
 
@@ -837,7 +871,7 @@ def place_gang(
         return Placement(job, {}, "no pods to place")
     if isinstance(impl, GangPolicy):
         return _check_gang(job, job_pods, nodes, impl.place(job_pods, nodes, left), left)
-    rank: Callable[[Pod, Node, Resources, int], Any] = (
+    rank: Callable[[Pod, Node, Resources, Gang], Any] = (
         impl.rank if isinstance(impl, RankingPolicy) else impl
     )
     largest = (
@@ -846,19 +880,31 @@ def place_gang(
         else (1, 1, 1, 1)
     )
     order = sorted(job_pods, key=lambda p: (tuple(-s for s in _size(p, largest)), p.key))
-    admitted: dict[tuple[Any, str], Fit] = {}
-    on_node: dict[str, int] = {}
+    admitted: dict[tuple[Any, Any], Fit] = {}
+    gang = Gang(job, len(order), len(order))
+    on_node = gang.placed
     assignment: dict[str, str] = {}
     for i, pod in enumerate(order):
         key = pod.scheduling_key()
         best: tuple[Any, int, Node] | None = None
         reasons: dict[str, int] = {}
+        r = pod.requests
+        gang.remaining = len(order) - i
         for index, node in enumerate(nodes):
-            verdict = admitted.get((key, node.name))
+            ck = (key, node.name if pod.affinity else id(node))
+            verdict = admitted.get(ck)
             if verdict is None:
-                verdict = admitted[key, node.name] = admits(pod, node)
+                verdict = admitted[ck] = admits(pod, node)
             if verdict:
-                verdict = fits_resources(pod, left[node.name], node.allocatable)
+                f = left[node.name]
+                if (
+                    (r.cpu > 0 and r.cpu > f.cpu)
+                    or (r.memory > 0 and r.memory > f.memory)
+                    or (r.gpu > 0 and r.gpu > f.gpu)
+                    or r.pods > f.pods
+                    or r.extra
+                ):
+                    verdict = fits_resources(pod, f, node.allocatable)
             if not verdict:
                 why = (
                     verdict.reason
@@ -867,7 +913,7 @@ def place_gang(
                 )
                 reasons[why] = reasons.get(why, 0) + 1
                 continue
-            score = rank(pod, node, left[node.name], on_node.get(node.name, 0))
+            score = rank(pod, node, left[node.name], gang)
             if score is None:
                 reasons["excluded by the policy"] = reasons.get("excluded by the policy", 0) + 1
                 continue
