@@ -352,6 +352,7 @@ def test_a_node_whose_pods_can_move_is_removed_within_the_budget() -> None:
         ),
         ("highcpu-3", "remove", "unneeded for 20m: it runs no pods"),
     ]
+    assert p.moves == {"jr/b-0": "highcpu-0"}  # the fullest node that takes it
     p0 = plan(
         nodes,
         pods,
@@ -561,3 +562,94 @@ def test_lower_bound_is_per_resource() -> None:
     assert lower_bound(pods, pool) == 3  # pods: 7 / 3 slots
     pods = [Pod(f"x{i}", requests=Resources.of(cpu="100m", memory="5Gi")) for i in range(2)]
     assert lower_bound(pods, pool) == 2  # memory: 10Gi / 8Gi
+
+
+@st.composite
+def shrinking(draw: st.DrawFn) -> tuple[list[Node], list[Pod], PoolShape, int, float]:
+    pool = PoolShape.of(
+        "p",
+        node_type="highcpu",
+        cpu="4",
+        memory="8Gi",
+        pods=6,
+        taints=(TAINT,),
+        min=draw(st.integers(0, 2)),
+        max=50,
+    )
+    drain = Taint(SCALE_DOWN_TAINT, "", "NoSchedule")
+    nodes, pods = [], []
+    for i in range(draw(st.integers(1, 8))):
+        draining = draw(st.integers(0, 5)) == 0
+        nodes += created(
+            pool, f"p-{i}", taints=(TAINT, drain) if draining else (TAINT,), unschedulable=draining
+        )
+        used = 0
+        for k in range(draw(st.integers(0, 4))):
+            c, m = draw(st.sampled_from(SHAPES[:4]))
+            kind = draw(st.sampled_from(["plain", "plain", "plain", "critical", "evict", "mpi"]))
+            [w] = workers(
+                f"r{i}x{k}",
+                1,
+                cpu=c,
+                memory=m,
+                critical=kind == "critical",
+                safe_to_evict=kind != "evict",
+                interruptible=kind != "mpi",
+            )
+            if used + w.requests.cpu <= 4000:
+                used += w.requests.cpu
+                pods += on([w], f"p-{i}")
+    for j in range(draw(st.integers(0, 2))):
+        c, m = draw(st.sampled_from(SHAPES[:4]))
+        pods += workers(f"new{j}", draw(st.integers(1, 3)), cpu=c, memory=m)
+    return nodes, pods, pool, draw(st.integers(0, 3)), draw(st.sampled_from([0.5, 1.0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(shrinking())
+def test_scale_down_removes_only_what_can_go_all_at_once(
+    state: tuple[list[Node], list[Pod], PoolShape, int, float],
+) -> None:
+    nodes, pods, pool, budget, threshold = state
+    since = {n.name: T0 - timedelta(days=1) for n in nodes}
+    p = plan(
+        nodes,
+        pods,
+        [pool],
+        now=T0,
+        unneeded_since=since,
+        disruption_budget=budget,
+        utilization_threshold=threshold,
+    )
+    by_name = {n.name: n for n in nodes}
+    removed = {d.node for d in p.remove}
+    draining = {n.name for n in nodes if any(t.key == SCALE_DOWN_TAINT for t in n.taints)}
+    on_node: dict[str, list[Pod]] = {}
+    for q in pods:
+        if q.node is not None:
+            on_node.setdefault(q.node, []).append(q)
+    # never a node under a critical, not-safe-to-evict or non-interruptible pod
+    assert not any(q.blocks_removal for name in removed for q in on_node.get(name, []))
+    # within the budget (a drain under way finishes), never below the pool's minimum
+    disrupting = [n for n in removed - draining if on_node.get(n)]
+    assert len(disrupting) <= budget
+    after = len([n for n in nodes if n.name not in draining]) - len(removed - draining) + len(p.add)
+    assert after >= pool.min
+    # never a node pending pods are planned on
+    assert not removed & set(p.placements.values())
+    # every pod of a removed node has somewhere to go, all at once, where it may run
+    moving = [q for name in removed for q in on_node.get(name, [])]
+    assert set(p.moves) == {q.key for q in moving}
+    load = {n.name: Resources() for n in nodes} | {d.node: Resources() for d in p.add}
+    for q in pods:
+        if q.node is not None and q.node not in removed:
+            load[q.node] = load[q.node] + q.requests
+    by_key = {q.key: q for q in pods}
+    for key, where in list(p.moves.items()) + list(p.placements.items()):
+        assert where not in removed and where not in draining
+        load[where] = load[where] + by_key[key].requests
+        target = by_name.get(where) or pool.template(where)
+        assert admits(by_key[key], target, now=False).ok and not target.unschedulable
+    for name, used in load.items():
+        alloc = by_name[name].allocatable if name in by_name else pool.allocatable
+        assert used.fits_in(alloc), (name, used, alloc)

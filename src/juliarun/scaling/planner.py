@@ -203,13 +203,15 @@ class Plan:
     sorted by node name; ``placements`` where the plan expects each pending pod (pod key →
     node); ``unneeded_since`` is the input of the next loop; ``strategy`` the packing chosen
     (``gang-best-fit``, ``best-fit-decreasing`` or ``first-fit-decreasing``: the fewest new
-    nodes wins)."""
+    nodes wins); ``moves`` where the pods of the nodes removed can go (pod key → node), all
+    at once."""
 
     decisions: tuple[NodeDecision, ...]
     unmet: tuple[Unmet, ...] = ()
     unneeded_since: Mapping[str, datetime] = field(default_factory=dict)
     placements: Mapping[str, str] = field(default_factory=dict)
     strategy: str = "gang-best-fit"
+    moves: Mapping[str, str] = field(default_factory=dict)
 
     def _of(self, action: Action) -> list[NodeDecision]:
         return [d for d in self.decisions if d.action == action]
@@ -941,9 +943,15 @@ def _used_share(ledger: _Ledger, i: int) -> float:
     return max(((a[r] - f[r]) / a[r] for r in range(3) if a[r] > 0), default=0.0)
 
 
-def _move(
-    ledger: _Ledger, i: int, pods: list[Pod], gone: set[int], moved_in: dict[int, list[Pod]]
-) -> str | None:
+class _Moves:
+    """The pods moved during scale-down: moved into each node so far, and each pod's hops."""
+
+    def __init__(self) -> None:
+        self.into: dict[int, list[Pod]] = {}
+        self.hops: dict[str, list[int]] = {}
+
+
+def _move(ledger: _Ledger, i: int, pods: list[Pod], gone: set[int], moves: _Moves) -> str | None:
     """Move ``pods`` off existing node ``i`` onto other existing nodes, fullest first (so
     pods gather on busy nodes); ``None`` when all can move, else why not (nothing moved)."""
     c = ledger.c
@@ -974,7 +982,9 @@ def _move(
                 ledger.give(j, vv, len(moved))
             return f"pod {rep.key} ({rep.requests}) has no other node to go to"
     for j, _, moved in log:
-        moved_in.setdefault(j, []).extend(moved)
+        moves.into.setdefault(j, []).extend(moved)
+        for p in moved:
+            moves.hops.setdefault(p.key, []).append(j)
     return None
 
 
@@ -1026,8 +1036,10 @@ def plan(
         NodeDecision(name, pool, "add", reasons.get(n + k, "new node"))
         for k, (pool, name) in enumerate(ledger.new)
     ]
+    moves = _Moves()
     decisions += _scale_down(
         ledger,
+        moves,
         headroom or {},
         now=now,
         since_in=unneeded_since or {},
@@ -1044,11 +1056,19 @@ def plan(
     placements = {
         k: ledger.name(i) for k, i in ledger.where.items() if not k.startswith(_HEADROOM_KEY)
     }
-    return Plan(tuple(decisions), tuple(unmet), since_out, placements, strategy)
+    removed = {cluster.index[d.node] for d in decisions if d.action == "remove"}
+    moved: dict[str, str] = {}
+    for i in sorted(removed):
+        for p in cluster.running[i]:
+            hops = moves.hops.get(p.key)
+            if hops:
+                moved[p.key] = nodes[next(j for j in hops if j not in removed)].name
+    return Plan(tuple(decisions), tuple(unmet), since_out, placements, strategy, moved)
 
 
 def _scale_down(
     ledger: _Ledger,
+    moves: _Moves,
     headroom: Mapping[str, Headroom],
     *,
     now: datetime,
@@ -1067,7 +1087,6 @@ def _scale_down(
         else:
             pending_on[i] = pending_on.get(i, 0) + 1
     gone: set[int] = set()
-    moved_in: dict[int, list[Pod]] = {}
     count = dict(ledger.count)
     out: list[NodeDecision] = []
     share = [_used_share(ledger, i) for i in range(n)]
@@ -1092,7 +1111,7 @@ def _scale_down(
         if i in holds_headroom:
             decide("keep", f"holds headroom of pool {holds_headroom[i]}")
             continue
-        live = [p for p in c.running[i] if not p.daemon] + moved_in.pop(i, [])
+        live = [p for p in c.running[i] if not p.daemon] + moves.into.pop(i, [])
         blocker = next((b for p in live if (b := _blocker(p)) is not None), None)
         if blocker is not None:
             decide("uncordon" if draining else "keep", blocker)
@@ -1105,7 +1124,7 @@ def _scale_down(
         if live and not draining and used > threshold:
             decide("keep", f"{used:.0%} used, above the {threshold:.0%} scale-down threshold")
             continue
-        why = _move(ledger, i, live, gone, moved_in)
+        why = _move(ledger, i, live, gone, moves)
         if why is not None:
             decide("uncordon" if draining else "keep", why)
             continue
@@ -1113,7 +1132,7 @@ def _scale_down(
         if not draining and room is not None and (room.cpu or room.memory or room.gpu):
             after = _pool_free(ledger, pool, gone | {i})
             if any(after[r] < w for r, w in enumerate((room.cpu, room.memory, room.gpu))):
-                _unmove(ledger, i, live, moved_in)
+                _unmove(ledger, i, live, moves)
                 decide("keep", f"holds headroom of pool {pool} ({room})")
                 continue
         gone.add(i)
@@ -1134,19 +1153,24 @@ def _scale_down(
     return out
 
 
-def _unmove(ledger: _Ledger, i: int, pods: list[Pod], moved_in: dict[int, list[Pod]]) -> None:
+def _unmove(ledger: _Ledger, i: int, pods: list[Pod], moves: _Moves) -> None:
     """Take back a :func:`_move` of ``pods`` off node ``i``."""
     keys = {p.key for p in pods}
-    for j in list(moved_in):
-        stay = [p for p in moved_in[j] if p.key not in keys]
-        for p in moved_in[j]:
+    into = moves.into
+    for j in list(into):
+        stay = [p for p in into[j] if p.key not in keys]
+        for p in into[j]:
             if p.key in keys:
                 ledger.give(j, _vec(p.requests), 1)
         if stay:
-            moved_in[j] = stay
+            into[j] = stay
         else:
-            del moved_in[j]
-    moved_in[i] = [p for p in pods if p.key in keys and p.node != ledger.c.nodes[i].name]
+            del into[j]
+    for p in pods:
+        moves.hops[p.key].pop()
+    came = [p for p in pods if p.node != ledger.c.nodes[i].name]
+    if came:
+        into[i] = came
 
 
 def _price(ledger: _Ledger) -> float:
