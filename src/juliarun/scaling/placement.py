@@ -628,7 +628,9 @@ _FITS = Fit(True)
 def admits(pod: Pod, node: Node, *, now: bool = True) -> Fit:
     """Whether ``node`` takes ``pod`` at all, resources aside: node selector, required
     affinity, cordon and readiness, taints. With ``now=False``, as the node will be once its
-    transient state (not ready, cordoned, ``node.kubernetes.io/`` taints) passes."""
+    transient state (not ready, cordoned, ``node.kubernetes.io/`` taints) passes: the
+    diagnosis' ``node_matches``, which has no readiness check of its own (the node lifecycle
+    taints a NotReady node ``node.kubernetes.io/not-ready``) but is otherwise the same."""
     labels = node.labels
     for k, v in pod.node_selector.items():
         if labels.get(k) != v:
@@ -859,8 +861,10 @@ def place_gang(
     policy ranks best among those it fits, with what earlier pods of the gang took counted.
     ``free`` overrides what each node has free (default: ``node.free``).
 
-    ``pack`` (best fit on the dominant resource: the fewest nodes), ``spread`` (most free
-    first), or any registered name or policy object.
+    ``pack`` (the fewest nodes: the nodes that hold the most of the job first, best fit on
+    the dominant resource among equals), ``spread`` (the fewest of the job's pods per node,
+    most free first), or any registered name or policy object. A greedy choice: a gang it
+    cannot place may still have a placement (the reason says how far it got).
     """
     impl = get_policy(policy) if isinstance(policy, str) else policy
     job = job_pods[0].job if job_pods else None
