@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from juliarun.errors import ConfigError
@@ -334,6 +335,26 @@ def k8s_requests(pod: Obj) -> dict[str, Decimal]:
     return total
 
 
+@lru_cache(maxsize=4096)
+def _parsed(items: tuple[tuple[str, str], ...], gpu_resource: str) -> Resources:
+    """:meth:`Resources.parse` of a resource map seen before (pods of a job, nodes of a
+    pool: the same few maps thousands of times)."""
+    return Resources.parse(dict(items), gpu_resource=gpu_resource)
+
+
+def _pod_resources(spec: Obj, gpu_resource: str) -> Resources:
+    asking = [
+        req
+        for c in spec.get("containers") or []
+        if (req := (c.get("resources") or {}).get("requests"))
+    ]
+    init = any((c.get("resources") or {}).get("requests") for c in spec.get("initContainers") or [])
+    if len(asking) == 1 and not init:  # the common case, and the same sum
+        return _parsed(tuple(sorted((k, str(v)) for k, v in asking[0].items())), gpu_resource)
+    asks = {k: str(v) for k, v in k8s_requests({"spec": spec}).items()}
+    return Resources.parse(asks, gpu_resource=gpu_resource)
+
+
 def _flag(mapping: Mapping[str, str], key: str) -> bool | None:
     if key not in mapping:
         return None
@@ -429,8 +450,7 @@ class Pod:
         spec = obj.get("spec") or {}
         labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}
-        asks = {k: str(v) for k, v in k8s_requests(obj).items()}
-        requests = Resources.parse(asks, gpu_resource=gpu_resource)
+        requests = _pod_resources(spec, gpu_resource)
         critical = _flag(labels, CRITICAL_KEY) or _flag(annotations, CRITICAL_KEY) or False
         interruptible = _flag(labels, INTERRUPTIBLE_KEY)
         if interruptible is None:
@@ -568,7 +588,7 @@ class Node:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
         allocatable = dict(status.get("allocatable") or status.get("capacity") or {})
-        alloc = Resources.parse(allocatable, gpu_resource=gpu_resource)
+        alloc = _parsed(tuple(sorted((k, str(v)) for k, v in allocatable.items())), gpu_resource)
         if "pods" not in allocatable:
             alloc = Resources(alloc.cpu, alloc.memory, alloc.gpu, UNLIMITED, alloc.extra)
         created = meta.get("creationTimestamp")
