@@ -223,6 +223,72 @@ def run(name: str, nodes: Any, pods: Any, shapes: Any, rounds: int) -> list[str]
     ]
 
 
+def as_json(nodes: Sequence[Node], pods: Sequence[Pod]) -> tuple[list[Any], list[Any]]:
+    """The same cluster as the apiserver would list it."""
+    node_objs = [
+        {
+            "metadata": {"name": n.name, "labels": dict(n.labels)},
+            "spec": {"taints": [t._asdict() for t in n.taints]},
+            "status": {
+                "allocatable": {
+                    "cpu": f"{n.allocatable.cpu}m",
+                    "memory": str(n.allocatable.memory),
+                    "nvidia.com/gpu": str(n.allocatable.gpu),
+                    "pods": str(n.allocatable.pods),
+                },
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+        for n in nodes
+    ]
+    pod_objs = []
+    for p in pods:
+        requests = {"cpu": f"{p.requests.cpu}m", "memory": str(p.requests.memory)}
+        if p.requests.gpu:
+            requests["nvidia.com/gpu"] = str(p.requests.gpu)
+        spec: dict[str, Any] = {
+            "nodeSelector": dict(p.node_selector),
+            "tolerations": [t._asdict() for t in p.tolerations],
+            "containers": [{"name": "main", "resources": {"requests": requests}}],
+        }
+        if p.node:
+            spec["nodeName"] = p.node
+        else:
+            spec["schedulingGates"] = [{"name": "juliarun.io/placement"}]
+        pod_objs.append(
+            {
+                "metadata": {
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "labels": {"juliarun.io/job": p.job},
+                },
+                "spec": spec,
+                "status": {"phase": p.phase},
+            }
+        )
+    return node_objs, pod_objs
+
+
+def parsed_loop(nodes: Sequence[Node], pods: Sequence[Pod], shapes: Any, rounds: int) -> str:
+    """The loop as the autoscaler runs it: from the listed JSON to the plan."""
+    node_objs, pod_objs = as_json(nodes, pods)
+
+    def loop() -> Any:
+        ps = [Pod.from_k8s(o) for o in pod_objs]
+        return plan([Node.from_k8s(o) for o in node_objs], ps, shapes, now=NOW)
+
+    result, wall, cpu = timed(loop, rounds)
+    direct = plan(nodes, pods, shapes, now=NOW)
+    same = [(d.node, d.action) for d in result.decisions] == [
+        (d.node, d.action) for d in direct.decisions
+    ]
+    return (
+        f"{'':8} from the JSON the apiserver lists (Pod/Node.from_k8s + plan): "
+        f"{statistics.median(wall) * 1000:.0f} ms wall {statistics.median(cpu) * 1000:.0f} ms "
+        f"cpu; same plan: {same}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=11)
@@ -243,6 +309,7 @@ def main() -> None:
     for name, (nodes, pods, shapes) in scenarios:
         for line in run(name, nodes, pods, shapes, args.rounds):
             print(line)
+        print(parsed_loop(nodes, pods, shapes, args.rounds))
 
 
 if __name__ == "__main__":
