@@ -653,3 +653,29 @@ def test_scale_down_removes_only_what_can_go_all_at_once(
     for name, used in load.items():
         alloc = by_name[name].allocatable if name in by_name else pool.allocatable
         assert used.fits_in(alloc), (name, used, alloc)
+
+
+def test_per_node_overhead_is_kept_out_of_new_nodes() -> None:
+    # DaemonSet pods take 500m and a slot on every node: one 2-cpu worker per 4-cpu node
+    pool = PoolShape.of(
+        "highcpu", node_type="highcpu", cpu="4", memory="16Gi", taints=(TAINT,), max=10,
+        overhead_cpu="500m", overhead_memory="256Mi", overhead_pods=1,
+    )  # fmt: skip
+    assert pool.capacity == Resources(3500, 16 * GI - 256 * 2**20, 0, 109)
+    p = plan([], workers("par", 8), [pool], now=T0)
+    assert len(p.add) == 8 and len(set(p.placements.values())) == 8
+    assert first_fit_decreasing([], workers("par", 8), [pool]).nodes_added == 8
+    assert lower_bound(workers("par", 8), pool) == 5  # 16 cpu over 3.5 per node
+    # once up, the node's own daemon pods are running pods like any other
+    nodes = created(pool, "highcpu-0")
+    daemon = Pod(
+        "ds-0", requests=Resources.of(cpu="500m"), node="highcpu-0", daemon=True, phase="Running"
+    )
+    p = plan(nodes, [daemon, *workers("one", 1)], [pool], now=T0)
+    assert (p.add, p.placements) == ([], {"jr/one-0": "highcpu-0"})
+    big = workers("big", 1, cpu="3800m")
+    assert (
+        plan([], big, [pool], now=T0)
+        .unmet[0]
+        .reason.endswith("pool highcpu: nodes too small (cpu asks 3800m, a node has 3500m)")
+    )

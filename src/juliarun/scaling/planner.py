@@ -64,7 +64,9 @@ class PoolShape:
     """A node pool as the planner sees it: what one node offers (cpu in millicores, memory in
     bytes, GPUs, pod slots), the labels and taints its nodes carry (besides
     ``juliarun.io/pool: <name>`` and ``juliarun.io/node-type: <node_type>``), its size bounds,
-    the price of a node per hour and whether it is spot capacity."""
+    the price of a node per hour and whether it is spot capacity. ``overhead`` is what
+    every new node spends before any pod of ours lands (DaemonSet pods: their requests and
+    slots); the planner packs new nodes into ``capacity``, the allocatable less that."""
 
     name: str
     cpu: int
@@ -78,6 +80,7 @@ class PoolShape:
     max: int = 10
     price: float = 0.0
     spot: bool = False
+    overhead: Resources = field(default_factory=Resources)
 
     @classmethod
     def of(
@@ -95,17 +98,27 @@ class PoolShape:
         max: int = 10,
         price: float = 0.0,
         spot: bool = False,
+        overhead_cpu: str = "0",
+        overhead_memory: str = "0",
+        overhead_pods: int = 0,
     ) -> PoolShape:
         """From Kubernetes quantities (``cpu="4"``, ``memory="16Gi"``)."""
         r = Resources.of(cpu=cpu, memory=memory)
+        extra = Resources.of(cpu=overhead_cpu, memory=overhead_memory, pods=overhead_pods)
         return cls(
             name, r.cpu, r.memory, node_type, gpu, pods, dict(labels or {}), tuple(taints),
-            min, max, price, spot,
+            min, max, price, spot, extra,
         )  # fmt: skip
 
     @property
     def allocatable(self) -> Resources:
+        """What a node of the pool reports as allocatable."""
         return Resources(self.cpu, self.memory, self.gpu, self.pods)
+
+    @property
+    def capacity(self) -> Resources:
+        """What a new node of the pool offers our pods: allocatable less the overhead."""
+        return self.allocatable - self.overhead
 
     def node_labels(self) -> dict[str, str]:
         """The labels every node of the pool carries."""
@@ -418,12 +431,12 @@ class _Cluster:
             if not verdict:
                 parts.append(f"pool {p.name}: {verdict.reason}")
             else:
-                short = pod.requests.short_of(p.allocatable)
+                short = pod.requests.short_of(p.capacity)
                 parts.append(
                     f"pool {p.name}: nodes too small ("
                     + ", ".join(
                         f"{r} asks {format_quantity(r, pod.requests.get(r))}, a node has "
-                        f"{format_quantity(r, p.allocatable.get(r))}"
+                        f"{format_quantity(r, p.capacity.get(r))}"
                         for r in short
                     )
                     + ")"
@@ -463,7 +476,7 @@ class _Ledger:
         self.new.append((pool, shape.node_name(k)))
         self.alloc.append(_vec(shape.allocatable))
         self.kind.append(self.c.pool_kind[pool])
-        self.free.append(list(self.alloc[-1]))
+        self.free.append(list(_vec(shape.capacity)))
         self.count[pool] += 1
         i = len(self.free) - 1
         for cands, pools in self._cands.values():
@@ -590,7 +603,7 @@ def _choose_pool(ledger: _Ledger, batch: _Batch, remaining: int) -> str:
     full = []
     for name in c.pools_for(batch.rep, batch.key):
         shape = c.pool_by[name]
-        k = _count(list(_vec(shape.allocatable)), batch.vec)
+        k = _count(list(_vec(shape.capacity)), batch.vec)
         if k == 0:
             continue
         if ledger.count[name] >= shape.max:
@@ -761,7 +774,7 @@ def _first_fit(cluster: _Cluster) -> tuple[FirstFit, _Ledger]:
                         for p in cluster.pools
                         if p.name in pools_for[key]
                         and ledger.count[p.name] < p.max
-                        and _count(list(_vec(p.allocatable)), v) > 0
+                        and _count(list(_vec(p.capacity)), v) > 0
                     ),
                     None,
                 )
@@ -813,7 +826,7 @@ def _new_node_bound(cluster: _Cluster, jobs: list[tuple[str, int, list[_Batch]]]
             f = cluster.free[i]
             for r in range(4):
                 room[r] += max(f[r], 0)
-        size = _vec(cluster.pool_by[pool].allocatable)
+        size = _vec(cluster.pool_by[pool].capacity)
         bound += max(
             (-(-(d[r] - room[r]) // size[r]) for r in range(4) if d[r] > room[r] and size[r]),
             default=0,
@@ -823,14 +836,14 @@ def _new_node_bound(cluster: _Cluster, jobs: list[tuple[str, int, list[_Batch]]]
 
 def lower_bound(pods: Iterable[Pod], shape: PoolShape) -> int:
     """The fewest nodes of ``shape`` that hold ``pods``' requests, resource by resource
-    (their sum over a node's size, rounded up)."""
+    (their sum over what a new node offers, its capacity, rounded up)."""
     total = [0, 0, 0, 0]
     for p in pods:
         if not p.terminal:
             v = _vec(p.requests)
             for r in range(4):
                 total[r] += v[r]
-    alloc = _vec(shape.allocatable)
+    alloc = _vec(shape.capacity)
     need = 0
     for r in range(4):
         if total[r]:
@@ -902,7 +915,7 @@ def _headroom(
                     ledger.where.pop(p.key, None)
                 unmet.append(Unmet(job, room.pods, f"headroom {room}: {failed.reason}"))
         want = (room.cpu, room.memory, room.gpu)
-        size = _vec(shape.allocatable)
+        size = _vec(shape.capacity)
         have = _pool_free(ledger, pool, set())
         deficit = [max(want[r] - have[r], 0) for r in range(3)]
         if any(deficit):
