@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from juliarun.errors import JuliaRunError
 from juliarun.scaling.placement import (
     NODE_TYPE_LABEL,
     POOL_LABEL,
@@ -527,7 +528,9 @@ class _Ledger:
 # ---------------------------------------------------------------------------------------------
 
 
-class _NoRoomError(Exception):
+class _NoRoomError(JuliaRunError):
+    """Demand finds no room (never leaves the planner: it becomes an :class:`Unmet`)."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
