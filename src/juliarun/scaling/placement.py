@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from juliarun.errors import ConfigError
@@ -192,17 +193,19 @@ class Resources:
 
     def short_of(self, available: Resources) -> list[str]:
         """The resources this amount needs more of than ``available`` has (an extended
-        resource ``available`` does not list counts as zero)."""
+        resource ``available`` does not list counts as zero). Only resources asked for count,
+        as in the Kubernetes scheduler: a node overcommitted on memory still takes a pod
+        that asks for none."""
         short = [
             name
             for name, need, have in zip(
                 RESOURCE_NAMES, self.vector(), available.vector(), strict=True
             )
-            if need > have
+            if need > 0 and need > have
         ]
         if self.extra:
             have_extra = dict(available.extra)
-            short += [k for k, v in self.extra if v > have_extra.get(k, 0)]
+            short += [k for k, v in self.extra if v > 0 and v > have_extra.get(k, 0)]
         return short
 
     def fits_in(self, available: Resources) -> bool:
@@ -332,6 +335,26 @@ def k8s_requests(pod: Obj) -> dict[str, Decimal]:
     return total
 
 
+@lru_cache(maxsize=4096)
+def _parsed(items: tuple[tuple[str, str], ...], gpu_resource: str) -> Resources:
+    """:meth:`Resources.parse` of a resource map seen before (pods of a job, nodes of a
+    pool: the same few maps thousands of times)."""
+    return Resources.parse(dict(items), gpu_resource=gpu_resource)
+
+
+def _pod_resources(spec: Obj, gpu_resource: str) -> Resources:
+    asking = [
+        req
+        for c in spec.get("containers") or []
+        if (req := (c.get("resources") or {}).get("requests"))
+    ]
+    init = any((c.get("resources") or {}).get("requests") for c in spec.get("initContainers") or [])
+    if len(asking) == 1 and not init:  # the common case, and the same sum
+        return _parsed(tuple(sorted((k, str(v)) for k, v in asking[0].items())), gpu_resource)
+    asks = {k: str(v) for k, v in k8s_requests({"spec": spec}).items()}
+    return Resources.parse(asks, gpu_resource=gpu_resource)
+
+
 def _flag(mapping: Mapping[str, str], key: str) -> bool | None:
     if key not in mapping:
         return None
@@ -361,17 +384,15 @@ class Pod:
     phase: str = "Pending"
     gated: bool = False
     daemon: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """``namespace/name``: unique in a cluster."""
 
     def __post_init__(self) -> None:
         if self.requests.pods < 1:
             object.__setattr__(
                 self, "requests", Resources(*self.requests.vector()[:3], 1, self.requests.extra)
             )
-
-    @property
-    def key(self) -> str:
-        """``namespace/name``: unique in a cluster."""
-        return f"{self.namespace}/{self.name}"
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     @property
     def terminal(self) -> bool:
@@ -401,9 +422,10 @@ class Pod:
     def scheduling_key(self) -> tuple[Any, ...]:
         """Pods with equal keys are interchangeable for placement (same requests, selector,
         affinity and tolerations)."""
+        selector = self.node_selector
         return (
             self.requests,
-            tuple(sorted(self.node_selector.items())),
+            tuple(sorted(selector.items()) if len(selector) > 1 else selector.items()),
             self.affinity,
             self.tolerations,
         )
@@ -428,8 +450,7 @@ class Pod:
         spec = obj.get("spec") or {}
         labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}
-        asks = {k: str(v) for k, v in k8s_requests(obj).items()}
-        requests = Resources.parse(asks, gpu_resource=gpu_resource)
+        requests = _pod_resources(spec, gpu_resource)
         critical = _flag(labels, CRITICAL_KEY) or _flag(annotations, CRITICAL_KEY) or False
         interruptible = _flag(labels, INTERRUPTIBLE_KEY)
         if interruptible is None:
@@ -567,7 +588,7 @@ class Node:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
         allocatable = dict(status.get("allocatable") or status.get("capacity") or {})
-        alloc = Resources.parse(allocatable, gpu_resource=gpu_resource)
+        alloc = _parsed(tuple(sorted((k, str(v)) for k, v in allocatable.items())), gpu_resource)
         if "pods" not in allocatable:
             alloc = Resources(alloc.cpu, alloc.memory, alloc.gpu, UNLIMITED, alloc.extra)
         created = meta.get("creationTimestamp")
@@ -627,7 +648,9 @@ _FITS = Fit(True)
 def admits(pod: Pod, node: Node, *, now: bool = True) -> Fit:
     """Whether ``node`` takes ``pod`` at all, resources aside: node selector, required
     affinity, cordon and readiness, taints. With ``now=False``, as the node will be once its
-    transient state (not ready, cordoned, ``node.kubernetes.io/`` taints) passes."""
+    transient state (not ready, cordoned, ``node.kubernetes.io/`` taints) passes: the
+    diagnosis' ``node_matches``, which has no readiness check of its own (the node lifecycle
+    taints a NotReady node ``node.kubernetes.io/not-ready``) but is otherwise the same."""
     labels = node.labels
     for k, v in pod.node_selector.items():
         if labels.get(k) != v:
@@ -701,17 +724,33 @@ class Placement:
         return sorted(set(self.assignment.values()))
 
 
-RankFn = Callable[[Pod, Node, Resources, int], Any]
-"""``rank(pod, node, free, placed)``: a sortable key (lower is better) or ``None`` to keep the
-pod off the node; ``free`` is what the node has left before this pod, ``placed`` how many pods
-of the same job the gang has put on it so far."""
+@dataclass
+class Gang:
+    """A gang placement under way, as a ranking policy sees it: the ``job``, its ``size`` in
+    pods, the pods still to place (``remaining``, the one being ranked included) and how many
+    of its pods each node holds so far (``placed``)."""
+
+    job: str | None
+    size: int
+    remaining: int
+    placed: dict[str, int] = field(default_factory=dict)
+
+    def on(self, node: str) -> int:
+        """How many of the gang's pods ``node`` holds so far."""
+        return self.placed.get(node, 0)
+
+
+RankFn = Callable[[Pod, Node, Resources, Gang], Any]
+"""``rank(pod, node, free, gang)``: a sortable key (lower is better) or ``None`` to keep the
+pod off the node; ``free`` is what the node has left before this pod (it fits), ``gang`` the
+placement so far."""
 
 
 @runtime_checkable
 class RankingPolicy(Protocol):
     """A policy that ranks the nodes a pod fits; :func:`place_gang` does the rest."""
 
-    def rank(self, pod: Pod, node: Node, free: Resources, placed: int) -> Any: ...
+    def rank(self, pod: Pod, node: Node, free: Resources, gang: Gang) -> Any: ...
 
 
 @runtime_checkable
@@ -740,22 +779,40 @@ def dominant(pod: Pod, node: Node) -> int:
     return max(range(4), key=lambda i: (shares[i], -i))
 
 
-def pack(pod: Pod, node: Node, free: Resources, placed: int) -> Any:
-    """Best fit: the node the pod leaves the least free of its dominant resource on (then the
-    fewest free of the others); nodes that already hold the job first on ties."""
-    d = dominant(pod, node)
-    after = (free - pod.requests).vector()
-    alloc = node.allocatable.vector()
-    rest = sum(_share(after[i], alloc[i]) for i in range(4) if i != d)
-    return (_share(after[d], alloc[d]), -placed, rest)
+def _room(asks: tuple[int, ...], free: tuple[int, ...]) -> int:
+    """How many pods asking ``asks`` fit in ``free``."""
+    return min((f // a for a, f in zip(asks, free, strict=True) if a > 0), default=UNLIMITED)
 
 
-def spread(pod: Pod, node: Node, free: Resources, placed: int) -> Any:
-    """Worst fit: the node with the most free of the pod's dominant resource, fewest of the
-    job's pods first."""
+def pack(pod: Pod, node: Node, free: Resources, gang: Gang) -> Any:
+    """The fewest nodes: the node that would hold the most of the job (its pods there so far
+    and as many of the remaining as fit), nodes already holding the job first, then best fit
+    (the least left free of the pod's dominant resource, then of the others)."""
+    r, a = pod.requests, node.allocatable
+    room = free.pods // r.pods
+    left: list[float] = []
+    shares: list[float] = []
+    for ask, have, of in (
+        (r.cpu, free.cpu, a.cpu),
+        (r.memory, free.memory, a.memory),
+        (r.gpu, free.gpu, a.gpu),
+        (r.pods, free.pods, a.pods),
+    ):
+        if ask > 0:
+            room = min(room, have // ask)
+        left.append((have - ask) / of if of > 0 else 0.0)
+        shares.append(ask / of if of > 0 else 0.0)
+    on = gang.placed.get(node.name, 0)
+    d = max(range(4), key=shares.__getitem__)
+    return (-(on + min(room, gang.remaining)), -on, left[d], sum(left) - left[d])
+
+
+def spread(pod: Pod, node: Node, free: Resources, gang: Gang) -> Any:
+    """Worst fit: the fewest of the job's pods, then the most left free of the pod's dominant
+    resource."""
     d = dominant(pod, node)
-    after = (free - pod.requests).vector()
-    return (placed, -_share(after[d], node.allocatable.vector()[d]))
+    after = free.vector()[d] - pod.requests.vector()[d]
+    return (gang.on(node.name), -_share(after, node.allocatable.vector()[d]))
 
 
 _POLICIES: dict[str, Policy] = {"pack": pack, "spread": spread}
@@ -763,7 +820,7 @@ _POLICIES: dict[str, Policy] = {"pack": pack, "spread": spread}
 
 def register_policy(name: str, policy: Policy | type[Any]) -> None:
     """Register a placement policy by name: a ranking function ``rank(pod, node, free,
-    placed)``, an object with ``rank`` (:class:`RankingPolicy`) or ``place``
+    gang)`` (see :data:`RankFn`), an object with ``rank`` (:class:`RankingPolicy`) or ``place``
     (:class:`GangPolicy`), or a class of either (instantiated without arguments).
 
     >>> register_policy("last-name", lambda pod, node, free, placed: [-ord(c) for c in node.name])
@@ -781,7 +838,7 @@ def register_policy(name: str, policy: Policy | type[Any]) -> None:
     if not (isinstance(obj, GangPolicy | RankingPolicy) or callable(obj)):
         raise ConfigError(
             f"placement policy {name!r} is neither callable nor has rank() or place()",
-            hint="pass rank(pod, node, free, placed) -> key, or an object with rank or place",
+            hint="pass rank(pod, node, free, gang) -> key, or an object with rank or place",
         )
     _POLICIES[name] = obj
 
@@ -824,8 +881,10 @@ def place_gang(
     policy ranks best among those it fits, with what earlier pods of the gang took counted.
     ``free`` overrides what each node has free (default: ``node.free``).
 
-    ``pack`` (best fit on the dominant resource: the fewest nodes), ``spread`` (most free
-    first), or any registered name or policy object.
+    ``pack`` (the fewest nodes: the nodes that hold the most of the job first, best fit on
+    the dominant resource among equals), ``spread`` (the fewest of the job's pods per node,
+    most free first), or any registered name or policy object. A greedy choice: a gang it
+    cannot place may still have a placement (the reason says how far it got).
     """
     impl = get_policy(policy) if isinstance(policy, str) else policy
     job = job_pods[0].job if job_pods else None
@@ -836,7 +895,7 @@ def place_gang(
         return Placement(job, {}, "no pods to place")
     if isinstance(impl, GangPolicy):
         return _check_gang(job, job_pods, nodes, impl.place(job_pods, nodes, left), left)
-    rank: Callable[[Pod, Node, Resources, int], Any] = (
+    rank: Callable[[Pod, Node, Resources, Gang], Any] = (
         impl.rank if isinstance(impl, RankingPolicy) else impl
     )
     largest = (
@@ -845,19 +904,31 @@ def place_gang(
         else (1, 1, 1, 1)
     )
     order = sorted(job_pods, key=lambda p: (tuple(-s for s in _size(p, largest)), p.key))
-    admitted: dict[tuple[Any, str], Fit] = {}
-    on_node: dict[str, int] = {}
+    admitted: dict[tuple[Any, Any], Fit] = {}
+    gang = Gang(job, len(order), len(order))
+    on_node = gang.placed
     assignment: dict[str, str] = {}
     for i, pod in enumerate(order):
         key = pod.scheduling_key()
         best: tuple[Any, int, Node] | None = None
         reasons: dict[str, int] = {}
+        r = pod.requests
+        gang.remaining = len(order) - i
         for index, node in enumerate(nodes):
-            verdict = admitted.get((key, node.name))
+            ck = (key, node.name if pod.affinity else id(node))
+            verdict = admitted.get(ck)
             if verdict is None:
-                verdict = admitted[key, node.name] = admits(pod, node)
+                verdict = admitted[ck] = admits(pod, node)
             if verdict:
-                verdict = fits_resources(pod, left[node.name], node.allocatable)
+                f = left[node.name]
+                if (
+                    (r.cpu > 0 and r.cpu > f.cpu)
+                    or (r.memory > 0 and r.memory > f.memory)
+                    or (r.gpu > 0 and r.gpu > f.gpu)
+                    or r.pods > f.pods
+                    or r.extra
+                ):
+                    verdict = fits_resources(pod, f, node.allocatable)
             if not verdict:
                 why = (
                     verdict.reason
@@ -866,7 +937,7 @@ def place_gang(
                 )
                 reasons[why] = reasons.get(why, 0) + 1
                 continue
-            score = rank(pod, node, left[node.name], on_node.get(node.name, 0))
+            score = rank(pod, node, left[node.name], gang)
             if score is None:
                 reasons["excluded by the policy"] = reasons.get("excluded by the policy", 0) + 1
                 continue
