@@ -54,9 +54,10 @@ outbox on the root.
 >>> def store(records: list[str], timeout: float | None) -> Delivered:
 ...     delivered.extend(records)
 ...     return DELIVERED
->>> with Outbox(root, store, suffix=".txt") as later:  # adopts the spool of the closed one
-...     later.wait_idle(10)
+>>> later = Outbox(root, store, suffix=".txt")  # adopts the spool of the closed one
+>>> later.wait_idle(10)
 True
+>>> later.close()
 >>> delivered, list(root.iterdir())
 (['a', 'b'], [])
 """
@@ -76,8 +77,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Literal, TypeVar
 
 import tenacity
 
@@ -90,6 +90,7 @@ __all__ = [
     "Failure",
     "Outbox",
     "Stats",
+    "failure_logger",
     "retry_call",
 ]
 
@@ -210,6 +211,10 @@ Deliver = Callable[[list[str], float | None], Delivered]
 ``None``: the store's own); raise :class:`DeliveryError` when the whole batch failed."""
 
 
+class _AwayError(Exception):
+    """A replay of the spool stopped: the server failed a batch again."""
+
+
 class _RetryError(Exception):
     """Some records of a batch are to be sent again."""
 
@@ -239,19 +244,43 @@ class Stats:
     rejected: int = 0
 
 
-def log_failure(failure: Failure) -> None:
-    """The default ``on_failure``: one log record."""
-    if failure.action == "retrying":
-        log.debug("a batch of %d records failed, retrying: %s", failure.lines, failure.error)
-    elif failure.action == "spooled":
-        log.warning(
-            "server unavailable (%s): %d records spooled to %s; sent when it is back",
-            failure.error,
-            failure.lines,
-            failure.path,
-        )
-    else:
-        log.error("%d records refused (%s); kept in %s", failure.lines, failure.error, failure.path)
+def failure_logger(
+    logger: logging.Logger,
+    server: str = "the server",
+    records: str = "records",
+    describe: Callable[[BaseException], str] = str,
+) -> Callable[[Failure], None]:
+    """An ``on_failure`` that writes one record to ``logger`` per failure: ``server`` names
+    the server, ``records`` what is shipped, ``describe`` an error in a line.
+
+    >>> report = failure_logger(logging.getLogger("demo"), "InfluxDB", "points")
+    >>> report(Failure(3, OSError("refused"), "spooled", Path("/spool/w/1.lp")))
+    """
+
+    def report(failure: Failure) -> None:
+        error = describe(failure.error)
+        if failure.action == "retrying":
+            logger.debug("a batch of %d %s failed, retrying: %s", failure.lines, records, error)
+        elif failure.action == "spooled":
+            logger.warning(
+                "%s unavailable (%s): %d %s spooled to %s; they are sent when it is back",
+                server,
+                error,
+                failure.lines,
+                records,
+                failure.path,
+            )
+        else:
+            logger.error(
+                "%s refused %d %s (%s); kept in %s",
+                server,
+                failure.lines,
+                records,
+                error,
+                failure.path,
+            )
+
+    return report
 
 
 # -- the spool on disk --------------------------------------------------------------------
@@ -304,7 +333,8 @@ class Outbox:
     """Records on their way to a server (see the module docstring).
 
     ``root``: the spool directory shared by every outbox of the kind on the host; ``deliver``:
-    sends one batch; ``suffix``: of the spool files. ``clock`` (monotonic seconds) and ``sleep``
+    sends one batch; ``suffix``: of the spool files; ``name``: of the kind (``log``,
+    ``metric``), in messages and the thread's name. ``clock`` (monotonic seconds) and ``sleep``
     drive backoff and deadlines.
     """
 
@@ -345,12 +375,18 @@ class Outbox:
         self.probe_delays = probe_delays
         self.close_timeout = close_timeout
         self.adopt_interval = adopt_interval
-        self.on_failure = on_failure or log_failure
+        self.on_failure = on_failure or failure_logger(log)
         self.clock = clock
         self.sleep = sleep
         self.writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stats = Stats()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the {name} spool under {str(root)!r}: {exc}",
+                hint="the spool directory must be writable (under JULIARUN_HOME/spool)",
+            ) from exc
         # the buffer and the lifecycle; taken before _spool_lock, never after it
         self._cond = threading.Condition(threading.RLock())
         self._buffer: deque[str] = deque()
@@ -370,7 +406,9 @@ class Outbox:
         self._probe_failures = 0
         self._send_lock = threading.Lock()  # one send() at a time: a writer's order
         self._drain_lock = threading.Lock()  # one replay at a time
-        self._thread = threading.Thread(target=self._run, name=f"{name}-{self.writer}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"{name}-outbox-{self.writer}", daemon=True
+        )
         self._thread.start()
 
     # -- the way in ---------------------------------------------------------------------
@@ -815,9 +853,21 @@ class Outbox:
         wait = self.close_timeout if timeout is None else timeout
         deadline = self.clock() + wait
         self._thread.join(max(0.0, wait))
-        while not self._thread.is_alive() and self.pending() and self.clock() < deadline:
-            if not self.drain(timeout=deadline - self.clock()):
-                self.sleep(max(0.0, min(self._next_probe, deadline) - self.clock()))
+
+        def replay() -> None:
+            if not self.drain(timeout=max(0.0, deadline - self.clock())):
+                raise _AwayError(self.root)
+
+        if not self._thread.is_alive() and self.pending() and self.clock() < deadline:
+            with contextlib.suppress(_AwayError):  # what is left stays in the spool
+                retry_call(
+                    replay,
+                    retry_on=lambda exc: isinstance(exc, _AwayError),
+                    delays=self.probe_delays,
+                    seconds=max(0.0, deadline - self.clock()),
+                    clock=self.clock,
+                    sleep=self.sleep,
+                )
         with self._cond:
             self._closed = True
             leftovers: list[tuple[int, list[str]]] = []
@@ -841,14 +891,3 @@ class Outbox:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock: the spool is anyone's to replay
                 self._lock_fd = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -98,7 +98,14 @@ from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, TransportE
 from juliarun._store import ClosingContext
 from juliarun.errors import StoreError
 from juliarun.logs.base import LogLine, LogQuery, Stream
-from juliarun.outbox import DELIVERED, Delivered, DeliveryError, Failure, Outbox, retry_call
+from juliarun.outbox import (
+    DELIVERED,
+    Delivered,
+    DeliveryError,
+    Outbox,
+    failure_logger,
+    retry_call,
+)
 
 _T = TypeVar("_T")
 
@@ -241,28 +248,22 @@ class ElasticsearchLogStore(ClosingContext):
         self._template_ready = False
         self._write_lock = threading.Lock()  # one write() at a time: a writer's order
         self._closed = False
-        try:
-            self._outbox = Outbox(
-                self.spool_dir,
-                self._deliver,
-                suffix=".ndjson",
-                batch_size=bulk_size,
-                max_buffer=bulk_size,  # write-through: nothing is buffered
-                max_retries=max_retries,
-                retry_delays=(0.1, 2.0),
-                probe_delays=(retry_interval, retry_interval),
-                close_timeout=close_timeout,
-                adopt_interval=adopt_interval,
-                on_failure=_log_failure,
-                clock=clock,
-                sleep=sleep,
-                name="es-log-spool",
-            )
-        except OSError as exc:
-            raise StoreError(
-                f"cannot open the log spool in {self.spool_dir}: {exc}",
-                hint="check that the spool directory is writable",
-            ) from exc
+        self._outbox = Outbox(
+            self.spool_dir,
+            self._deliver,
+            suffix=".ndjson",
+            batch_size=bulk_size,
+            max_buffer=bulk_size,  # write-through: nothing is buffered
+            max_retries=max_retries,
+            retry_delays=(0.1, 2.0),
+            probe_delays=(retry_interval, retry_interval),
+            close_timeout=close_timeout,
+            adopt_interval=adopt_interval,
+            on_failure=failure_logger(log, "Elasticsearch", "log lines"),
+            clock=clock,
+            sleep=sleep,
+            name="log",
+        )
 
     @property
     def rejected(self) -> int:
@@ -691,25 +692,6 @@ def _job_of(record: str) -> str:
 
 class _PartialResultsError(Exception):
     """A search or count that some shards did not answer."""
-
-
-def _log_failure(failure: Failure) -> None:
-    if failure.action == "retrying":
-        log.debug("a bulk of %d log lines failed, retrying: %s", failure.lines, failure.error)
-    elif failure.action == "spooled":
-        log.warning(
-            "Elasticsearch unavailable (%s): %d log lines spooled to %s; shipped when it is back",
-            failure.error,
-            failure.lines,
-            failure.path,
-        )
-    else:
-        log.error(
-            "Elasticsearch refused %d log lines (%s); kept in %s",
-            failure.lines,
-            failure.error,
-            failure.path,
-        )
 
 
 def _get(response: Any, key: str) -> Any:

@@ -93,7 +93,15 @@ from juliarun._store import (
 )
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Aggregation, MetricQuery, Point, Row
-from juliarun.outbox import DELIVERED, Delivered, DeliveryError, Failure, Outbox, Stats
+from juliarun.outbox import (
+    DELIVERED,
+    Delivered,
+    DeliveryError,
+    Failure,
+    Outbox,
+    Stats,
+    failure_logger,
+)
 
 __all__ = ["InfluxMetricStore", "WriteFailure", "WriteStats", "format_line", "format_series"]
 
@@ -236,20 +244,14 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 probe_delays=(retry_interval, max_retry_delay),
                 close_timeout=close_timeout,
                 adopt_interval=adopt_interval,
-                on_failure=on_error or _log_failure,
+                on_failure=on_error or failure_logger(log, "InfluxDB", "points", _short),
                 clock=monotonic,
                 sleep=sleep,
-                name="influx-writer",
+                name="metric",
             )
         except StoreError:
             self._client.close()  # type: ignore[no-untyped-call]
             raise
-        except OSError as exc:
-            self._client.close()  # type: ignore[no-untyped-call]
-            raise StoreError(
-                f"cannot create the metric spool under {str(spool)!r}: {exc}",
-                hint="the spool directory must be writable (JULIARUN_HOME/spool/metrics)",
-            ) from exc
 
     @property
     def stats(self) -> WriteStats:
@@ -381,25 +383,6 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 f"the InfluxDB metric store for {self.bucket!r} is closed",
                 hint="open a new store (juliarun.init()) instead of reusing a closed one",
             )
-
-
-def _log_failure(failure: WriteFailure) -> None:
-    if failure.action == "retrying":
-        log.debug("metric batch of %d points failed, retrying: %s", failure.lines, failure.error)
-    elif failure.action == "spooled":
-        log.warning(
-            "InfluxDB unavailable (%s): %d points spooled to %s; they are sent when it is back",
-            _short(failure.error),
-            failure.lines,
-            failure.path,
-        )
-    else:
-        log.error(
-            "InfluxDB refused %d points (%s); kept in %s",
-            failure.lines,
-            _short(failure.error),
-            failure.path,
-        )
 
 
 def _short(exc: BaseException) -> str:
