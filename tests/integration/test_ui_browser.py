@@ -246,7 +246,8 @@ def test_v1_the_example_job_runs_from_the_json_box(chrome: WebDriver, served: Se
     """v1 shows ``job`` as a JSON text box, filled with the example: a person changes only the
     cluster and submits; the run completes with the example's line in its logs."""
     form = RunFormV1(chrome, served.ui, served.deployment_id)
-    assert json.loads(form.job_json()) == example_job()
+    text = wait_for(chrome, "the job's JSON box to be filled", form.job_json, timeout=30)
+    assert json.loads(text) == example_job()
     run_id = _run_v1(chrome, served, form, "hello-juliarun")
     wait_for_text(
         chrome,
@@ -301,3 +302,22 @@ def _artifact_id(served: Served, key: str) -> str:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
     return str(artifact.id)
+
+
+def test_v2_a_failed_job_fails_the_run_with_its_reason(chrome: WebDriver, served: Served) -> None:
+    """A job that exits 3: the run is Failed, and its page says why in juliarun's words (the
+    job's exit code and last line), which the test reads off the page (kept as a screenshot
+    under test-output/ when the reason is missing)."""
+    job = _unique("ui-fail")
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.job_text("Name", job)
+    form.job_list("Command", ["bash", "-c", "echo about to fail; exit 3"])
+    run_id = _submit_v2(chrome, served, form, job)
+    assert wait_for_state(chrome, ("Completed", "Failed", "Crashed")) == "Failed"
+    details = wait_for_text(
+        chrome,
+        f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Details",
+        ("exit code 3",),
+        "the job's reason on the run's page",
+    )
+    assert "about to fail" in details
