@@ -317,7 +317,7 @@ def test_v2_a_failed_job_fails_the_run_with_its_reason(chrome: WebDriver, served
     details = wait_for_text(
         chrome,
         f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Details",
-        ("exit code 3",),
-        "the job's reason on the run's page",
+        (f"job '{job}' failed: worker {job}-0 exit code 3",),
+        "the job's reason on the run's Details tab",
     )
-    assert "about to fail" in details
+    assert "last lines: about to fail" in " ".join(details.split())
