@@ -24,6 +24,24 @@ EVALUATE_ALERTS = "evaluate-alerts"
 ALERTS_EVERY = timedelta(minutes=1)
 
 
+def example_job() -> dict[str, Any]:
+    """The job a person finds in the run-job and run-pipeline forms: one that runs as it is on
+    every cluster (julia is on the host for local, in the default image for Docker and
+    Kubernetes), to edit into their own.
+
+    >>> example_job()["kind"], example_job()["name"]
+    ('Batch', 'hello-juliarun')
+    >>> from juliarun.specs import validate_spec
+    >>> validate_spec(example_job())
+    Batch('hello-juliarun')
+    """
+    from juliarun.specs import Batch
+
+    job = Batch("hello-juliarun", command=["julia", "-e", 'println("hello from juliarun")'])
+    # the fields a person sets; the form shows the defaults of the rest
+    return {"kind": job.kind, **job.model_dump(mode="json", exclude_defaults=True)}
+
+
 def alert_parameters(cluster: str) -> dict[str, Any]:
     """The evaluate-alerts parameters: the rules (and hooks) of the JSON file JULIARUN_ALERT_RULES
     names — a list of rules, or ``{"rules": [...], "hooks": [...]}`` — else no rules."""
@@ -49,6 +67,8 @@ def deployments(cluster: str = "local") -> list[Any]:
     (every 15 minutes), ``prune-bundles`` and ``prune-storage`` (daily) and ``evaluate-alerts``
     (every minute when JULIARUN_ALERT_RULES names rules; without rules it is only triggered by
     hand)."""
+    from prefect.types.entrypoint import EntrypointType
+
     from juliarun.flows import cluster_report, prune_bundles, prune_storage, run_job, run_pipeline
     from juliarun.flows.alerts import evaluate_alerts
 
@@ -81,13 +101,22 @@ def deployments(cluster: str = "local") -> list[Any]:
             None,
         ),
     ]
+    # Default parameters: the cluster served, and for the flows that take a job a working
+    # example, so the UI's form opens filled in rather than empty.
+    examples: dict[str, dict[str, Any]] = {
+        RUN_JOB: {"job": example_job()},
+        RUN_PIPELINE: {"job": example_job()},
+    }
+    # The entrypoint is the flow's module path, not a file path relative to the directory serve
+    # was started in: every process that runs the deployment imports juliarun as installed.
     served = [
         flow.to_deployment(
             name=name,
             description=description,
-            parameters={"cluster": cluster},
+            parameters={"cluster": cluster, **examples.get(name, {})},
             interval=every,
             tags=["juliarun"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for flow, name, description, every in on_cluster
     ]
@@ -98,6 +127,7 @@ def deployments(cluster: str = "local") -> list[Any]:
             parameters=alerts,
             interval=ALERTS_EVERY if alerts["rules"] else None,
             tags=["juliarun"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
     )
     return served
