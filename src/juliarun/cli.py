@@ -478,7 +478,10 @@ def serve(
     ] = "local",
     api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default: env).")] = None,
 ) -> None:
-    """Serve run-job and the scheduled cluster-report as Prefect deployments."""
+    """Serve juliarun's flows as Prefect deployments until Ctrl-C: run-job, run-pipeline,
+    process-autoscaler and cluster-autoscaler (triggered from the UI or Python), cluster-report
+    (every 15 minutes), prune-bundles and prune-storage (daily), evaluate-alerts (every minute
+    when JULIARUN_ALERT_RULES names rules)."""
     from juliarun.deployments.serve import serve as serve_flows
 
     serve_flows(cluster, api_url)

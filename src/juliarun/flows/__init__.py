@@ -1,6 +1,6 @@
 """Prefect flows: the pipelines juliarun runs orchestrated."""
 
-from juliarun.flows.autoscale import process_autoscaler
+from juliarun.flows.autoscale import cluster_autoscaler, process_autoscaler
 from juliarun.flows.builds import (
     build_image,
     build_package_bundle,
@@ -16,6 +16,7 @@ from juliarun.flows.tenants import ensure_tenant_flow
 __all__ = [
     "build_image",
     "build_package_bundle",
+    "cluster_autoscaler",
     "cluster_report",
     "ensure_tenant_flow",
     "prewarm_image",
