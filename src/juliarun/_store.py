@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Protocol, Self
 
+from juliarun._files import private_file
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Point
 
@@ -171,6 +173,11 @@ class SqliteStore(ClosingContext):
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
+    if path != ":memory:" and not path.startswith("file:"):
+        # Mode 0600 (SQLite gives its -wal and -shm files the database's mode): every job's
+        # output and metrics are in there.
+        with contextlib.suppress(OSError):  # a missing directory fails in connect, below
+            private_file(Path(path))
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )

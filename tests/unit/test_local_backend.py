@@ -179,7 +179,9 @@ def test_a_supervisor_that_dies_is_reported(backend: LocalBackend) -> None:
     supervisor = backend._jobdir("orphan").read_state()["supervisor"]["pid"]
     os.kill(supervisor, signal.SIGKILL)
     status = until(backend, "orphan", lambda s: s.done, "done")
-    assert str(status) == "failed: the job's supervisor exited unexpectedly"
+    assert str(status) == (
+        "failed: the job's supervisor exited unexpectedly; its workers were stopped"
+    )
     assert status.hint is not None and "supervisor.log" in status.hint
     backend.delete("orphan", force=True)
     pid = status.workers[0].pid

@@ -25,7 +25,9 @@ from juliarun.errors import LineProtocolError
 from juliarun.metrics.base import Point
 
 __all__ = [
+    "IDENTITY_TAGS",
     "METRICS_FILE_ENV",
+    "RESERVED_PREFIX",
     "LineProtocolError",
     "format_point",
     "parse_line",
@@ -34,6 +36,13 @@ __all__ = [
 
 METRICS_FILE_ENV = "JULIARUN_METRICS_FILE"
 """The environment variable naming the file a job appends its metric lines to."""
+
+RESERVED_PREFIX = "juliarun."
+"""Metric names starting with this are the platform's (cpu, memory, restarts): a job's own
+lines may not use them."""
+
+IDENTITY_TAGS = frozenset({"cluster", "tenant", "job", "worker"})
+"""Tags the platform sets on every point of a job; a job's own values for them are replaced."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
