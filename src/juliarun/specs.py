@@ -112,8 +112,13 @@ MAX_DEPTH = 16
 def _depth_rule(data: Any) -> None:
     """Refuse input nesting deeper than :data:`MAX_DEPTH` (checked before anything else)."""
     stack: list[tuple[Any, int]] = [(data, 0)]
+    seen: set[int] = set()  # YAML aliases share values: each is walked once
     while stack:
         value, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if depth > MAX_DEPTH:
             raise ValueError(f"(spec): nests deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
