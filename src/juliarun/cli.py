@@ -88,11 +88,26 @@ def job_name(name: str) -> str:
 
 
 MAX_SPEC_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
 
 
 class _SpecLoader(yaml.SafeLoader):
     """YAML as a spec file is read: a key given twice is an error (not the last one winning),
-    an integer too long to be a number is an error (not a crash)."""
+    an integer too long to be a number is an error (not a crash), and so is nesting deeper
+    than :data:`MAX_YAML_DEPTH` (found as it is read, not after a deep recursion)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nests deeper than {MAX_YAML_DEPTH} levels", None
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _mapping(loader: _SpecLoader, node: yaml.MappingNode, deep: bool = False) -> Any:

@@ -120,7 +120,7 @@ def _depth_rule(data: Any) -> None:
                 continue
             seen.add(id(value))
         if depth > MAX_DEPTH:
-            raise ValueError(f"(spec): nests deeper than {MAX_DEPTH} levels")
+            raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
             stack.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, list | tuple):

@@ -288,3 +288,41 @@ def test_the_supervisor_takes_no_configs_but_from_submit(local_home: Path) -> No
     )
     assert proc.returncode != 0
     assert "the supervisor got no store configs on its stdin" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("kind: Batch\nname: caf\xe9\ncommand: [echo]\n".encode("latin-1"), "is not UTF-8 text"),
+        (b"kind: Batch\nname: a\nname: b\ncommand: [echo]\n", "key 'name' is given twice"),
+        (b"kind: Batch\nmemory: " + b"1" * 5000 + b"\n", "an integer too long to be a number"),
+        (b"kind: Batch\ncommand: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests deeper than 64"),
+        (b"kind: {JuliaBatch: 1}\nname: a\n", "kind: must be one of Batch, JuliaBatch"),
+        (b"kind: [Batch]\nname: a\n", "kind: must be one of Batch, JuliaBatch"),
+        (b'kind: Batch\nname: a\ncommand: [echo]\n"\\e[31mx": 1\n', "\\x1b[31mx: unknown field"),
+        (b"- a\n- b\n", "(spec): must be a mapping of fields"),
+    ],
+)
+def test_odd_spec_files_are_one_clear_line(
+    local_home: Path, tmp_path: Path, content: bytes, says: str
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(content)
+    result = runner.invoke(app, ["submit", str(spec)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert (
+        len(lines) == 2 and lines[0].startswith("error: invalid ") and lines[1].startswith("hint:")
+    )
+    assert says in lines[0], lines[0]
+    assert "\x1b" not in result.output
+    assert not (local_home / "clusters").exists()
+
+
+def test_utf16_spec_files_are_read(local_home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes("kind: Batch\nname: wide\ncommand: [echo, h\u00e9]\n".encode("utf-16"))
+    result = runner.invoke(app, ["submit", str(spec), "--wait"])
+    assert result.exit_code == 0, result.output
+    assert "wide: succeeded" in result.output and ", wide-0, h\u00e9" in result.output
+    LocalBackend(local_home).delete("wide")
