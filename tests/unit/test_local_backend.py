@@ -176,6 +176,7 @@ def test_a_killed_worker_fails_the_job_with_the_signal(backend: LocalBackend) ->
 def test_a_supervisor_that_dies_is_reported(backend: LocalBackend) -> None:
     backend.submit(sh("orphan", "exec sleep 600"), {})
     status = running(backend, "orphan")
+    pid = status.workers[0].pid
     supervisor = backend._jobdir("orphan").read_state()["supervisor"]["pid"]
     os.kill(supervisor, signal.SIGKILL)
     status = until(backend, "orphan", lambda s: s.done, "done")
@@ -183,8 +184,8 @@ def test_a_supervisor_that_dies_is_reported(backend: LocalBackend) -> None:
         "failed: the job's supervisor exited unexpectedly; its workers were stopped"
     )
     assert status.hint is not None and "supervisor.log" in status.hint
+    assert [(w.state, w.pid) for w in status.workers] == [("failed", None)]
     backend.delete("orphan", force=True)
-    pid = status.workers[0].pid
     assert pid is not None
     eventually(lambda: not alive(pid), what="the orphaned worker to be killed")
 

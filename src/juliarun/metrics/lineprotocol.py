@@ -32,6 +32,7 @@ __all__ = [
     "format_point",
     "parse_line",
     "parse_lines",
+    "rejected_metrics_note",
 ]
 
 METRICS_FILE_ENV = "JULIARUN_METRICS_FILE"
@@ -229,6 +230,32 @@ def parse_lines(
         except LineProtocolError as exc:
             errors.append(exc)
     return points, errors
+
+
+# A quoted value in a rule of a rejected metric line: job-controlled text, never echoed.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def rejected_metrics_note(errors: list[LineProtocolError], reserved: int) -> str | None:
+    """The one log line reporting metric lines and points that were not stored: counts and
+    rules only, never the content (the file may have been pointed at a secret).
+
+    >>> _, errors = parse_lines("password='hunter2' x\\ntoken value=s3cr3t\\nok value=1\\n")
+    >>> note = rejected_metrics_note(errors, 1)
+    >>> "hunter2" in note or "s3cr3t" in note
+    False
+    >>> note.split(" (")[0], note.split("; ")[-1]
+    ('juliarun: ignored 2 metric lines', 'ignored 1 point with a reserved juliarun.* name')
+    """
+    parts = []
+    if errors:
+        rules = list(dict.fromkeys(_QUOTED.sub("…", e.rule)[:200] for e in errors))
+        shown = "; ".join(rules[:3]) + ("; ..." if len(rules) > 3 else "")
+        parts.append(f"ignored {len(errors)} metric line{'s' * (len(errors) != 1)} ({shown})")
+    if reserved:
+        plural = "s" * (reserved != 1)
+        parts.append(f"ignored {reserved} point{plural} with a reserved {RESERVED_PREFIX}* name")
+    return f"juliarun: {'; '.join(parts)}" if parts else None
 
 
 def format_point(point: Point) -> str:

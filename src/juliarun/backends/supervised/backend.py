@@ -236,11 +236,17 @@ class SupervisedBackend(ABC):
             # gone, so a job that ended between the two reads is not taken for a crash.
             status = status_from_files(jobdir)
         if not status.done and supervisor and not self._supervisor_alive(supervisor):
-            # Its workers die with it (see the runtimes); whatever they started goes too.
+            # Its workers die with it (see the runtimes); whatever they started goes too, once:
+            # the state is written final, so no later read signals pids that may be reused.
             self._remove_workers(jobdir, state)
             status.phase = "failed"
             status.reason = "the job's supervisor exited unexpectedly; its workers were stopped"
             status.hint = f"see {jobdir.supervisor_log}"
+            status.finished_at = now()
+            for worker in status.workers:
+                if worker.state in ("running", "restarting", "waiting"):
+                    worker.state, worker.pid, worker.reason = "failed", None, "supervisor died"
+            jobdir.write_state(status, {**supervisor, "done": True})
         elif not supervisor:
             age = (now() - status.created_at).total_seconds() if status.created_at else 0
             if age > 60:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import re
 import signal
 import sys
 import threading
@@ -42,42 +41,21 @@ from juliarun.backends.supervised.runtime import (
     open_runtime,
 )
 from juliarun.backends.supervised.stores import read_stores
-from juliarun.errors import LineProtocolError
 from juliarun.logs import LogLine, LogStore, open_log_store
 from juliarun.logs.base import Stream
 from juliarun.metrics import MetricStore, Point, open_metric_store
-from juliarun.metrics.lineprotocol import IDENTITY_TAGS, RESERVED_PREFIX, parse_lines
+from juliarun.metrics.lineprotocol import (
+    IDENTITY_TAGS,
+    RESERVED_PREFIX,
+    parse_lines,
+    rejected_metrics_note,
+)
 
 LAST_LINES = 10
 MAX_BACKOFF = 30.0
 SAMPLE_EVERY = 5.0
 # How long a worker killed with SIGKILL gets to be reported gone before the supervisor moves on.
 KILL_WAIT = 10.0
-# A quoted value in a rule of a rejected metric line: job-controlled text, never echoed.
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-
-
-def rejected_metrics_note(errors: list[LineProtocolError], reserved: int) -> str | None:
-    """The one log line reporting metric lines and points that were not stored: counts and
-    rules only, never the content (the file may have been pointed at a secret).
-
-    >>> from juliarun.metrics.lineprotocol import parse_lines
-    >>> _, errors = parse_lines("password='hunter2' x\\ntoken value=s3cr3t\\nok value=1\\n")
-    >>> note = rejected_metrics_note(errors, 1)
-    >>> "hunter2" in note or "s3cr3t" in note
-    False
-    >>> note.split(" (")[0], note.split("; ")[-1]
-    ('juliarun: ignored 2 metric lines', 'ignored 1 point with a reserved juliarun.* name')
-    """
-    parts = []
-    if errors:
-        rules = list(dict.fromkeys(_QUOTED.sub("…", e.rule)[:200] for e in errors))
-        shown = "; ".join(rules[:3]) + ("; ..." if len(rules) > 3 else "")
-        parts.append(f"ignored {len(errors)} metric line{'s' * (len(errors) != 1)} ({shown})")
-    if reserved:
-        plural = "s" * (reserved != 1)
-        parts.append(f"ignored {reserved} point{plural} with a reserved {RESERVED_PREFIX}* name")
-    return f"juliarun: {'; '.join(parts)}" if parts else None
 
 
 @dataclass
