@@ -138,6 +138,8 @@ def spec_input(draw: st.DrawFn) -> tuple[type[specs._Model], Any]:
 
 def check_rejection(err: SpecError, model: type[specs._Model], data: Any) -> None:
     known = set(model.model_fields) | {"(spec)", "(arguments)", "kind"}
+    if model in JOB_KINDS:  # validate_spec builds the kind the data names
+        known |= {f for kind in JOB_KINDS for f in kind.model_fields}
     keys = {str(k) for k in data} if isinstance(data, dict) else set()
     assert err.errors, err
     for field, rule in err.errors:
