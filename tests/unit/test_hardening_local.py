@@ -242,9 +242,13 @@ def test_one_broken_job_directory_does_not_break_list(
     for name, text in (("broken", "{"), ("empty", "{}"), ("badspec", '{"spec": {"kind": 3}}')):
         (backend.jobs_dir / name).mkdir()
         (backend.jobs_dir / name / "job.json").write_text(text)
+    (backend.jobs_dir / "fine" / "state.json").write_bytes(b"\xff[")
     assert [j.name for j in backend.jobs()] == ["fine"]
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0 and "fine" in result.output, result.output
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0 and "Components" in result.output, result.output
+    run_job(backend, Batch("after", command=["true"]))
 
 
 def test_a_corrupt_storage_catalog_is_one_line(local_home: Path) -> None:

@@ -70,10 +70,12 @@ class JobDir:
 
     def _read(self, filename: str) -> dict[str, Any]:
         try:
-            data: dict[str, Any] = json.loads((self.path / filename).read_text())
+            data = json.loads((self.path / filename).read_text())
         except FileNotFoundError:
             return {}
-        return data
+        except (OSError, ValueError):  # damaged (by hand, a full disk): read as empty
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def _write(self, filename: str, data: dict[str, Any]) -> None:
         """Replace ``filename`` atomically, readable by its owner only (mode 0600): job.json
