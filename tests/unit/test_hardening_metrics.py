@@ -229,3 +229,72 @@ def test_a_job_trying_every_metrics_trick_gets_nothing(backend: LocalBackend, se
         "juliarun: metrics file tricks-0.lp was replaced: reading it from the start",
     ]
     backend.delete("tricks")
+
+
+JULIA_TRICKS = r"""
+m = ENV["JULIARUN_METRICS_FILE"]
+secret, neighbour = ARGS
+put(text) = open(io -> println(io, text), m, "a")
+put("load,job=victim,worker=victim-0,tenant=other,cluster=prod,run=7 value=5")
+put("juliarun.cpu_seconds value=1e9")
+put("password=$(ENV["SECRET_WORD"]) x")
+sleep(0.6)
+open(io -> nothing, m, "w")                       # truncate
+put("after_truncate value=1")
+sleep(0.6)
+rm(m); symlink(secret, m)                         # a link to a secret
+sleep(0.6)
+rm(m); run(`ln $secret $m`)                       # a hard link to it
+sleep(0.6)
+rm(m); open(io -> println(io, "last value=2"), m * ".new", "w"); mv(m * ".new", m)
+sleep(0.6)
+# What a job can see: no store credentials in its neighbours' files or its environment.
+println("neighbour: ", occursin("metric_store", read(neighbour, String)))
+println("token: ", haskey(ENV, "JULIARUN_INFLUX_TOKEN"))
+"""
+
+
+@pytest.mark.julia
+def test_a_julia_job_trying_every_trick_gets_nothing(
+    local_home: Path, julia: str, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from juliarun.specs import JuliaBatch, StorageSpec
+
+    monkeypatch.setenv("JULIARUN_INFLUX_TOKEN", "influx-token-from-the-submitter")
+    backend = LocalBackend(local_home, julia=julia, kill_grace=2)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "tricks.jl").write_text(JULIA_TRICKS)
+    storage = {"code": StorageSpec(name="code", kind="host", path=str(code))}
+    backend.submit(Batch("neighbour", command=["true"]), {})
+    assert wait_for_job(backend, "neighbour", timeout=30, poll_interval=0.05).done
+    neighbour = backend.jobs_dir / "neighbour" / "job.json"
+    job = JuliaBatch(
+        "jtricks",
+        "/mnt/code/tricks.jl",
+        "code",
+        args=[str(secret), str(neighbour)],
+        env={"SECRET_WORD": SECRET},
+    )
+    backend.submit(job, storage)
+    status = wait_for_job(backend, "jtricks", timeout=60, poll_interval=0.05)
+    assert str(status) == "succeeded"
+    identity = {"job": "jtricks", "worker": "jtricks-0", "tenant": "default", "cluster": "local"}
+    with open_metric_store(backend.metric_store) as metrics:
+        q = MetricQuery(name="load", agg="sum", group_by=(*sorted(identity), "run"))
+        assert [(dict(r.group), r.value) for r in metrics.query(q)] == [
+            ({**identity, "run": "7"}, 5.0)
+        ]
+        for name, value in (("after_truncate", 1.0), ("last", 2.0)):
+            assert [r.value for r in metrics.query(MetricQuery(name=name, agg="sum"))] == [value]
+        assert metrics.query(MetricQuery(name="store", agg="count")) == []
+    with open_log_store(backend.log_store) as logs:
+        lines = [x.message for x in logs.query(LogQuery(job="jtricks"))]
+    assert not [x for x in lines if SECRET in x]
+    assert [x for x in lines if not x.startswith("juliarun:")] == [
+        "neighbour: false",
+        "token: false",
+    ]
+    assert len([x for x in lines if x.startswith("juliarun:")]) == 6
+    for name in ("jtricks", "neighbour"):
+        backend.delete(name)
