@@ -23,6 +23,7 @@ import juliarun.cli
 from juliarun import specs
 from juliarun.cli import app
 from juliarun.errors import JuliaRunError, SpecError
+from juliarun.metrics.alerts import AbsenceRule, ThresholdRule, parse_rules
 
 CASES: Counter[str] = Counter()
 MINIMUM = 5000
@@ -52,6 +53,9 @@ VALID: dict[type[specs._Model], dict[str, Any]] = {
         "path": "/src/Greet",
     },
     specs.BundleSpec: {"name": "greet", "packages": ["Statistics"], "julia_image": "julia:1"},
+    # Alert rules are specs too (metrics/alerts.py).
+    ThresholdRule: {"name": "busy", "metric": "queue", "window": 60, "op": ">", "value": 5},
+    AbsenceRule: {"name": "gone", "metric": "queue", "window": 60, "lookback": 600},
 }
 JOB_KINDS = {specs.JuliaBatch, specs.JuliaParBatchWorkers, specs.Batch}
 
@@ -169,6 +173,13 @@ def test_every_spec_model_refuses_with_spec_errors_naming_fields(
             call()
         except SpecError as err:
             check_rejection(err, model, data)
+    if model in (ThresholdRule, AbsenceRule):
+        try:
+            parse_rules([data])
+        except SpecError as err:  # fields are numbered by the rule's place in the list
+            assert all(f == "0" or f.startswith("0.") for f, _ in err.errors), err
+            stripped = [(f.removeprefix("0.") if f != "0" else "(spec)", r) for f, r in err.errors]
+            check_rejection(SpecError(err.model, stripped), model, data)
 
 
 # -- YAML files through `juliarun submit` ---------------------------------------------------

@@ -130,3 +130,14 @@ def test_valid_edge_values_still_pass() -> None:
     assert validate_spec({**BATCH, "command": ["echo", ""]}).command == ["echo", ""]  # type: ignore[union-attr]
     labels = {"example.com/pool": "gpu-a", "zone": "eu.1"}
     assert Resources(node_labels=labels).node_labels == labels
+
+
+def test_alert_rules_that_are_not_mappings_are_spec_errors() -> None:
+    from juliarun.metrics.alerts import parse_rules
+
+    with pytest.raises(SpecError) as info:
+        parse_rules([None, ["x"], {"kind": "absence", "name": "n", "metric": "m", "window": 60}])  # type: ignore[list-item]
+    assert info.value.errors == [
+        ("0", "must be a mapping of fields"),
+        ("1", "must be a mapping of fields"),
+    ]
