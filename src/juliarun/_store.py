@@ -126,7 +126,7 @@ class SqliteStore(ClosingContext):
         self._lock = threading.Lock()
         try:
             if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._conn = _connect(str(self.path), busy_timeout)
             self._prepare(self._conn)
             with self._transaction():

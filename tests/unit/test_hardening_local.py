@@ -160,6 +160,9 @@ def test_home_and_every_file_of_a_job_are_private(
     ):
         assert mode(path) == 0o600, path
     assert mode(jobdir) == 0o700 and mode(jobdir / "metrics") == 0o700
+    with open_log_store(backend.log_store):  # SQLite gives -wal and -shm the database's mode
+        sqlite_files = [p for p in local_home.iterdir() if p.name.endswith(("-wal", "-shm"))]
+        assert sqlite_files and all(mode(p) == 0o600 for p in sqlite_files), sqlite_files
 
 
 def test_ramdisk_root_is_unguessable_and_links_or_foreign_owners_are_refused(
@@ -330,3 +333,10 @@ def test_utf16_spec_files_are_read(local_home: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "wide: succeeded" in result.output and ", wide-0, h\u00e9" in result.output
     LocalBackend(local_home).delete("wide")
+
+
+def test_a_fresh_home_is_private_from_the_first_command(local_home: Path) -> None:
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0, result.output
+    assert mode(local_home) == 0o700
+    assert mode(local_home / "logs.db") == 0o600 and mode(local_home / "metrics.db") == 0o600
