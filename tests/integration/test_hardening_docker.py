@@ -115,6 +115,7 @@ def test_a_git_url_starting_with_a_dash_never_reaches_git_as_an_option(
     spec = StorageSpec.model_construct(
         name="code", kind="git", url=f"--upload-pack=touch {marker};true", ref=None
     )
-    with pytest.raises(StorageError, match="git clone"):
+    with pytest.raises(StorageError, match="git clone") as info:
         backend.provision_storage(spec)
+    assert "repository '--upload-pack=touch" in info.value.message  # after "--"
     assert not marker.exists()

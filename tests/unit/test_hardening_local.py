@@ -80,10 +80,22 @@ def test_store_configs_are_in_no_file_of_the_job(backend: LocalBackend) -> None:
 # -- job names are not paths ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../../x", "..", ".", "a/b", "", "A", "x" * 64])
+@pytest.mark.parametrize("form", ["absolute", "relative", "dotdot"])
 def test_a_job_name_that_is_not_a_label_names_no_job(
-    backend: LocalBackend, tmp_path: Path, name: str
+    backend: LocalBackend, tmp_path: Path, form: str
 ) -> None:
+    """A directory outside the jobs holding a job's files is never taken for a job, however
+    its path is given."""
+    backend.jobs_dir.mkdir(parents=True)
+    crafted = backend.jobs_dir.parent if form == "dotdot" else tmp_path / "crafted"
+    crafted.mkdir(exist_ok=True)
+    (crafted / "job.json").write_text(json.dumps({"spec": {"kind": "JuliaParBatchWorkers"}}))
+    (crafted / "control.json").write_text('{"workers": 1}')
+    name = {
+        "absolute": str(crafted),
+        "relative": os.path.relpath(crafted, backend.jobs_dir),
+        "dotdot": "..",
+    }[form]
     for call in (
         lambda: backend.status(name),
         lambda: backend.scale(name, 7),
@@ -91,6 +103,8 @@ def test_a_job_name_that_is_not_a_label_names_no_job(
     ):
         with pytest.raises(JobNotFoundError):
             call()
+    assert (crafted / "control.json").read_text() == '{"workers": 1}'
+    assert backend.jobs_dir.is_dir()
 
 
 def test_delete_of_a_path_never_signals_what_a_crafted_state_names(
@@ -206,8 +220,10 @@ def test_a_git_url_starting_with_a_dash_reaches_git_as_a_url(tmp_path: Path) -> 
     spec = StorageSpec.model_construct(
         name="code", kind="git", url=f"--upload-pack=touch {marker};true", ref=None
     )
-    with pytest.raises(StorageError, match="git clone"):
+    with pytest.raises(StorageError, match="git clone") as info:
         local_storage.provision(spec, tmp_path / "home")
+    # git took it for the repository (after "--"), not for an option
+    assert "repository '--upload-pack=touch" in info.value.message
     assert not marker.exists()
 
 
