@@ -9,7 +9,7 @@
 K8S_VERSION=${JULIARUN_K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${JULIARUN_ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${JULIARUN_KWOK_VERSION:-v0.8.0}
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 # Staging modules of k8s.io/kubernetes: each is published as k8s.io/<m> v0.<minor>.<patch>, and the
 # kubernetes module itself requires them as v0.0.0 with replace => ./staging/..., which a dependent module
 # ignores, so the wrapper module pins every one of them.
@@ -41,7 +41,20 @@ _kb_timed() {
 _kb_k8s_module() {
   local mod=$TE_SRC/kubernetes-$K8S_VERSION minor patch m
   minor=$(echo "$K8S_VERSION" | cut -d. -f2); patch=$(echo "$K8S_VERSION" | cut -d. -f3)
-  if [ -f "$mod/.ready" ]; then echo "$mod"; return 0; fi
+  if [ -f "$mod/.ready" ]; then
+    # A module resolved for fewer binaries gets the packages of the new ones added.
+    local missing=() b
+    for b in "${K8S_BINARIES[@]}"; do grep -qx "$b" "$mod/.ready" || missing+=("$b"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+      local more=()
+      for b in "${missing[@]}"; do more+=("k8s.io/kubernetes/cmd/$b@$K8S_VERSION"); done
+      te_log "resolving k8s.io/kubernetes $K8S_VERSION modules for ${missing[*]}"
+      (cd "$mod" && te_go_locked env "PATH=/usr/local/go/bin:$PATH" GOTOOLCHAIN=local go get "${more[@]}") >&2 \
+        || { te_log "resolving the modules of ${missing[*]} failed"; return 1; }
+      printf '%s\n' "${K8S_BINARIES[@]}" > "$mod/.ready"
+    fi
+    echo "$mod"; return 0
+  fi
   mkdir -p "$mod"
   (
     cd "$mod" || exit 1
@@ -55,7 +68,7 @@ _kb_k8s_module() {
     te_log "resolving k8s.io/kubernetes $K8S_VERSION modules"
     te_go_locked env "PATH=/usr/local/go/bin:$PATH" GOTOOLCHAIN=local go get "${pkgs[@]}" || exit 1
   ) >&2 || { te_log "preparing the kubernetes wrapper module failed"; return 1; }
-  touch "$mod/.ready"
+  printf '%s\n' "${K8S_BINARIES[@]}" > "$mod/.ready"
   echo "$mod"
 }
 

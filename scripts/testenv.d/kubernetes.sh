@@ -30,6 +30,8 @@ K8S_NODE_LABELS=juliarun.io/node-kind=real
 K8S_CTRD_DIR=/run/juliarun/containerd
 K8S_CTRD_SOCK=$K8S_CTRD_DIR/containerd.sock
 K8S_PAUSE_IMAGE=juliarun.local/pause:1.0
+# Structured authentication configuration (OIDC issuers), written by the oidc component; used when present.
+K8S_AUTHN_CONFIG=${JULIARUN_K8S_AUTHN_CONFIG:-$TE_HOME/oidc/authentication-config.yaml}
 K8S_CNI_BRIDGE=jrcni0
 
 _k8s_bin() { echo "$(k8s_bin_dir)/$1"; }
@@ -171,12 +173,11 @@ _k8s_start_etcd() {
   te_wait_http "http://127.0.0.1:$K8S_ETCD_PORT/health" 60 || te_die "etcd did not come up (see $K8S_RUN/logs/etcd.log)"
 }
 
-_k8s_start_apiserver() {
+# The apiserver's flags; the oidc component's structured authentication configuration (two OIDC issuers)
+# is passed when it exists.
+_k8s_apiserver_args() {
   local node_ip=$1
-  te_running k8s-apiserver && return 0
-  te_port_free "$K8S_API_PORT" || te_die "port $K8S_API_PORT is taken by something else"
-  _k8s_start k8s-apiserver "$K8S_RUN/logs/kube-apiserver.log" "$(_k8s_bin kube-apiserver)" \
-    --bind-address=127.0.0.1 --secure-port="$K8S_API_PORT" --advertise-address="$node_ip" \
+  printf '%s\n' --bind-address=127.0.0.1 --secure-port="$K8S_API_PORT" --advertise-address="$node_ip" \
     --etcd-servers="http://127.0.0.1:$K8S_ETCD_PORT" \
     --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
     --tls-cert-file="$K8S_PKI/apiserver.crt" --tls-private-key-file="$K8S_PKI/apiserver.key" \
@@ -189,6 +190,30 @@ _k8s_start_apiserver() {
     --service-account-key-file="$K8S_PKI/sa.pub" --service-account-signing-key-file="$K8S_PKI/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true --profiling=false --v=1
+  if [ -s "$K8S_AUTHN_CONFIG" ]; then printf '%s\n' --authentication-config="$K8S_AUTHN_CONFIG"; fi
+}
+
+# A hash of the apiserver's flags and of the files they name that only a restart picks up (the
+# authentication configuration is also reloaded live, but its presence is a flag).
+_k8s_apiserver_hash() {
+  {
+    printf '%s\n' "$@"
+    if [ -s "$K8S_AUTHN_CONFIG" ]; then cat "$K8S_AUTHN_CONFIG"; fi
+  } | sha256sum | cut -c1-16
+}
+
+_k8s_start_apiserver() {
+  local node_ip=$1 args=() hash
+  mapfile -t args < <(_k8s_apiserver_args "$node_ip")
+  hash=$(_k8s_apiserver_hash "${args[@]}")
+  if te_running k8s-apiserver; then
+    [ "$(cat "$K8S_RUN/apiserver.hash" 2>/dev/null)" = "$hash" ] && return 0
+    te_log "kubernetes: the apiserver's flags or authentication config changed, restarting it"
+    te_stop k8s-apiserver 30
+  fi
+  te_port_free "$K8S_API_PORT" || te_die "port $K8S_API_PORT is taken by something else"
+  _k8s_start k8s-apiserver "$K8S_RUN/logs/kube-apiserver.log" "$(_k8s_bin kube-apiserver)" "${args[@]}"
+  echo "$hash" > "$K8S_RUN/apiserver.hash"
   local i
   for ((i = 0; i < 240; i++)); do
     curl -fsS -o /dev/null --max-time 2 --cacert "$K8S_PKI/ca.crt" "$K8S_API_URL/readyz" 2>/dev/null && return 0
@@ -214,6 +239,52 @@ _k8s_start_controllers() {
     --authentication-kubeconfig="$K8S_HOME/scheduler.kubeconfig" \
     --authorization-kubeconfig="$K8S_HOME/scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port=10259 --leader-elect=false --profiling=false --v=1
+}
+
+# --- kube-proxy: Services (ClusterIP) work from pods and from this machine ---------------------------
+
+_k8s_start_proxy() {
+  local node_ip=$1
+  [ -s "$K8S_PKI/kube-proxy.crt" ] || _k8s_cert kube-proxy "/CN=system:kube-proxy" "$_k8s_client_ext" \
+    || te_die "kubernetes: issuing the kube-proxy certificate failed"
+  [ -s "$K8S_HOME/kube-proxy.kubeconfig" ] || _k8s_kubeconfig "$K8S_HOME/kube-proxy.kubeconfig" kube-proxy
+  # iptables mode: kube-proxy only adds its own KUBE-* chains (and the jumps to them); conntrack
+  # limits and the other host sysctls are left alone.
+  # (kube-proxy exits when its config file changes: written aside, replaced only when it differs)
+  cat > "$K8S_HOME/kube-proxy.yaml.new" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $K8S_HOME/kube-proxy.kubeconfig
+mode: iptables
+clusterCIDR: $K8S_POD_CIDR
+hostnameOverride: $K8S_NODE_NAME
+bindAddress: $node_ip
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
+  if cmp -s "$K8S_HOME/kube-proxy.yaml.new" "$K8S_HOME/kube-proxy.yaml"; then
+    rm -f "$K8S_HOME/kube-proxy.yaml.new"
+  else
+    te_running k8s-proxy && te_stop k8s-proxy 20
+    mv "$K8S_HOME/kube-proxy.yaml.new" "$K8S_HOME/kube-proxy.yaml"
+  fi
+  _k8s_start k8s-proxy "$K8S_RUN/logs/kube-proxy.log" "$(_k8s_bin kube-proxy)" \
+    --config="$K8S_HOME/kube-proxy.yaml" --v=1
+  te_wait_http "http://127.0.0.1:10256/healthz" 60 \
+    || te_die "kube-proxy did not become healthy (see $K8S_RUN/logs/kube-proxy.log)"
+}
+
+_k8s_stop_proxy() {
+  te_running k8s-proxy || return 0
+  te_stop k8s-proxy 20
+  # remove the rules it made (its own chains only)
+  "$(_k8s_bin kube-proxy)" --cleanup --v=0 >> "$K8S_RUN/logs/kube-proxy.log" 2>&1 || true
 }
 
 # --- containerd, images, CNI, kubelet ---------------------------------------------------------------
@@ -475,6 +546,7 @@ kubernetes_up() {
   _k8s_start_kubelet "$node_ip"
   _k8s_wait_node_ready
   _k8s_restore_sysctls
+  _k8s_start_proxy "$node_ip"
   # A re-registered node keeps its old labels; make sure ours is there.
   _k8s_kubectl label node "$K8S_NODE_NAME" --overwrite "$K8S_NODE_LABELS" >/dev/null
 }
@@ -494,6 +566,7 @@ _k8s_kill_containers() {
 }
 
 kubernetes_down() {
+  _k8s_stop_proxy
   te_stop k8s-kubelet 30
   _k8s_restore_sysctls
   _k8s_kill_containers

@@ -1,8 +1,11 @@
 # RabbitMQ: Debian's rabbitmq-server (3.10), our own node "juliarun@localhost" with everything
-# (config, mnesia, logs, cookie, pid files) under $TE_RUN/rabbitmq, AMQP on 127.0.0.1:5672,
-# Erlang distribution and epmd on loopback only. The package's own service is never used: if its
+# (config, mnesia, logs, cookie, pid files) under $TE_RUN/rabbitmq, AMQP on 127.0.0.1:5672, the
+# management HTTP API (queue depths, unacked counts, rates) on 127.0.0.1:15672 and STOMP (what
+# JuliaRun.jl speaks) on 127.0.0.1:61613; Erlang distribution and epmd on loopback only. The package's own service is never used: if its
 # postinst started one, it is stopped through the package's init script.
 RMQ_TE_PORT=5672
+RMQ_TE_MGMT_PORT=15672
+RMQ_TE_STOMP_PORT=61613
 RMQ_TE_DIST_PORT=25672
 RMQ_TE_EPMD_PORT=4369
 RMQ_TE_NODE=juliarun@localhost
@@ -57,10 +60,16 @@ _rmq_configure() {
   run=$(_rmq_run)
   mkdir -p "$run/mnesia" "$run/log"
   : > "$run/rabbitmq-env.conf"
-  echo '[].' > "$run/enabled_plugins"
+  echo '[rabbitmq_management,rabbitmq_stomp].' > "$run/enabled_plugins"
   cat > "$run/rabbitmq.conf" <<EOF
 # Written by scripts/testenv (rabbitmq.sh); rewritten on every up.
 listeners.tcp.default = 127.0.0.1:$RMQ_TE_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $RMQ_TE_MGMT_PORT
+# Rates (publish/deliver per second) sampled every 5 s.
+management.rates_mode = basic
+collect_statistics_interval = 5000
+stomp.listeners.tcp.1 = 127.0.0.1:$RMQ_TE_STOMP_PORT
 # guest/guest, usable from localhost only (the default, stated).
 loopback_users.guest = true
 vm_memory_high_watermark.absolute = 1GB
@@ -70,7 +79,10 @@ log.console = false
 EOF
 }
 
-_rmq_answers() { te_running rabbitmq && ! te_port_free "$RMQ_TE_PORT"; }
+_rmq_answers() {
+  te_running rabbitmq && ! te_port_free "$RMQ_TE_PORT" && ! te_port_free "$RMQ_TE_MGMT_PORT" \
+    && ! te_port_free "$RMQ_TE_STOMP_PORT"
+}
 
 # The broker's version, from the server properties of an AMQP 0-9-1 Connection.Start.
 _rmq_server_version() {
@@ -98,8 +110,11 @@ rabbitmq_up() {
   if [ -n "$fresh" ] || { ! te_running rabbitmq && ! te_port_free "$RMQ_TE_PORT"; }; then
     _rmq_stop_packaged
   fi
-  if ! te_running rabbitmq && ! te_port_free "$RMQ_TE_PORT"; then
-    te_die "127.0.0.1:$RMQ_TE_PORT is taken by a process testenv did not start"
+  if ! te_running rabbitmq; then
+    local port
+    for port in "$RMQ_TE_PORT" "$RMQ_TE_MGMT_PORT" "$RMQ_TE_STOMP_PORT"; do
+      te_port_free "$port" || te_die "127.0.0.1:$port is taken by a process testenv did not start"
+    done
   fi
   local run i
   run=$(_rmq_run)
@@ -122,6 +137,8 @@ rabbitmq_up() {
   # The listener opens at the end of the boot; make sure the node says it is fully up.
   _rmq_exec timeout 60 "$RMQ_TE_SBIN/rabbitmqctl" -q await_startup --timeout 50 >&2 \
     || te_die "rabbitmq did not finish booting (log: $run/log/)"
+  te_wait_port 127.0.0.1 "$RMQ_TE_MGMT_PORT" 30 || te_die "rabbitmq management API did not listen"
+  te_wait_port 127.0.0.1 "$RMQ_TE_STOMP_PORT" 30 || te_die "rabbitmq STOMP did not listen"
 }
 
 rabbitmq_down() {
@@ -134,7 +151,8 @@ rabbitmq_down() {
   te_stop rabbitmq-epmd 10
   local i
   for ((i = 0; i < 50; i++)); do
-    te_port_free "$RMQ_TE_PORT" && te_port_free "$RMQ_TE_DIST_PORT" && return 0
+    te_port_free "$RMQ_TE_PORT" && te_port_free "$RMQ_TE_DIST_PORT" \
+      && te_port_free "$RMQ_TE_MGMT_PORT" && te_port_free "$RMQ_TE_STOMP_PORT" && return 0
     sleep 0.2
   done
   te_log "warning: something still listens on 127.0.0.1:$RMQ_TE_PORT or :$RMQ_TE_DIST_PORT"
@@ -154,4 +172,6 @@ rabbitmq_status() {
 
 rabbitmq_env() {
   echo "export JULIARUN_AMQP_URL=amqp://guest:guest@127.0.0.1:$RMQ_TE_PORT/%2F"
+  echo "export JULIARUN_RABBITMQ_MGMT_URL=http://127.0.0.1:$RMQ_TE_MGMT_PORT"
+  echo "export JULIARUN_RABBITMQ_STOMP_PORT=$RMQ_TE_STOMP_PORT"
 }

@@ -15,6 +15,7 @@ from juliarun.api import (
     record,
     scale,
     search,
+    start_queue,
     status,
     submit,
     tail,
@@ -22,6 +23,16 @@ from juliarun.api import (
 )
 from juliarun.backends.base import ClusterStatus, JobStatus
 from juliarun.errors import JuliaRunError
+from juliarun.queues import Queue, QueueStats
+from juliarun.scaler import JobScaler
+from juliarun.scaling.metrics import (
+    AverageMetric,
+    BoundedMetric,
+    CallableMetric,
+    StoreMetric,
+    WorkQueueMetric,
+)
+from juliarun.scaling.policy import HPAPolicy
 from juliarun.specs import (
     Batch,
     BundlePackage,
@@ -29,6 +40,7 @@ from juliarun.specs import (
     ImageSpec,
     JuliaBatch,
     JuliaParBatchWorkers,
+    NodePool,
     Resources,
     StorageSpec,
 )
@@ -36,18 +48,28 @@ from juliarun.specs import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AverageMetric",
     "Batch",
+    "BoundedMetric",
     "BundlePackage",
     "BundleSpec",
+    "CallableMetric",
     "ClusterStatus",
     "Context",
+    "HPAPolicy",
     "ImageSpec",
+    "JobScaler",
     "JobStatus",
     "JuliaBatch",
     "JuliaParBatchWorkers",
     "JuliaRunError",
+    "NodePool",
+    "Queue",
+    "QueueStats",
     "Resources",
     "StorageSpec",
+    "StoreMetric",
+    "WorkQueueMetric",
     "collect",
     "define_storage",
     "delete",
@@ -57,6 +79,7 @@ __all__ = [
     "record",
     "scale",
     "search",
+    "start_queue",
     "status",
     "submit",
     "tail",

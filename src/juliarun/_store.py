@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from typing import ClassVar, Protocol, Self
 from juliarun._files import private_file
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Point
+from juliarun.outbox import retry_call
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -198,15 +198,14 @@ def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
     at once (without its busy handler) when two processes open a new file at the same moment;
     so the switch is retried here until ``busy_timeout`` runs out.
     """
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.01
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            locked = "locked" in str(exc) or "busy" in str(exc)
-            if not locked or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
+
+    def locked(exc: BaseException) -> bool:
+        text = str(exc)
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+    retry_call(
+        lambda: conn.execute("PRAGMA journal_mode = WAL"),
+        retry_on=locked,
+        delays=(0.01, 0.25),
+        seconds=busy_timeout,
+    )

@@ -8,134 +8,53 @@ from __future__ import annotations
 
 import builtins
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from juliarun.backends.base import (
-    Backend,
     ClusterStatus,
     CollectResult,
     JobStatus,
     LogCollector,
     LogSource,
+    QueueHost,
     wait_for_job,
 )
-from juliarun.errors import ConfigError, JuliaRunError
-from juliarun.logs import LogLine, LogQuery, LogStore, open_log_store
+from juliarun.backends.follow import follow_job
+from juliarun.context import Context as Context  # noqa: PLC0414 - re-exported
+from juliarun.errors import BackendError, JuliaRunError, SpecError
+from juliarun.logs import LogLine, LogQuery
 from juliarun.logs.base import Stream
-from juliarun.metrics import MetricQuery, MetricStore, Row, open_metric_store
+from juliarun.metrics import MetricQuery, Row
 from juliarun.metrics.base import Aggregation
-from juliarun.settings import Settings, load_settings
+from juliarun.queues.base import Queue
 from juliarun.specs import JobSpec, StorageSpec
-from juliarun.storage import StorageCatalog
 
 log = logging.getLogger("juliarun")
 
 JobRef = JobSpec | str
 
 
-@dataclass
-class Context:
-    """A connection to one cluster: its backend, log store, metric store and storage catalog."""
-
-    cluster: str
-    backend: Backend
-    logs: LogStore
-    metrics: MetricStore
-    storage: StorageCatalog
-    settings: Settings = field(repr=False)
-
-    def close(self) -> None:
-        self.backend.close()
-        self.logs.close()
-        self.metrics.close()
-
-    def __enter__(self) -> Context:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _local(settings: Settings, cluster: str) -> Backend:
-    from juliarun.backends.local import LocalBackend
-
-    return LocalBackend(
-        settings.home,
-        cluster=cluster,
-        log_store=settings.log_store_config(),
-        metric_store=settings.metric_store_config(),
-        julia=settings.julia,
-        max_workers=settings.local_max_workers,
-        kill_grace=settings.kill_grace,
-    )
-
-
-def _docker(settings: Settings, cluster: str) -> Backend:
-    from juliarun.backends.docker import DockerBackend
-
-    return DockerBackend(
-        settings.home,
-        cluster=cluster,
-        log_store=settings.log_store_config(),
-        metric_store=settings.metric_store_config(),
-        image=settings.julia_image,
-        labels=settings.docker_labels,
-        max_workers=settings.docker_max_workers,
-        kill_grace=settings.kill_grace,
-    )
-
-
-def _kubernetes(settings: Settings, cluster: str) -> Backend:
-    from juliarun.backends.kubernetes import from_settings
-
-    return from_settings(settings, cluster)
-
-
-def _not_yet(kind: str) -> Callable[[Settings, str], Backend]:
-    def factory(settings: Settings, cluster: str) -> Backend:
-        raise ConfigError(
-            f"the {kind} backend is not available in this version of juliarun",
-            hint="use init('local') (the embedded default)",
-        )
-
-    return factory
-
-
-# Backends configured from the environment, by kind.
-BACKENDS: dict[str, Callable[[Settings, str], Backend]] = {
-    "local": _local,
-    "docker": _docker,
-    "kubernetes": _kubernetes,
-}
-
-
 def init(cluster: str | None = None) -> Context:
     """Connect to a cluster: ``init()`` takes ``JULIARUN_CLUSTER`` or the embedded ``local``
     default; ``init("local" | "docker" | "kubernetes")`` a backend configured from the
-    environment; ``init("<block name>")`` a saved cluster block."""
-    settings = load_settings()
-    name = cluster or settings.cluster or "local"
-    factory = BACKENDS.get(name)
-    if factory is not None:
-        backend = factory(settings, name)
-        logs = open_log_store(settings.log_store_config())
-        metrics = open_metric_store(settings.metric_store_config())
-    else:
-        from juliarun.blocks.cluster import load_cluster
+    environment; ``init("<block name>")`` a saved cluster block. Either way a cluster block
+    builds the context (the settings describe the unsaved default blocks), so the backend,
+    stores and storage catalog all live under that block's home."""
+    from juliarun.blocks.cluster import connect
 
-        block = load_cluster(name)
-        backend = block.backend()
-        logs = block.log_store()
-        metrics = block.metric_store()
-    log.info("compute cluster: %s (%s)", name, backend.kind)
-    return Context(
-        name, backend, logs, metrics, StorageCatalog(settings.home / "storage.json"), settings
-    )
+    ctx = connect(cluster)
+    log.info("compute cluster: %s (%s)", ctx.cluster, ctx.backend.kind)
+    return ctx
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise SpecError("start_queue", [("name", f"must be a DNS-1123 label (got {name!r})")])
 
 
 def _name(job: JobRef) -> str:
@@ -202,18 +121,29 @@ def tail(
     ``follow`` keeps printing until the job ends. Returns how many lines were printed."""
     out = out or sys.stdout
     name = None if job is None else _name(job)
-    if name is not None and isinstance(ctx.backend, LogSource):  # read from the workers
-        printed = 0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for line in ctx.backend.logs(
+
+    def show(line: LogLine) -> None:
+        print(line.render(), file=out, flush=True)
+
+    if name is not None and follow:  # until the job ends
+        followed = follow_job(
+            ctx.backend,
             name,
-            follow=follow,
-            lines=lines,
+            ctx.logs,
+            on_line=show,
+            collect=False,
             worker=worker,
-            stop=lambda: deadline is not None and time.monotonic() >= deadline,
-        ):
+            stream=stream,
+            lines=lines,
+            timeout=timeout,
+            poll_interval=ctx.settings.poll_interval,
+        )
+        return followed.lines
+    printed = 0
+    if name is not None and isinstance(ctx.backend, LogSource):  # read from the workers
+        for line in ctx.backend.logs(name, lines=lines, worker=worker):
             if stream is None or line.stream == stream:
-                print(line.render(), file=out, flush=True)
+                show(line)
                 printed += 1
         return printed
     since = ctx.backend.status(name).created_at if name else None
@@ -225,30 +155,54 @@ def tail(
         since=since,
         limit=lines,
     )
-    printed = 0
     if not follow:
         for line in ctx.logs.query(query):
-            print(line.render(), file=out)
+            show(line)
             printed += 1
         return printed
     deadline = None if timeout is None else time.monotonic() + timeout
-
-    def stop() -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            return True
-        return name is not None and ctx.backend.status(name).done
-
-    for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
-        print(line.render(), file=out, flush=True)
+    for line in ctx.logs.follow(
+        query,
+        stop=lambda: deadline is not None and time.monotonic() >= deadline,
+        poll_interval=ctx.settings.poll_interval,
+    ):
+        show(line)
         printed += 1
     return printed
 
 
-def delete(ctx: Context, job: JobRef, *, force: bool = False) -> bool:
-    """Stop the job's workers (immediately with ``force``) and remove the job. Its log lines
-    stay searchable."""
+def delete(ctx: Context, job: JobRef | Queue, *, force: bool = False) -> bool:
+    """Stop the job's workers (immediately with ``force``) and remove the job; its log lines
+    stay searchable. Given a queue from :func:`start_queue`, stop its broker and remove it."""
+    if isinstance(job, Queue):
+        if job.name is None or not isinstance(ctx.backend, QueueHost):
+            raise JuliaRunError(
+                f"{job!r} was not started on cluster {ctx.cluster!r}",
+                hint="delete a queue through the context start_queue gave it on",
+            )
+        log.info("deleting queue %s ...", job.name)
+        job.close()
+        return ctx.backend.delete_queue(job.name, force=force)
     log.info("deleting %s ...", _name(job))
     return ctx.backend.delete(_name(job), force=force)
+
+
+def start_queue(ctx: Context, name: str = "mq") -> Queue:
+    """Start a message queue broker (RabbitMQ) as a service of the cluster, or find it running:
+    the seed's ``queue = start_queue(ctx)``. Its ``url`` reaches it from here, its ``env``
+    gives a job what it needs to reach it (``JuliaParBatchWorkers(..., env=queue.env)``);
+    ``delete(ctx, queue, force=True)`` removes it."""
+    if not isinstance(ctx.backend, QueueHost):
+        raise BackendError(
+            f"cluster {ctx.cluster!r} ({ctx.backend.kind}) cannot run a queue yet",
+            hint="start the queue on the local cluster, or give the workers an existing broker "
+            "(a RabbitMQ block)",
+        )
+    _check_name(name)
+    log.info("starting %s...", name)
+    queue = ctx.backend.start_queue(name)
+    log.info("JuliaRun.MessageQ %s up at %s", name, queue)
+    return queue
 
 
 def scale(ctx: Context, job: JobRef, workers: int) -> JobStatus:

@@ -540,12 +540,51 @@ def metrics_plot(
 
 @app.command()
 @clean_errors
-def demo() -> None:
-    """Run the seed's session (helloworld batch, 3 workers, tail, delete) through the
-    run_job flow on the embedded local default, with real Julia."""
-    from juliarun.demo import run
+def placement(
+    cluster: ClusterOpt = None,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between passes.", min=0.1, max=600)
+    ] = 1.0,
+) -> None:
+    """Place gated jobs whole (a Kubernetes cluster with placement 'juliarun') until Ctrl-C,
+    printing each decision."""
+    from juliarun.backends.base import Placer
 
-    run()
+    with api.init(cluster) as ctx:
+        if not isinstance(ctx.backend, Placer):
+            raise JuliaRunError(
+                f"cluster {ctx.cluster!r} places its jobs itself ({ctx.backend.kind})",
+                hint="juliarun places jobs whole on Kubernetes clusters with placement 'juliarun'",
+            )
+        controller = ctx.backend.placement_controller(interval=interval)
+        controller.on_decision = lambda decision: print(decision, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            controller.run()
+
+
+@app.command()
+@clean_errors
+def demo(
+    which: Annotated[
+        str,
+        typer.Argument(
+            help="session: the seed's session (helloworld batch, 3 workers, tail, delete) "
+            "through the run_job flow; autoscale: the talk's process-autoscaler demo (a queue, "
+            "Julia workers, a JobScaler following the backlog)."
+        ),
+    ] = "session",
+) -> None:
+    """Run one of the talk's demos on the embedded local default, with real Julia."""
+    if which == "session":
+        from juliarun.demo import run
+
+        run()
+    elif which == "autoscale":
+        from juliarun.demo_autoscale import run as run_autoscale
+
+        run_autoscale()
+    else:
+        raise JuliaRunError(f"no demo {which!r}", hint="juliarun demo session | autoscale")
 
 
 @app.command()
@@ -556,7 +595,10 @@ def serve(
     ] = "local",
     api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default: env).")] = None,
 ) -> None:
-    """Serve run-job and the scheduled cluster-report as Prefect deployments."""
+    """Serve juliarun's flows as Prefect deployments until Ctrl-C: run-job, run-pipeline,
+    process-autoscaler and cluster-autoscaler (triggered from the UI or Python), cluster-report
+    (every 15 minutes), prune-bundles and prune-storage (daily), evaluate-alerts (every minute
+    when JULIARUN_ALERT_RULES names rules)."""
     from juliarun.deployments.serve import serve as serve_flows
 
     serve_flows(cluster, api_url)

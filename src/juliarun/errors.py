@@ -229,3 +229,24 @@ class BuildError(JuliaRunError):
             f"{what} failed at step: {step}" + (f"\noutput:\n  {tail}" if tail else ""),
             hint=hint or "fix the step (see its output above) and build again",
         )
+
+
+class QueueError(JuliaRunError):
+    """A message queue broker could not be started, reached or used."""
+
+    default_hint = "check the broker's log (its directory is in the message) and that it is running"
+
+
+class MetricError(JuliaRunError):
+    """A metric a scaler reads failed or gave no usable number: ``source`` names the metric.
+    A scaler that meets one holds the current scale and says why."""
+
+    default_hint = (
+        "check the metric's source (the queue, the metric store, the function); the scaler "
+        "keeps the current scale until it reads a number again"
+    )
+
+    def __init__(self, source: str, problem: str, *, hint: str | None = None) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"metric {source}: {problem}", hint=hint)

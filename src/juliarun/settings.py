@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
         description="Namespace the kubernetes backend runs jobs in (created if missing).",
     )
+    kube_placement: Literal["kube-scheduler", "juliarun"] = Field(
+        "kube-scheduler",
+        description="Who places Kubernetes jobs: the kube-scheduler, or juliarun's placement "
+        "controller (whole jobs, pods gated until they all fit).",
+    )
     kube_qps: float = Field(
         50,
         ge=1,

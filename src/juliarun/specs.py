@@ -303,11 +303,16 @@ def _one_or_many(value: Any) -> Any:
     return value
 
 
+# Variables a job may be given under juliarun's prefix: the platform sets none of them (a queue
+# handle's ``env`` for its workers).
+JOB_ENV_PREFIXES = ("JULIARUN_QUEUE_",)
+
+
 def _env_map(value: dict[str, str]) -> dict[str, str]:
     for key in value:
         if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"environment variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
-        if key.startswith("JULIARUN_"):
+        if key.startswith("JULIARUN_") and not key.startswith(JOB_ENV_PREFIXES):
             raise ValueError(f"environment variable {key!r}: the JULIARUN_ prefix is reserved")
     return value
 
@@ -535,6 +540,11 @@ class JobSpec(_Model):
         None, description="Container image (Docker and Kubernetes)."
     )
     pkg_bundle: Name | None = Field(None, description="Package bundle to mount (by name).")
+    placement: Name = Field(
+        "pack",
+        description="Placement policy where juliarun places jobs whole (a cluster with "
+        "placement 'juliarun'): pack (the fewest nodes), spread, or a registered policy name.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Per-worker resources.")
     restart: Literal["Never", "OnFailure"] = Field(
         "Never", description="Restart a worker that exits non-zero (OnFailure) or not (Never)."
@@ -909,3 +919,98 @@ class BundleSpec(_Model):
                 f"{missing}: is required with {'project' if missing == 'manifest' else 'manifest'}"
             )
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Node pools (the cluster autoscaler's unit)
+# ---------------------------------------------------------------------------------------------
+
+POOL_LABEL = "juliarun.io/pool"
+NODE_TYPE_LABEL = "juliarun.io/node-type"  # the default node-type map's label and taint key
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+ProviderKind = Literal["kwok", "aws"]
+
+
+class NodeTaint(_Model):
+    """A taint every node of a pool carries."""
+
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9./_-]+$", description="Key."
+    )
+    value: str = Field("", max_length=63, pattern=r"^[A-Za-z0-9._-]*$", description="Value.")
+    effect: TaintEffect = Field(
+        "NoSchedule", description="NoSchedule, PreferNoSchedule or NoExecute."
+    )
+
+
+class NodePool(_Model):
+    """A group of identical nodes the cluster autoscaler adds and removes: every node carries
+    the label ``juliarun.io/pool: <name>`` (plus the node type's label and taint, and
+    ``labels`` / ``taints``), and has ``cpu``, ``memory``, ``gpu`` and ``pods`` allocatable.
+
+    >>> pool = NodePool(name="highcpu", node_type="highcpu", cpu="4", memory="16Gi", max=10)
+    >>> (pool.min, pool.max, pool.provider, pool.cpu_millis, pool.memory_bytes >> 30)
+    (0, 10, 'kwok', 4000, 16)
+    """
+
+    name: Name = Field(description="Pool name (a DNS label): the juliarun.io/pool label value.")
+    node_type: NodeType | None = Field(
+        None,
+        description="Node type its nodes are (gpu, spot, highmem, highcpu): jobs of that "
+        "type land there.",
+    )
+    cpu: Cpu = Field(description="Allocatable CPU per node, e.g. 4.")
+    memory: Memory = Field(description="Allocatable memory per node, e.g. 16Gi.")
+    gpu: int = Field(0, ge=0, le=64, description="GPUs per node (nvidia.com/gpu).")
+    pods: int = Field(110, ge=1, le=1000, description="Pods per node.")
+    min: int = Field(0, ge=0, le=10000, description="Nodes kept at least.")
+    max: int = Field(ge=0, le=10000, description="Nodes at most.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
+    taints: list[NodeTaint] = Field(default_factory=list, description="Extra node taints.")
+    price: float = Field(0.0, ge=0, description="Price per node-hour (to prefer cheaper pools).")
+    spot: bool = Field(False, description="Nodes may be taken back by the provider at any time.")
+    provider: ProviderKind = Field(
+        "kwok", description="Who makes the nodes: kwok (simulated, on the cluster) or aws."
+    )
+    provider_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Provider settings: for aws launch_template (required), region, subnet, "
+        "instance_type, endpoint.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NodePool:
+        if self.min > self.max:
+            raise ValueError(f"min: must be at most max ({self.min} > {self.max})")
+        reserved = {POOL_LABEL, NODE_TYPE_LABEL}
+        clash = sorted(reserved & set(self.labels))
+        if clash:
+            raise ValueError(f"labels: {clash[0]} is set by juliarun (not allowed)")
+        return self
+
+    @property
+    def cpu_millis(self) -> int:
+        return int(parse_quantity(self.cpu) * 1000)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+    def node_labels(self) -> dict[str, str]:
+        """Every label a node of this pool carries."""
+        labels = {**self.labels, POOL_LABEL: self.name}
+        if self.node_type is not None:
+            labels[NODE_TYPE_LABEL] = self.node_type
+        return labels
+
+    def node_taints(self) -> list[NodeTaint]:
+        """Every taint a node of this pool carries: the node type's, then ``taints``."""
+        own = list(self.taints)
+        if self.node_type is not None:
+            own.insert(0, NodeTaint(key=NODE_TYPE_LABEL, value=self.node_type))
+        return own
+
+    def node_name(self, index: int) -> str:
+        """The name of the pool's node number ``index``: derived, so creating it again after a
+        restart finds the same node instead of making a second one."""
+        return f"{self.name}-{index}"

@@ -125,6 +125,24 @@ class MetricStoreContract:
             (20.0, {"worker": "w2"}, pytest.approx(22 / 3)),
         ]
 
+    @pytest.mark.parametrize(
+        ("agg", "expected"),
+        [("last", (4.0, 3.0)), ("max", (9.0, 8.0)), ("min", (2.0, 1.0)), ("count", (3.0, 3.0))],
+    )
+    def test_group_by_with_selectors(
+        self, store: MetricStore, agg: str, expected: tuple[float, float]
+    ) -> None:
+        # In each group the last value is neither its largest nor its smallest, so a store
+        # that answered `last` with `max` (or `min`) fails.
+        data = [(0, 2.0, "w1"), (5, 8.0, "w2"), (10, 9.0, "w1"), (15, 1.0, "w2")]
+        data += [(20, 4.0, "w1"), (25, 3.0, "w2")]
+        store.write([Point("sel", v, at(t), {"worker": w}) for t, v, w in data])
+        got = store.query(MetricQuery("sel", group_by=("worker",), agg=agg))  # type: ignore[arg-type]
+        assert got == [
+            Row(at(0), {"worker": "w1"}, expected[0]),
+            Row(at(5), {"worker": "w2"}, expected[1]),
+        ]
+
     def test_group_by_two_tags_with_windows(self, cpu: MetricStore) -> None:
         got = rows(cpu, group_by=("job", "worker"), window=timedelta(minutes=1), agg="sum")
         assert got == [

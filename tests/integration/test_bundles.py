@@ -4,13 +4,15 @@ builder job into a content-addressed depot, used read-only by jobs on local and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from juliarun.backends.base import Backend, wait_for_job
 from juliarun.backends.bundles import current_address
 from juliarun.backends.local import LocalBackend
-from juliarun.builders.bundles import build_bundle, prune_bundles
+from juliarun.builders.bundles import BuiltBundle, prune_bundles
+from juliarun.builders.bundles import build_bundle as build_with
 from juliarun.errors import SpecError
 from juliarun.logs import LogQuery, open_log_store
 from juliarun.specs import BundlePackage, BundleSpec, JuliaBatch, StorageSpec
@@ -56,6 +58,15 @@ def run_greeting(backend: Backend, tmp_path: Path) -> list[str]:
         store.close()
     assert status.phase == "succeeded", (status, lines)
     return lines
+
+
+def build_bundle(spec: BundleSpec, backend: Backend, **options: Any) -> BuiltBundle:
+    """Build with the backend's own log store (where its supervisor ships the lines)."""
+    store = open_log_store(backend.log_store)  # type: ignore[attr-defined]
+    try:
+        return build_with(spec, backend, logs=store, **options)
+    finally:
+        store.close()
 
 
 def check_compiled(address: Path) -> None:

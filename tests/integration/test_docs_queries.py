@@ -1,8 +1,9 @@
 """The queries docs/observability.md gives for Grafana (InfluxQL and Flux) and the Elasticsearch
 query DSL, run against the real servers on data juliarun's own stores wrote — with Grafana's
-macros replaced by what Grafana would put there. Each query must answer with data, so a query
-that drifts from the stores' schema fails here. (The KQL lines need Kibana, which the test
-environment does not run; they are not executed.)"""
+macros replaced by what Grafana would put there. Each query must answer with the exact values
+the data implies, so a query that drifts from the stores' schema (or its aggregation) fails
+here. (The KQL lines need Kibana, which the test environment does not run; they are not
+executed.)"""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def written(influx_bucket: str, tmp_path: Path) -> Iterator[str]:
             points += [
                 Point("juliarun.cpu_seconds", 1.5 * i * (w + 1), at, tags),
                 Point("juliarun.memory_bytes", 2**20 * (100 + i), at, tags),
-                Point("juliarun.restarts", float(w), at, tags),
+                # a counter: its latest value (2 and 3) is not its first or its mean
+                Point("juliarun.restarts", float(i // 4 + w), at, tags),
                 Point("files_processed", 1.0, at, {**tags, "stage": f"s{i % 2}"}),
             ]
     store = make_store(influx_bucket, tmp_path / "spool")
@@ -71,33 +73,60 @@ def written(influx_bucket: str, tmp_path: Path) -> Iterator[str]:
     yield influx_bucket
 
 
+def _values(series: list[dict], tag: str) -> dict[str, list[float]]:  # type: ignore[type-arg]
+    """Non-null values of each InfluxQL series, by the value of its ``tag``."""
+    return {s["tags"][tag]: [row[1] for row in s["values"] if row[1] is not None] for s in series}
+
+
+MEMORY = [float(2**20 * (100 + i)) for i in range(12)]
+
+
 @pytest.mark.influxdb
 def test_the_grafana_influxql_queries_answer(written: str) -> None:
     database = written.split("/", 1)[0]
     queries = [q for block in blocks("sql") for q in statements(block)]
     assert len(queries) == 4
+    answers = []
     for query in queries:
         sent = query.replace("$timeFilter", "time > now() - 1h").replace("$__interval", "10s")
         body = influxql(sent, database=database)
-        series = [s for r in body["results"] for s in r.get("series", [])]
-        assert series, f"no data for {query!r}"
-        if "GROUP BY" in query and '"worker"' in query:
-            assert {s["tags"]["worker"] for s in series} == {"train-0", "train-1"}, query
+        answers.append([s for r in body["results"] for s in r.get("series", [])])
+    cpu, memory, files, restarts = answers
+    # cpu_seconds grows by 1.5 * (w + 1) every 10 s: 0.15 and 0.3 cores, between 12 points
+    rates = _values(cpu, "worker")
+    assert rates.keys() == {"train-0", "train-1"}
+    assert rates["train-0"] == pytest.approx([0.15] * 11)
+    assert rates["train-1"] == pytest.approx([0.3] * 11)
+    assert _values(memory, "worker") == {"train-0": MEMORY, "train-1": MEMORY}
+    # 12 points per stage (6 per worker), in however many 1-minute windows they straddle
+    sums = _values(files, "stage")
+    assert {stage: sum(v) for stage, v in sums.items()} == {"s0": 12.0, "s1": 12.0}
+    assert _values(restarts, "worker") == {"train-0": [2.0], "train-1": [3.0]}
 
 
 @pytest.mark.influxdb
 def test_the_grafana_flux_queries_answer(written: str, influx_client: InfluxDBClient) -> None:
     queries = [q for block in blocks("flux") for q in statements(block)]
     assert len(queries) == 3
-    for query in queries:
+    answers: list[dict[str, list[float]]] = []
+    for query, tag in zip(queries, ["worker", "worker", "stage"], strict=True):
         sent = (
             query.replace('"juliarun/autogen"', json.dumps(written))
             .replace("v.timeRangeStart", "-1h")
             .replace("v.timeRangeStop", "now()")
             .replace("v.windowPeriod", "10s")
         )
-        tables = influx_client.query_api().query(sent)
-        assert sum(len(t.records) for t in tables) > 0, f"no data for {query!r}"
+        by_tag: dict[str, list[float]] = {}
+        for table in influx_client.query_api().query(sent):
+            for record in table.records:
+                by_tag.setdefault(record.values[tag], []).append(float(record.get_value()))
+        answers.append(by_tag)
+    memory, cpu, files = answers
+    assert memory == {"train-0": MEMORY, "train-1": MEMORY}
+    assert cpu.keys() == {"train-0", "train-1"}
+    assert cpu["train-0"] == pytest.approx([0.15] * 11)
+    assert cpu["train-1"] == pytest.approx([0.3] * 11)
+    assert {stage: sum(v) for stage, v in files.items()} == {"s0": 12.0, "s1": 12.0}
 
 
 @pytest.fixture

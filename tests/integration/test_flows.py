@@ -123,8 +123,22 @@ def test_cluster_report_records_free_capacity(prefect_api: str, juliarun_home: P
     report = cluster_report()
     assert report["cluster"] == "local"
     assert report["nodes"] and {"cpu", "mem", "dsk", "pod"} <= set(report["nodes"][0])
-    rows = juliarun.metrics(juliarun.init(), "juliarun.node.pod_free_pct", agg="last")
-    assert rows and 0 <= rows[0].value <= 100
+    # One point per node and resource, each the value the report shows.
+    ctx = juliarun.init()
+    for resource in ("cpu", "gpu", "mem", "dsk", "pod"):
+        rows = juliarun.metrics(
+            ctx, f"juliarun.node.{resource}_free_pct", agg="count", group_by=("node",)
+        )
+        assert [(r.group, r.value) for r in rows] == [
+            ({"node": n["node"]}, 1.0) for n in report["nodes"]
+        ], resource
+        rows = juliarun.metrics(
+            ctx, f"juliarun.node.{resource}_free_pct", agg="last", group_by=("node",)
+        )
+        assert [(r.group["node"], r.value) for r in rows] == [
+            (n["node"], float(n[resource])) for n in report["nodes"]
+        ], resource
+    assert 0 <= float(report["nodes"][0]["pod"]) <= 100
 
 
 def test_cluster_and_storage_blocks_round_trip(

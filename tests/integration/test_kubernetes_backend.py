@@ -56,11 +56,28 @@ def poll_until(ctx: Context, name: str, predicate, polls: int, what: str):  # ty
 def pods_exist(ctx: Context, name: str, count: int = 1) -> list[dict]:  # type: ignore[type-arg]
     b = backend(ctx)
     return wait_for(
-        lambda: (pods := b._job_pods(name)) and len(pods) >= count and pods,
+        lambda: (pods := b.routes.job_pods(name)) and len(pods) >= count and pods,
         60,
         0.2,
         f"{count} pod(s) of {name}",
     )
+
+
+def pod_condition(ctx: Context, name: str, kind: str, reason: str) -> bool:
+    """Whether a pod of job ``name`` has condition ``kind`` False for ``reason``."""
+    return any(
+        c.get("type") == kind and c.get("status") == "False" and c.get("reason") == reason
+        for pod in backend(ctx).routes.job_pods(name)
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def waiting_reason(ctx: Context, name: str) -> str | None:
+    """Why the first container of job ``name``'s first pod waits (None: it does not)."""
+    for pod in backend(ctx).routes.job_pods(name):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            return str(((cs.get("state") or {}).get("waiting") or {}).get("reason") or "") or None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +117,7 @@ def test_seed_session_on_the_real_node(kube_ctx: Context, code: Path) -> None:
 
     assert juliarun.delete(kube_ctx, job) is True
     assert juliarun.list(kube_ctx) == []
-    assert backend(kube_ctx)._job_pods("helloworld") == []  # foreground: pods went first
+    assert backend(kube_ctx).routes.job_pods("helloworld") == []  # foreground: pods went first
     with pytest.raises(JobNotFoundError):
         juliarun.status(kube_ctx, job)
 
@@ -162,10 +179,11 @@ def test_force_delete_releases_a_pod_whose_finalizer_is_held(kube_ctx: Context) 
     b = backend(kube_ctx)
     pod = pods_exist(kube_ctx, "held")[0]["metadata"]["name"]
     b.client.merge_patch(
-        b._pods(pod, namespace=b.namespace), {"metadata": {"finalizers": ["juliarun.io/test-hold"]}}
+        b.routes.pods_path(pod, namespace=b.namespace),
+        {"metadata": {"finalizers": ["juliarun.io/test-hold"]}},
     )
     assert juliarun.delete(kube_ctx, job, force=True) is True
-    assert b.client.get_or_none(b._pods(pod, namespace=b.namespace)) is None
+    assert b.client.get_or_none(b.routes.pods_path(pod, namespace=b.namespace)) is None
     assert juliarun.list(kube_ctx) == []
 
 
@@ -210,7 +228,7 @@ def test_three_workers_land_on_highmem_nodes_only(
     juliarun.submit(kube_ctx, job)
     pods = wait_for(
         lambda: (
-            (ps := backend(kube_ctx)._job_pods("wide"))
+            (ps := backend(kube_ctx).routes.job_pods("wide"))
             and sum(1 for p in ps if p["spec"].get("nodeName")) == 3
             and ps
         ),
@@ -270,7 +288,9 @@ def test_request_larger_than_any_node_is_a_resource_misfit(
     job = JuliaBatch("too-big", "/mnt/x/big.jl", memory="100Gi", node_type="highmem")
     juliarun.submit(kube_ctx, job)
     pods_exist(kube_ctx, "too-big")
-    status = poll_until(kube_ctx, "too-big", lambda s: s.done, 6, "the misfit diagnosis")
+    # Once the scheduler has said so, status diagnoses it within two polls.
+    wait_for(lambda: pod_condition(kube_ctx, "too-big", "PodScheduled", "Unschedulable"), 60, 0.2)
+    status = poll_until(kube_ctx, "too-big", lambda s: s.done, 2, "the misfit diagnosis")
     assert "resource misfit" in (status.reason or ""), status.reason
     assert "memory=100Gi" in (status.reason or "")
     view = juliarun.status(kube_ctx)
@@ -318,9 +338,18 @@ def test_job_over_quota_reports_the_quota(
     )
     job = Batch("greedy", ["true"], cpu="500m", memory="64Mi")
     juliarun.submit(kube_ctx, job)
-    status = wait_for(
-        lambda: (s := juliarun.status(kube_ctx, job)).done and s, 60, POLL, "quota diagnosis"
+    # Once the job controller has been refused a pod, status diagnoses it within two polls.
+    wait_for(
+        lambda: (
+            kube_core.list_namespaced_event(
+                kube_namespace, field_selector="involvedObject.name=greedy,reason=FailedCreate"
+            ).items
+        ),
+        60,
+        0.2,
+        "the job controller's FailedCreate event",
     )
+    status = poll_until(kube_ctx, "greedy", lambda s: s.done, 2, "the quota diagnosis")
     assert status.phase == "failed"
     assert status.reason.startswith("quota exceeded: exceeded quota: small"), status.reason
     assert f"raise the ResourceQuota small in namespace {kube_namespace}" in status.hint
@@ -330,9 +359,14 @@ def test_image_that_does_not_exist(kube_ctx: Context, kube_real_node: str) -> No
     image = "localhost:5000/juliarun/does-not-exist:0.0.1"
     job = Batch("ghost", ["true"], image=image, cpu="10m", memory="32Mi")
     juliarun.submit(kube_ctx, job)
-    status = wait_for(
-        lambda: (s := juliarun.status(kube_ctx, job)).done and s, 120, POLL, "pull diagnosis"
+    # Once the kubelet has failed the pull, status diagnoses it within two polls.
+    wait_for(
+        lambda: waiting_reason(kube_ctx, "ghost") in {"ErrImagePull", "ImagePullBackOff"},
+        120,
+        0.2,
+        "the kubelet's pull failure",
     )
+    status = poll_until(kube_ctx, "ghost", lambda s: s.done, 2, "the pull diagnosis")
     assert status.reason.startswith(f"image pull failure: {image}"), status.reason
     assert "kubectl describe pod ghost-0-" in status.hint
 
@@ -365,7 +399,7 @@ def test_script_that_exits_3(kube_ctx: Context, code: Path) -> None:
     assert status.last_lines == ["about to fail"]
     assert status.workers[0].exit_code == 3 and status.workers[0].restarts == 0
     # the pod failure policy failed the Job at once: no retry pod
-    assert len(backend(kube_ctx)._job_pods("fails")) == 1
+    assert len(backend(kube_ctx).routes.job_pods("fails")) == 1
     assert "juliarun tail fails" in status.hint
 
 

@@ -47,7 +47,9 @@ def test_a_bundle_built_on_the_node_is_mounted_read_only_and_its_cache_used(
 ) -> None:
     b = backend(kube_ctx)
     lines: list[str] = []
-    built = build_bundle(greeter_bundle(tmp_path), b, on_line=lines.append, timeout=300)
+    built = build_bundle(
+        greeter_bundle(tmp_path), b, logs=kube_ctx.logs, on_line=lines.append, timeout=300
+    )
     assert built.built and built.root == f"/mnt/jrb-{built.address}"
     assert "juliarun-step: Pkg.precompile()" in lines, lines
     check_compiled(built.path)
@@ -72,7 +74,7 @@ def test_a_bundle_built_on_the_node_is_mounted_read_only_and_its_cache_used(
     (tmp_path / "Greeter" / "src" / "Greeter.jl").write_text(
         'module Greeter\nusing Statistics\ngreet() = "hello again!"\nend\n'
     )
-    newer = build_bundle(greeter_bundle_at(tmp_path), b, timeout=300)
+    newer = build_bundle(greeter_bundle_at(tmp_path), b, logs=kube_ctx.logs, timeout=300)
     assert newer.address != built.address
     assert b.bundle_paths_in_use() == [str(built.path.resolve())]
     assert prune_bundles(juliarun_home, in_use=b.bundle_paths_in_use()) == []

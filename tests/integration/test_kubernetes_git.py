@@ -6,6 +6,8 @@ test_kubernetes_backend)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,10 @@ import pytest
 import juliarun
 from juliarun.api import Context
 from juliarun.backends.kubernetes import KubernetesBackend
+from juliarun.backends.kubernetes.volumes import Volumes
 from juliarun.errors import StorageError
 from juliarun.specs import Batch
-from tests.integration.fixtures.kubernetes import GitServer
+from tests.integration.fixtures.kubernetes import GitServer, wait_for
 from tests.integration.git_repos import commit, git, make_repo
 
 pytestmark = pytest.mark.kubernetes
@@ -28,12 +31,47 @@ def backend(ctx: Context) -> KubernetesBackend:
 
 
 def pod_spec(ctx: Context, name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = backend(ctx).client.get(backend(ctx)._jobs(name))["spec"]
+    spec: dict[str, Any] = backend(ctx).client.get(backend(ctx).routes.jobs_path(name))["spec"]
     return spec["template"]["spec"]  # type: ignore[no-any-return]
 
 
 def output(ctx: Context, name: str) -> list[str]:
     return [line.message for line in backend(ctx).logs(name)]
+
+
+def within_two_polls(ctx: Context, name: str, predicate: Callable[[Any], bool]) -> Any:
+    """The job's first status matching ``predicate``, polled at most twice (0.5 s apart): the
+    README's promise once the cluster shows the cause."""
+    seen = []
+    for _ in range(2):
+        status = juliarun.status(ctx, name)
+        if predicate(status):
+            return status
+        seen.append(f"{status} ({status.reason})")
+        time.sleep(0.5)
+    pytest.fail(f"{name}: not diagnosed within two polls; saw {seen}")
+
+
+def init_exit_code(ctx: Context, name: str) -> int | None:
+    """The exit code of the git init container of job ``name``'s pod, once it ended."""
+    for pod in backend(ctx).routes.job_pods(name):
+        for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                if "terminated" in state:
+                    return int(state["terminated"]["exitCode"])
+    return None
+
+
+def pod_events(ctx: Context, name: str, reason: str) -> list[dict[str, Any]]:
+    """Events ``reason`` about the pods of job ``name``."""
+    b = backend(ctx)
+    pods = {pod["metadata"]["name"] for pod in b.routes.job_pods(name)}
+    events = b.client.get(f"/api/v1/namespaces/{b.namespace}/events")["items"]
+    return [
+        e
+        for e in events
+        if e.get("reason") == reason and (e.get("involvedObject") or {}).get("name") in pods
+    ]
 
 
 def test_pods_clone_network_git_storage_at_the_resolved_commit(
@@ -86,18 +124,25 @@ def test_a_clone_that_fails_in_the_pod_is_diagnosed(
     rewritten in between): the init container fails and status says which storage and why."""
     make_repo(git_server.root / "data")
     juliarun.define_storage(kube_ctx, name="repo", kind="git", url=f"{git_server.url}data")
-    real = KubernetesBackend._git_checkout
+    real = Volumes.git_checkout
     monkeypatch.setattr(
-        KubernetesBackend,
-        "_git_checkout",
+        Volumes,
+        "git_checkout",
         lambda self, spec: (real(self, spec)[0], "0" * 40),  # a commit the server lacks
     )
     job = Batch("gitgone", ["true"], "repo", restart="Never", backoff_limit=0)
     juliarun.submit(kube_ctx, job)
-    final = juliarun.wait(kube_ctx, job, timeout=180)
+    wait_for(lambda: init_exit_code(kube_ctx, "gitgone") == 128, 180, 0.2, "the failed clone")
+    # The cause is known within two polls; the job ends when the Job controller fails it.
+    clone_failed = "git clone of storage 'repo' failed (exit code 128)"
+    early = within_two_polls(
+        kube_ctx, "gitgone", lambda s: (s.reason or "").startswith(clone_failed)
+    )
+    assert "reference is not a tree: " + "0" * 40 in early.reason
+    final = juliarun.wait(kube_ctx, job, timeout=60)
     assert final.phase == "failed", final.describe()
     assert final.reason is not None
-    assert final.reason.startswith("git clone of storage 'repo' failed (exit code 128)")
+    assert final.reason.startswith(clone_failed)
     assert "kubectl logs" in (final.hint or "") and "-c git-repo" in (final.hint or "")
 
 
@@ -109,13 +154,12 @@ def test_a_checkout_missing_on_the_node_is_diagnosed_not_waited_on(
     event becomes the job's failure with what works on several nodes."""
     juliarun.define_storage(kube_ctx, name="repo", kind="git", url=make_repo(tmp_path / "origin"))
     missing = tmp_path / "not-on-the-node"
-    real = KubernetesBackend._git_checkout
-    monkeypatch.setattr(
-        KubernetesBackend, "_git_checkout", lambda self, spec: (missing, real(self, spec)[1])
-    )
+    real = Volumes.git_checkout
+    monkeypatch.setattr(Volumes, "git_checkout", lambda self, spec: (missing, real(self, spec)[1]))
     job = Batch("nomount", ["true"], "repo")
     juliarun.submit(kube_ctx, job)
-    final = juliarun.wait(kube_ctx, job, timeout=120)
+    wait_for(lambda: pod_events(kube_ctx, "nomount", "FailedMount"), 120, 0.2, "FailedMount")
+    final = within_two_polls(kube_ctx, "nomount", lambda s: s.done)  # failed at once
     assert final.phase == "failed", final.describe()
     assert final.reason is not None
     assert final.reason.startswith(

@@ -26,6 +26,7 @@ from juliarun.errors import StoreError
 from juliarun.logs import open_log_store
 from juliarun.logs.base import LogLine, LogQuery
 from juliarun.logs.elasticsearch import ElasticsearchLogStore
+from juliarun.outbox import DELIVERED
 from tests.contracts.log_store_contract import LogStoreContract, WriterProcess, line, messages
 
 pytestmark = pytest.mark.elasticsearch
@@ -40,6 +41,11 @@ def eventually(probe: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.2)
+
+
+def writer_spools(spool: Path) -> list[Path]:
+    """The writers' spool directories (each with its ``lock`` and ``.ndjson`` bulks)."""
+    return sorted(p for p in spool.glob("*") if p.is_dir() and p.name != "rejected")
 
 
 def drop_prefix(es: Elasticsearch, prefix: str) -> None:
@@ -279,8 +285,8 @@ def test_follow_ignores_deleted_lines_and_a_new_day(store: ElasticsearchLogStore
 def test_a_retried_bulk_stores_each_line_once(store: ElasticsearchLogStore) -> None:
     """A bulk retried after its response was lost meets 409 for what it already stored."""
     items = [store._item(line(i, f"m{i}")) for i in range(50)]
-    assert store._send(items[:30], retries=0) == ([], 0)
-    assert store._send(items, retries=0) == ([], 0)  # the first 30 again, plus 20 new
+    assert store._deliver(items[:30], None) == DELIVERED
+    assert store._deliver(items, None) == DELIVERED  # the first 30 again, plus 20 new
     assert store.count(LogQuery()) == 50
     assert sorted(messages(store.query(LogQuery()))) == sorted(f"m{i}" for i in range(50))
 
@@ -289,7 +295,7 @@ def test_a_refused_line_is_reported_and_counted_not_retried(
     store: ElasticsearchLogStore,
     es_client: Elasticsearch,
     prefix: str,
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A day whose index maps `job` as a number: a line of job "job-a" is a mapping error there.
     es_client.indices.create(
@@ -299,7 +305,7 @@ def test_a_refused_line_is_reported_and_counted_not_retried(
     assert store.write([bad, line(0, "fine")]) == 1
     assert store.rejected == 1
     assert store.backlog() == 0
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "Elasticsearch refused a log line" in err
     assert "document_parsing_exception" in err or "mapper_parsing_exception" in err
     assert "unmappable" in err
@@ -315,13 +321,13 @@ def test_unreachable_server_spools_and_a_later_store_drains_it(
     assert down.backlog() == 101
     assert down.spooled == 101
     down.close(timeout=0)
-    assert len(list(spool.glob("*.db"))) == 1
+    assert len(writer_spools(spool)) == 1
 
     reader = make_store()  # any store adopts the spool of a writer that is gone
     eventually(lambda: reader.count(LogQuery()) == 101, 30, "the spool to drain")
     assert messages(reader.query(LogQuery())) == [f"m{i}" for i in range(101)]
-    eventually(lambda: not list(spool.glob("*.db")), 10, "the drained spool to be removed")
-    assert not list(spool.glob("*.lock"))
+    eventually(lambda: not writer_spools(spool), 10, "the drained spool to be removed")
+    assert not list(spool.glob("**/lock"))
 
 
 def test_a_timed_out_bulk_is_spooled_not_retried_in_place(
@@ -365,14 +371,14 @@ def test_a_spool_drained_twice_stores_each_line_once(
     down = make_store(url=NOWHERE, sleep=lambda _: None, retry_interval=60)
     down.write([line(i, f"m{i}") for i in range(40)])
     down.close(timeout=0)
-    (db,) = spool.glob("*.db")
-    shutil.copy(db, tmp_path / "copy.db")
+    (directory,) = writer_spools(spool)
+    shutil.copytree(directory, tmp_path / "copy")
 
     reader = make_store(adopt_interval=0.2)
-    eventually(lambda: not db.exists(), 30, "the first drain")
-    shutil.copy(tmp_path / "copy.db", db)
-    db.with_suffix(".lock").touch()
-    eventually(lambda: not db.exists(), 30, "the second drain")
+    eventually(lambda: not directory.exists(), 30, "the first drain")
+    shutil.copytree(tmp_path / "copy", directory)
+    assert (directory / "lock").exists()
+    eventually(lambda: not directory.exists(), 30, "the second drain")
     assert reader.count(LogQuery()) == 40
 
 
@@ -497,7 +503,7 @@ def test_no_line_is_lost_or_doubled_when_elasticsearch_restarts_mid_job(
         try:
             _testenv("down")
             # the job keeps printing: its supervisor spools the lines
-            eventually(lambda: any(spool.glob("*.db")), 30, "the supervisor to spool")
+            eventually(lambda: any(spool.glob("*/*.ndjson")), 30, "the supervisor to spool")
         finally:
             _testenv("up")
         assert _node_start(es_client) > started  # it really was a restart
@@ -510,7 +516,7 @@ def test_no_line_is_lost_or_doubled_when_elasticsearch_restarts_mid_job(
                 return False
 
         eventually(all_stored, 180, "every line to be shipped after the restart")
-        eventually(lambda: not any(spool.glob("*.db")), 60, "the spool to be emptied")
+        eventually(lambda: not any(spool.glob("*/*.ndjson")), 60, "the spool to be emptied")
         got = ctx.logs.query(LogQuery(job=name))
     numbers = Counter(int(x.message.split()[1]) for x in got)
     assert len(got) == n

@@ -102,14 +102,6 @@ class TestInfluxMetricStore(MetricStoreContract):
         got = rows(cpu, since=at(20), window=timedelta(minutes=1), agg="sum", until=at(150))
         assert got == [(0.0, {}, 12.0), (60.0, {}, 6.0), (120.0, {}, 10.0)]
 
-    @pytest.mark.parametrize("agg", ["last", "max"])
-    def test_group_by_with_selectors(self, cpu: InfluxMetricStore, agg: str) -> None:
-        expected = {"last": (6.0, 10.0), "max": (6.0, 10.0)}[agg]
-        assert rows(cpu, group_by=("worker",), agg=agg) == [
-            (0.0, {"worker": "w1"}, expected[0]),
-            (20.0, {"worker": "w2"}, expected[1]),
-        ]
-
     def test_windowed_last_per_group(self, cpu: InfluxMetricStore) -> None:
         got = rows(cpu, group_by=("job",), window=timedelta(minutes=1), agg="last")
         # job a: [0,60) 1,3,5 -> 5; [60,120) 4; [120,180) 10,6 -> 6.  job b: 7; 2

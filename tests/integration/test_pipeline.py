@@ -37,7 +37,8 @@ def prefect_api(prefect_api_url: str) -> Iterator[str]:
 
 
 def _subflow_logs(flow_run_id: uuid.UUID) -> list[str]:
-    """Log messages of the pipeline run's subflows (run logs reach the API shortly after)."""
+    """Log messages of the pipeline run and its subflows (run logs reach the API shortly
+    after)."""
     deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
         subflows = client.read_flow_runs(
@@ -47,7 +48,9 @@ def _subflow_logs(flow_run_id: uuid.UUID) -> list[str]:
         )
         while True:
             logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in subflows]))
+                log_filter=LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[flow_run_id, *(r.id for r in subflows)])
+                )
             )
             messages = [entry.message for entry in logs]
             if any("build | Step" in m for m in messages) or time.monotonic() > deadline:
@@ -56,14 +59,14 @@ def _subflow_logs(flow_run_id: uuid.UUID) -> list[str]:
 
 
 def _build_task_states(flow_run_id: uuid.UUID) -> dict[str, str]:
-    """State names of the build tasks in the pipeline run's subflows."""
+    """State names of the build tasks in the pipeline run (and its subflows)."""
     with get_client(sync_client=True) as client:
         subflows = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
             )
         )
-        ids = [run.id for run in subflows]
+        ids = [flow_run_id, *(run.id for run in subflows)]
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
             task_run_filter=TaskRunFilter(),

@@ -76,7 +76,7 @@ def test_the_pipeline_prints_hello_world_on_the_real_node(
     try:
         backend = ctx.backend
         assert isinstance(backend, KubernetesBackend)
-        pod = backend.client.get(backend._jobs(job.name))["spec"]["template"]["spec"]
+        pod = backend.client.get(backend.routes.jobs_path(job.name))["spec"]["template"]["spec"]
         assert [c["image"] for c in pod["initContainers"]] == [kube_git_image]
         pod_image = pod["containers"][0]["image"]
         assert pod_image.startswith(f"{registry}/juliarun/test-k8s-pipeline:")

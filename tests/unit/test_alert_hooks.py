@@ -15,9 +15,9 @@ import pytest
 import juliarun
 from juliarun.errors import ConfigError, JobNotFoundError, SpecError
 from juliarun.flows.alerts import evaluate_alerts
+from juliarun.hooks import ScaleHook
 from juliarun.metrics.alerts import (
     Alert,
-    ScaleHook,
     ThresholdRule,
     evaluate,
     get_hook,

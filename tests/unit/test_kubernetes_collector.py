@@ -108,15 +108,17 @@ def home(tmp_path: Path) -> Path:
 def collector(
     logs: SqliteLogStore, metrics: SqliteMetricStore, seen: list[LogLine], home: Path
 ) -> KubernetesCollector:
-    backend: Any = SimpleNamespace(
-        client=None,
-        poll_interval=0.1,
+    routes: Any = SimpleNamespace(client=None, namespace="jr", ns_of=lambda name: "jr")
+    return KubernetesCollector(
+        routes,
+        "job",
+        logs,
+        metrics,
         cluster="kube",
-        namespace="jr",
         home=home,
-        _ns_of=lambda name: "jr",
+        poll_interval=0.1,
+        on_line=seen.append,
     )
-    return KubernetesCollector(backend, "job", logs, metrics, on_line=seen.append)
 
 
 def test_lines_are_shipped_once_and_metric_lines_become_points(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from juliarun.backends.base import Backend, JobStatus, wait_for_job
+from juliarun.backends.base import Backend, DiagnosisCategory, JobStatus, wait_for_job
 from juliarun.backends.local import LocalBackend
 from juliarun.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
 from juliarun.logs import LogQuery, LogStore, open_log_store
@@ -118,6 +118,7 @@ def test_nonzero_exit_fails_with_the_worker_code_and_last_lines(backend: LocalBa
     assert status.hint is not None and "juliarun tail fails" in status.hint
     assert status.workers[0].exit_code == 3
     assert "fails-0: failed exit=3 (exit code 3)" in status.describe()
+    assert status.category == DiagnosisCategory.EXIT_CODE
     backend.delete("fails")
 
 
@@ -149,6 +150,7 @@ def test_exhausted_backoff_fails_after_the_restarts(backend: LocalBackend) -> No
     assert str(status) == "failed: worker doomed-0 exit code 1 after 2 restarts"
     assert status.workers[0].restarts == 2
     assert status.last_lines[-1] == "trying"
+    assert status.category == DiagnosisCategory.EXIT_CODE
     backend.delete("doomed")
 
 
@@ -159,6 +161,7 @@ def test_a_command_that_does_not_exist_fails_with_the_reason(backend: LocalBacke
     assert status.reason is not None
     assert "cannot start no-such-command-juliarun: No such file or directory" in status.reason
     assert status.reason.startswith("worker nocmd-0 ")
+    assert status.category == DiagnosisCategory.WORKER_START_FAILED
     backend.delete("nocmd")
 
 
@@ -170,6 +173,7 @@ def test_a_killed_worker_fails_the_job_with_the_signal(backend: LocalBackend) ->
     status = finish(backend, "victim")
     assert str(status) == "failed: worker victim-0 killed by signal 9"
     assert status.workers[0].exit_code == -9
+    assert status.category == DiagnosisCategory.KILLED_BY_SIGNAL
     backend.delete("victim")
 
 
@@ -185,6 +189,9 @@ def test_a_supervisor_that_dies_is_reported(backend: LocalBackend) -> None:
     )
     assert status.hint is not None and "supervisor.log" in status.hint
     assert [(w.state, w.pid) for w in status.workers] == [("failed", None)]
+    assert status.category == DiagnosisCategory.SUPERVISOR_CRASHED
+    # Read again from its files (written final): still the same diagnosis.
+    assert backend.status("orphan").category == DiagnosisCategory.SUPERVISOR_CRASHED
     backend.delete("orphan", force=True)
     assert pid is not None
     eventually(lambda: not alive(pid), what="the orphaned worker to be killed")

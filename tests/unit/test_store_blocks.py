@@ -69,3 +69,21 @@ def test_job_files_are_private(tmp_path: Path) -> None:
     jobdir.write_job({"metric_store": {"token": "t0ken"}})
     assert stat.S_IMODE(jobdir.job_file.stat().st_mode) == 0o600
     assert jobdir.read_job() == {"metric_store": {"token": "t0ken"}}
+
+
+def test_an_unknown_cluster_without_a_prefect_server_is_one_error_and_no_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No PREFECT_API_URL: the block is not looked for (which would start a temporary
+    Prefect server), the error says why."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import juliarun
+    from juliarun.errors import ConfigError
+
+    monkeypatch.setenv("JULIARUN_HOME", str(tmp_path))
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        pytest.raises(ConfigError, match="no Prefect server to load a saved cluster block from"),
+    ):
+        juliarun.init("nowhere")

@@ -3,15 +3,18 @@ vocabulary (job, worker and cluster status) they report in."""
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from juliarun.errors import JobTimeoutError
 from juliarun.logs.base import LogLine, LogStore
 from juliarun.metrics.base import MetricStore
+from juliarun.queues.base import Queue
 from juliarun.specs import JobSpec, StorageSpec
 
 Phase = Literal["created", "running", "succeeded", "failed"]
@@ -40,6 +43,84 @@ class WorkerStatus:
         return None
 
 
+class DiagnosisCategory(enum.StrEnum):
+    """What kind of wait or failure a status reason describes: stable names to match on (the
+    reason's text is for people and may change). Each backend sets the category with the
+    reason; ``None`` where there is no reason (a job that simply runs or succeeded)."""
+
+    # waiting, nothing to fix
+    WAITING_FOR_CONTROLLER = "waiting_for_controller"
+    """The job controller has not created the job's pods yet."""
+    WAITING_FOR_SCHEDULER = "waiting_for_scheduler"
+    """A pod is not placed on a node yet."""
+    WAITING_FOR_PLACEMENT = "waiting_for_placement"
+    """juliarun's placement controller has not placed the job whole yet (its pods are gated):
+    the reason says why (no room for all its workers at once, not all created yet)."""
+    WAITING_FOR_NODES = "waiting_for_nodes"
+    """No matching node has room now; one would once other jobs end (or nodes are added)."""
+    NODE_NOT_SCHEDULABLE = "node_not_schedulable"
+    """The matching nodes are not ready, cordoned or under pressure for now."""
+    # cannot be placed
+    NO_SUCH_NODE_TYPE = "no_such_node_type"
+    """No node of the job's node type exists."""
+    NO_NODE_WITH_LABELS = "no_node_with_labels"
+    """No node carries the job's node labels."""
+    RESOURCE_MISFIT = "resource_misfit"
+    """A worker asks more than any matching node has."""
+    UNTOLERATED_TAINT = "untolerated_taint"
+    """The matching nodes have a taint the job does not tolerate."""
+    UNSCHEDULABLE = "unschedulable"
+    """The scheduler cannot place a worker, for a reason not recognised above."""
+    # cannot create or start
+    QUOTA_EXCEEDED = "quota_exceeded"
+    """A ResourceQuota of the job's namespace refuses its pods."""
+    POD_CREATE_FAILED = "pod_create_failed"
+    """The job controller cannot create pods, for another reason."""
+    IMAGE_PULL = "image_pull"
+    """An image (the job's, or the git clone image) cannot be pulled."""
+    CONTAINER_CREATE_FAILED = "container_create_failed"
+    """A worker's container cannot be created or started (its configuration)."""
+    WORKER_START_FAILED = "worker_start_failed"
+    """A worker process could not be started at all."""
+    GIT_CLONE_FAILED = "git_clone_failed"
+    """A git storage's clone failed in the worker."""
+    MOUNT_FAILED = "mount_failed"
+    """Storage cannot be mounted for a worker."""
+    STORAGE_MISSING_ON_NODE = "storage_missing_on_node"
+    """A path mounted from the node (host storage, local checkout, bundle) is not there."""
+    # ran and failed
+    CRASH_LOOP = "crash_loop"
+    """A worker keeps failing and restarting."""
+    OOM_KILLED = "oom_killed"
+    """A worker ran out of memory."""
+    EXIT_CODE = "exit_code"
+    """A worker exited with a non-zero code."""
+    KILLED_BY_SIGNAL = "killed_by_signal"
+    """A worker was killed by a signal."""
+    POD_FAILED = "pod_failed"
+    """A worker's pod failed without its container ending (evicted, deadline)."""
+    JOB_FAILED = "job_failed"
+    """The platform marked the job failed (backoff limit, deadline) with no worker to blame."""
+    DELETED = "deleted"
+    """The job was deleted before it ended."""
+    SUPERVISOR_CRASHED = "supervisor_crashed"
+    """The process supervising the job's workers exited unexpectedly."""
+    SUPERVISOR_NEVER_STARTED = "supervisor_never_started"
+    """The process supervising the job's workers never started."""
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Why a job waits or failed, as data: ``category`` to match on, ``summary`` the text a
+    status shows as its reason, ``hint`` what to do, ``detail`` the evidence it rests on (the
+    scheduler's or kubelet's message, the event) when there is one."""
+
+    category: DiagnosisCategory
+    summary: str
+    hint: str | None = None
+    detail: str | None = None
+
+
 @dataclass
 class JobStatus:
     """Where a job stands. ``str(status)`` reads like the seed: ``created, 1 processes waiting``,
@@ -55,6 +136,8 @@ class JobStatus:
     last_lines: list[str] = field(default_factory=list)
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    category: DiagnosisCategory | None = None
+    """What kind of wait or failure ``reason`` describes (match on this, not on the text)."""
 
     @property
     def done(self) -> bool:
@@ -182,12 +265,31 @@ class ClusterStatus:
         return self.render(verbose=True)
 
 
+@dataclass(frozen=True)
+class NodeReadiness:
+    """Whether one node has an image now (what pre-warming reports per node)."""
+
+    node: str
+    ready: bool
+    detail: str
+
+
 @runtime_checkable
 class Backend(Protocol):
     """An execution platform: local processes, Docker, or Kubernetes."""
 
     kind: ClassVar[str]
     cluster: str
+
+    @property
+    def home(self) -> Path:
+        """Where this cluster's state (jobs, bundles, storage catalog) lives on this machine."""
+        ...
+
+    @property
+    def image(self) -> str | None:
+        """The image jobs that name none run in (``None`` where jobs are not containers)."""
+        ...
 
     def submit(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> JobStatus:
         """Start ``job`` with its storage (by the names the job uses) provisioned and mounted at
@@ -221,6 +323,23 @@ class Backend(Protocol):
 
     def cluster_status(self) -> ClusterStatus: ...
 
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """Where a job sees ``host_path`` when it is mounted as host storage ``storage``
+        (``/mnt/<storage>`` in a container, the directory itself for a local process)."""
+        ...
+
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]:
+        """Make ``image`` present on the cluster's nodes (of ``node_type`` when given) before
+        jobs need it; one row per node."""
+        ...
+
+    def bundle_paths_in_use(self) -> list[str]:
+        """Package-bundle paths that jobs on the cluster mount but that no ``job.json`` under
+        ``home`` records (Kubernetes Jobs); empty where every job has a ``job.json``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -241,6 +360,56 @@ class LogSource(Protocol):
     ) -> Iterator[LogLine]:
         """Lines of every worker interleaved by time (the last ``lines`` only when given);
         ``follow`` keeps yielding until the job ends or ``stop()``."""
+        ...
+
+
+@runtime_checkable
+class Placer(Protocol):
+    """A backend whose jobs juliarun can place whole itself (Kubernetes, with pods gated until
+    a placement controller places them)."""
+
+    def placement_controller(self, *, interval: float = 1.0) -> Any:
+        """A placement controller for this cluster (``step()``, ``run()``, ``start()`` /
+        ``stop()``)."""
+        ...
+
+
+@runtime_checkable
+class QueueHost(Protocol):
+    """A backend that runs message-queue brokers as services of the cluster."""
+
+    def start_queue(self, name: str) -> Queue:
+        """Start broker ``name`` (or find it running); a handle once it takes messages."""
+        ...
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        """Stop broker ``name`` and remove it (its messages too); whether there was one."""
+        ...
+
+
+@runtime_checkable
+class NodeOperator(Protocol):
+    """A backend whose nodes the cluster autoscaler can add and remove (Kubernetes)."""
+
+    def cluster_objects(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """Every node and every live pod, as the cluster's API gives them."""
+        ...
+
+    def mark_for_removal(self, node: str) -> None:
+        """Cordon ``node`` and mark it as being drained for removal."""
+        ...
+
+    def unmark(self, node: str) -> None:
+        """Take a removal mark back."""
+        ...
+
+    def evict_pods(self, node: str) -> tuple[int, list[str]]:
+        """Evict the pods of ``node`` (disruption budgets honoured): how many went, and the
+        pods kept."""
+        ...
+
+    def node_provider(self, kind: str, options: Mapping[str, str]) -> Any:
+        """The :class:`~juliarun.providers.base.NodeProvider` of ``kind`` for this cluster."""
         ...
 
 

@@ -11,7 +11,7 @@ The engine connection is prefect-docker's ``DockerHost`` block and registry cred
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from pydantic import Field
@@ -20,6 +20,7 @@ from juliarun.backends.base import Backend
 from juliarun.backends.docker import DockerBackend, EngineConfig, RegistryAuth
 from juliarun.blocks.cluster import Cluster
 from juliarun.errors import ConfigError
+from juliarun.settings import Settings
 
 
 class DockerCluster(Cluster):
@@ -66,11 +67,24 @@ class DockerCluster(Cluster):
             return None
         return RegistryAuth(creds.registry_url, creds.username, creds.password)
 
-    def backend(self) -> Backend:
-        settings = self._settings()
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The engine at ``DOCKER_HOST`` (else the local socket), image ``JULIARUN_JULIA_IMAGE``,
+        labels ``JULIARUN_DOCKER_LABELS``, at most ``JULIARUN_DOCKER_MAX_WORKERS`` workers."""
+        return cls(
+            home=str(settings.home),
+            log_store_kind=settings.log_store,
+            metric_store_kind=settings.metric_store,
+            image=settings.julia_image,
+            labels=dict(settings.docker_labels),
+            max_workers=settings.docker_max_workers,
+            kill_grace=settings.kill_grace,
+        )
+
+    def build_backend(self, settings: Settings, cluster: str) -> Backend:
         return DockerBackend(
             settings.home,
-            cluster=getattr(self, "_block_document_name", None) or "docker",
+            cluster=cluster,
             engine=self.engine(),
             image=self.image or settings.julia_image,
             registry_auth=self._registry_auth(),

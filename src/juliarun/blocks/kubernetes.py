@@ -16,11 +16,11 @@ SecretDict('**********')
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
 from prefect.types import SecretDict
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from juliarun.backends.base import Backend
 from juliarun.backends.kubernetes import (
@@ -31,6 +31,7 @@ from juliarun.backends.kubernetes import (
 )
 from juliarun.blocks.cluster import Cluster
 from juliarun.errors import ConfigError
+from juliarun.settings import Settings
 
 
 class KubernetesCluster(Cluster):
@@ -44,8 +45,13 @@ class KubernetesCluster(Cluster):
     )
     kind: ClassVar[str] = "kubernetes"
 
-    kubeconfig: SecretDict = Field(
-        description="The kubeconfig's contents (kept secret: it holds credentials)."
+    kubeconfig: SecretDict | None = Field(
+        None, description="The kubeconfig's contents (kept secret: it holds credentials)."
+    )
+    kubeconfig_path: str | None = Field(
+        None,
+        description="A kubeconfig file on the machine running the flow, used when kubeconfig "
+        "is not set (its credentials stay in that file).",
     )
     context: str | None = Field(None, description="Context to use (default: current-context).")
     namespace: str = Field(
@@ -65,6 +71,12 @@ class KubernetesCluster(Cluster):
         description="Image (git and sh) that clones network git storage in each pod's init "
         "container (default: JULIARUN_GIT_IMAGE).",
     )
+    placement: Literal["kube-scheduler", "juliarun"] = Field(
+        "kube-scheduler",
+        description="Who places jobs: the kube-scheduler pod by pod, or juliarun's placement "
+        "controller, which starts each job whole (its pods wait gated until all fit) by the "
+        "job's placement policy.",
+    )
     qps: float = Field(
         50, ge=1, le=10000, description="Client-side API requests a second, once a burst is spent."
     )
@@ -72,6 +84,12 @@ class KubernetesCluster(Cluster):
         300, ge=1, le=10000, description="API requests sent at once before the qps limit applies."
     )
     kill_grace: float = Field(10, ge=0, le=600, description="Seconds from SIGTERM to SIGKILL.")
+
+    @model_validator(mode="after")
+    def _one_kubeconfig(self) -> Self:
+        if (self.kubeconfig is None) == (self.kubeconfig_path is None):
+            raise ValueError("give exactly one of kubeconfig (its contents) or kubeconfig_path")
+        return self
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, **fields: Any) -> KubernetesCluster:
@@ -85,15 +103,42 @@ class KubernetesCluster(Cluster):
             raise ConfigError(f"{file} is not a kubeconfig")
         return cls(kubeconfig=data, **fields)
 
-    def backend(self) -> Backend:
-        settings = self._settings()
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The kubeconfig file ``JULIARUN_KUBECONFIG`` (else ``KUBECONFIG``, else
+        ``~/.kube/config``), namespace ``JULIARUN_KUBE_NAMESPACE``, images
+        ``JULIARUN_JULIA_IMAGE`` / ``JULIARUN_GIT_IMAGE``, rate limit ``JULIARUN_KUBE_QPS`` /
+        ``_BURST``."""
+        return cls(
+            kubeconfig_path=str(settings.kubeconfig or Path.home() / ".kube" / "config"),
+            home=str(settings.home),
+            log_store_kind=settings.log_store,
+            metric_store_kind=settings.metric_store,
+            context=settings.kube_context,
+            namespace=settings.kube_namespace,
+            image=settings.julia_image,
+            git_image=settings.git_image,
+            placement=settings.kube_placement,
+            qps=settings.kube_qps,
+            burst=settings.kube_burst,
+            kill_grace=settings.kill_grace,
+        )
+
+    def make_api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` of its own for this cluster's kubeconfig."""
+        if self.kubeconfig is not None:
+            return api_client(config_dict=self.kubeconfig.get_secret_value(), context=self.context)
+        return api_client(kubeconfig=self.kubeconfig_path, context=self.context)
+
+    def build_backend(self, settings: Settings, cluster: str) -> Backend:
         return KubernetesBackend(
-            api_client(config_dict=self.kubeconfig.get_secret_value(), context=self.context),
+            self.make_api_client(),
             self.namespace,
             self.node_types,
-            cluster=getattr(self, "_block_document_name", None) or "kubernetes",
+            cluster=cluster,
             image=self.image or settings.julia_image,
             git_image=self.git_image or settings.git_image,
+            gate_pods=self.placement == "juliarun",
             home=settings.home,
             qps=self.qps,
             burst=self.burst,

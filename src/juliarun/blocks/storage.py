@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect.blocks.core import Block
 from pydantic import Field
 
 from juliarun.blocks.cluster import DOCS, LOGO
+from juliarun.errors import StorageNotFoundError
 from juliarun.specs import AccessMode, StorageKind, StorageSpec, VolumeMode
+from juliarun.storage import StorageCatalog
 
 
 class Storage(Block):
@@ -50,3 +54,17 @@ class Storage(Block):
     @classmethod
     def from_spec(cls, spec: StorageSpec) -> Storage:
         return cls(**spec.model_dump(exclude={"name"}))
+
+
+def resolve_storage(catalog: StorageCatalog, name: str) -> StorageSpec:
+    """The storage called ``name``: from the cluster's catalog, else a saved ``Storage`` block
+    of that name (then recorded in the catalog, so storage defined once in the Prefect UI is
+    usable by name). Raises :class:`StorageNotFoundError` naming what is defined."""
+    try:
+        return catalog.get(name)
+    except StorageNotFoundError:
+        try:
+            block = cast(Storage, Storage.load(name))
+        except ValueError:
+            raise StorageNotFoundError(name, [s.name for s in catalog.all()]) from None
+        return catalog.define(block.spec(name))

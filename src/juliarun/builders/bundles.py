@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,10 +41,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from juliarun.backends.base import Backend, wait_for_job
+from juliarun.backends.base import Backend, JobStatus
 from juliarun.backends.bundles import CURRENT, bundle_dir, bundle_info, current_address
-from juliarun.errors import BackendError, BuildError, JobNotFoundError, SpecError
-from juliarun.logs import LogQuery, open_log_store
+from juliarun.backends.follow import follow_job
+from juliarun.errors import BuildError, JobNotFoundError, SpecError
+from juliarun.logs import LogLine, LogStore
 from juliarun.specs import Batch, BundlePackage, BundleSpec, StorageSpec
 
 LineCallback = Callable[[str], None]
@@ -365,20 +365,48 @@ def _job_name(spec: BundleSpec, address: str) -> str:
     return f"bundle-{address[:10]}-{spec.name}"[:63].rstrip("-")
 
 
-BUILDER_KINDS = ("local", "docker", "kubernetes")
-
-
 def builder_image(spec: BundleSpec, backend: Backend) -> str | None:
-    """The image the builder (and the bundle's jobs) run in; ``None`` on local."""
-    if backend.kind == "local":
+    """The image the builder (and the bundle's jobs) run in; ``None`` where jobs are
+    processes (local)."""
+    if backend.image is None:
         return None
-    return spec.julia_image or getattr(backend, "image", None)
+    return spec.julia_image or backend.image
+
+
+def bundle_cache_key(spec: BundleSpec, backend: Backend) -> str:
+    """The content hash of ``spec`` on ``backend`` (checks every [deps] entry in the Manifest
+    and that paths exist; builds nothing). It names the cluster's home too: an address built
+    for another home is not this one's."""
+    resolved = resolve_bundle(spec, platform=backend.kind, julia_image=builder_image(spec, backend))
+    return hashlib.sha256(f"{backend.home}\0{resolved.digest}".encode()).hexdigest()
+
+
+def use_built(backend: Backend, name: str, address: str) -> bool:
+    """Point ``current`` at ``address`` again (a cached build skipped the builder); ``False``
+    when the address is gone (pruned)."""
+    if not (bundle_dir(backend.home, name) / address / "bundle.json").is_file():
+        return False
+    set_current(backend.home, name, address)
+    return True
+
+
+def check_bake_bundle(bundle: BundleSpec | None, image: object | None, bake: bool) -> None:
+    """Baking a bundle into the job's image needs both: :class:`SpecError` on ``bake_bundle``
+    otherwise, before anything is built."""
+    if bake and (bundle is None or image is None):
+        missing = "bundle" if bundle is None else "image"
+        raise SpecError(
+            "run_pipeline",
+            [("bake_bundle", f"needs a {missing} (the bundle is baked into the image)")],
+            hint="give both bundle= and image=, or leave bake_bundle off",
+        )
 
 
 def build_bundle(
     spec: BundleSpec,
     backend: Backend,
     *,
+    logs: LogStore,
     on_line: LineCallback | None = None,
     timeout: float | None = 1800,
     poll_interval: float = 0.5,
@@ -387,15 +415,12 @@ def build_bundle(
     builder job on ``backend`` (local, Docker or Kubernetes); ``current`` then points at the
     address.
 
+    The builder's lines are followed as any job's (shipped into ``logs`` where a collector
+    ships them) and handed to ``on_line``.
+
     Raises :class:`SpecError` before anything is written and :class:`BuildError` naming the
     builder step that failed (with its output)."""
-    home: Path | None = getattr(backend, "home", None)
-    if backend.kind not in BUILDER_KINDS or home is None:
-        raise BackendError(
-            f"package bundles are built on local, docker or kubernetes clusters, not "
-            f"{backend.kind}",
-            hint="build the bundle with cluster='local', 'docker' or 'kubernetes'",
-        )
+    home = backend.home
     image = builder_image(spec, backend)
     resolved = resolve_bundle(spec, platform=backend.kind, julia_image=image)
     address = bundle_dir(home, spec.name) / resolved.address
@@ -408,7 +433,7 @@ def build_bundle(
             spec.name, resolved.address, address, info["root"], False, info["compiled"]
         )
     storage_name = f"{PREFIX}{resolved.address}"
-    root = str(address) if backend.kind == "local" else f"/mnt/{storage_name}"
+    root = backend.job_path(storage_name, address)
     _write_env(resolved, address)
     job = Batch(
         _job_name(spec, resolved.address),
@@ -421,7 +446,13 @@ def build_bundle(
     storage = {storage_name: StorageSpec(name=storage_name, kind="host", path=str(address))}
     try:
         status, lines = _run(
-            backend, job, storage, on_line=on_line, timeout=timeout, poll_interval=poll_interval
+            backend,
+            job,
+            storage,
+            logs,
+            on_line=on_line,
+            timeout=timeout,
+            poll_interval=poll_interval,
         )
     except BaseException:
         shutil.rmtree(address, ignore_errors=True)
@@ -469,50 +500,27 @@ def _run(
     backend: Backend,
     job: Batch,
     storage: Mapping[str, StorageSpec],
+    logs: LogStore,
     *,
     on_line: LineCallback | None,
     timeout: float | None,
     poll_interval: float,
-) -> tuple[Any, list[str]]:
+) -> tuple[JobStatus, list[str]]:
     with contextlib.suppress(JobNotFoundError):  # a builder left by an interrupted build
         backend.delete(job.name, force=True)
     backend.submit(job, storage)
     lines: list[str] = []
-    log_config = getattr(backend, "log_store", None)
+
+    def keep(line: LogLine) -> None:
+        lines.append(line.message)
+        if on_line is not None:
+            on_line(line.message)
+
     try:
-        if isinstance(log_config, dict):
-            store = open_log_store(log_config)
-            try:
-                since = backend.status(job.name).created_at
-                done = False
-
-                def stop() -> bool:
-                    nonlocal done
-                    done = done or backend.status(job.name).done
-                    return done
-
-                query = LogQuery(job=job.name, cluster=backend.cluster, since=since)
-                deadline = None if timeout is None else time.monotonic() + timeout
-                for line in store.follow(query, stop=stop, poll_interval=poll_interval):
-                    lines.append(line.message)
-                    if on_line is not None:
-                        on_line(line.message)
-                    if deadline is not None and time.monotonic() > deadline:
-                        break
-            finally:
-                store.close()
-        elif callable(getattr(backend, "logs", None)):  # Kubernetes: the pod's log
-            deadline = None if timeout is None else time.monotonic() + timeout
-            logs: Any = getattr(backend, "logs")  # noqa: B009 - LogSource, not on Backend
-            for line in logs(
-                job.name,
-                follow=True,
-                stop=lambda: deadline is not None and time.monotonic() > deadline,
-            ):
-                lines.append(line.message)
-                if on_line is not None:
-                    on_line(line.message)
-        status = wait_for_job(backend, job.name, timeout=timeout, poll_interval=poll_interval)
+        followed = follow_job(
+            backend, job.name, logs, on_line=keep, timeout=timeout, poll_interval=poll_interval
+        )
+        status = followed.raise_if_running()
     finally:
         with contextlib.suppress(JobNotFoundError):
             backend.delete(job.name, force=True)

@@ -30,7 +30,7 @@ import docker
 import docker.errors
 import requests
 
-from juliarun.backends.docker.engine import MANAGED_BY, RegistryAuth
+from juliarun.backends.docker.engine import MANAGED_BY, RegistryAuth, image_registry
 from juliarun.errors import BackendError, BuildError, SpecError
 from juliarun.specs import ImageSpec
 
@@ -212,12 +212,15 @@ def _stream(
     what: str,
     on_line: LineCallback | None,
     created: list[str] | None = None,
+    *,
+    step: str = "(before the first step)",
+    hint: str | None = None,
 ) -> deque[str]:
     """Pass each line of a build's output on; raise :class:`BuildError` naming the step that
-    was running when the engine reports an error. Ids of the layers this build made (not
-    taken from the cache, not the base) are appended to ``created``."""
+    was running when the engine reports an error (``step`` until a ``Step`` line, with
+    ``hint``). Ids of the layers this build made (not taken from the cache, not the base) are
+    appended to ``created``."""
     tail: deque[str] = deque(maxlen=TAIL)
-    step = "(before the first step)"
     previous = ""
     for chunk in chunks:
         if "error" in chunk:
@@ -225,7 +228,7 @@ def _stream(
             tail.append(message.rstrip())
             if on_line is not None:
                 on_line(message.rstrip())
-            raise BuildError(what, step, list(tail))
+            raise BuildError(what, step, list(tail), hint=hint)
         text = chunk.get("stream") or chunk.get("status") or ""
         for raw in str(text).splitlines():
             line = raw.rstrip()
@@ -308,7 +311,11 @@ def build_image(
             decode=True,
             auth_config=auth_config,
         )
-        _stream(chunks, f"push of {plan.tag}", on_line)
+        refused = (
+            f"if the registry {image_registry(plan.tag)} refused the login (unauthorized), "
+            "check the registry credentials; else check that it is up, and push again"
+        )
+        _stream(chunks, f"push of {plan.tag}", on_line, step="push", hint=refused)
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-        raise BuildError(f"push of {plan.tag}", "push", [str(exc)]) from exc
+        raise BuildError(f"push of {plan.tag}", "push", [str(exc)], hint=refused) from exc
     return BuiltImage(plan.tag, plan.digest, built=True, pushed=True)

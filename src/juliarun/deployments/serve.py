@@ -21,7 +21,35 @@ PRUNE_STORAGE = "prune-storage"
 PRUNE_EVERY = timedelta(hours=24)
 RUN_PIPELINE = "run-pipeline"
 EVALUATE_ALERTS = "evaluate-alerts"
+PROCESS_AUTOSCALER = "process-autoscaler"
+CLUSTER_AUTOSCALER = "cluster-autoscaler"
 ALERTS_EVERY = timedelta(minutes=1)
+
+
+def example_job() -> dict[str, Any]:
+    """The job a person finds in the run-job and run-pipeline forms: one that runs as it is on
+    every cluster (julia is on the host for local, in the default image for Docker and
+    Kubernetes), to edit into their own.
+
+    >>> example_job()["kind"], example_job()["name"]
+    ('Batch', 'hello-juliarun')
+    >>> from juliarun.specs import validate_spec
+    >>> validate_spec(example_job())
+    Batch('hello-juliarun')
+    """
+    from juliarun.specs import Batch
+
+    job = Batch("hello-juliarun", command=["julia", "-e", 'println("hello from juliarun")'])
+    # the fields a person sets; the form shows the defaults of the rest
+    return {"kind": job.kind, **job.model_dump(mode="json", exclude_defaults=True)}
+
+
+def example_pool() -> dict[str, Any]:
+    """The pool the cluster-autoscaler form opens with: simulated 4-cpu highcpu nodes."""
+    from juliarun.specs import NodePool
+
+    pool = NodePool(name="highcpu", node_type="highcpu", cpu="4", memory="16Gi", max=10)
+    return pool.model_dump(mode="json", exclude_defaults=True)
 
 
 def alert_parameters(cluster: str) -> dict[str, Any]:
@@ -45,11 +73,22 @@ def alert_parameters(cluster: str) -> dict[str, Any]:
 
 
 def deployments(cluster: str = "local") -> list[Any]:
-    """``run-job`` and ``run-pipeline`` (triggered from the UI or Python), ``cluster-report``
+    """``run-job``, ``run-pipeline``, ``process-autoscaler`` and ``cluster-autoscaler``
+    (triggered from the UI or Python), ``cluster-report``
     (every 15 minutes), ``prune-bundles`` and ``prune-storage`` (daily) and ``evaluate-alerts``
     (every minute when JULIARUN_ALERT_RULES names rules; without rules it is only triggered by
     hand)."""
-    from juliarun.flows import cluster_report, prune_bundles, prune_storage, run_job, run_pipeline
+    from prefect.types.entrypoint import EntrypointType
+
+    from juliarun.flows import (
+        cluster_autoscaler,
+        cluster_report,
+        process_autoscaler,
+        prune_bundles,
+        prune_storage,
+        run_job,
+        run_pipeline,
+    )
     from juliarun.flows.alerts import evaluate_alerts
 
     alerts = alert_parameters(cluster)
@@ -80,14 +119,36 @@ def deployments(cluster: str = "local") -> list[Any]:
             "Specs to a running job: storage, bundle and image (cached), then the job.",
             None,
         ),
+        (
+            process_autoscaler,
+            PROCESS_AUTOSCALER,
+            "Scale a job's workers on the backlog of its work queue, for a while.",
+            None,
+        ),
+        (
+            cluster_autoscaler,
+            CLUSTER_AUTOSCALER,
+            "Keep node pools sized to what jobs reserve, with headroom, for a while.",
+            None,
+        ),
     ]
+    # Default parameters: the cluster served, and for the flows that take a job a working
+    # example, so the UI's form opens filled in rather than empty.
+    examples: dict[str, dict[str, Any]] = {
+        RUN_JOB: {"job": example_job()},
+        RUN_PIPELINE: {"job": example_job()},
+        CLUSTER_AUTOSCALER: {"pools": [example_pool()]},
+    }
+    # The entrypoint is the flow's module path, not a file path relative to the directory serve
+    # was started in: every process that runs the deployment imports juliarun as installed.
     served = [
         flow.to_deployment(
             name=name,
             description=description,
-            parameters={"cluster": cluster},
+            parameters={"cluster": cluster, **examples.get(name, {})},
             interval=every,
             tags=["juliarun"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for flow, name, description, every in on_cluster
     ]
@@ -98,6 +159,7 @@ def deployments(cluster: str = "local") -> list[Any]:
             parameters=alerts,
             interval=ALERTS_EVERY if alerts["rules"] else None,
             tags=["juliarun"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
     )
     return served

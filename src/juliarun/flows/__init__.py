@@ -1,5 +1,6 @@
 """Prefect flows: the pipelines juliarun runs orchestrated."""
 
+from juliarun.flows.autoscale import cluster_autoscaler, process_autoscaler
 from juliarun.flows.builds import (
     build_image,
     build_package_bundle,
@@ -15,9 +16,11 @@ from juliarun.flows.tenants import ensure_tenant_flow
 __all__ = [
     "build_image",
     "build_package_bundle",
+    "cluster_autoscaler",
     "cluster_report",
     "ensure_tenant_flow",
     "prewarm_image",
+    "process_autoscaler",
     "prune_bundles",
     "prune_storage",
     "run_job",

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from juliarun.errors import SpecError
+from juliarun.builders.bundles import check_bake_bundle
 from juliarun.flows.run_job import run_job
 from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec
 from juliarun.tasks.builds import (
@@ -22,25 +22,37 @@ from juliarun.tasks.builds import (
 from juliarun.tasks.storage import prune_storage_task
 
 
+def image_steps(spec: ImageSpec, registry: str, credentials_block: str | None = None) -> str:
+    """The image's tasks in the calling flow: its content hash, then the build (a cached task
+    run when unchanged). Returns the tag."""
+    digest = image_digest(spec, registry, credentials_block)
+    return build_image_task(spec, registry, digest, credentials_block)
+
+
+def bundle_steps(spec: BundleSpec, cluster: str) -> dict[str, Any]:
+    """The bundle's tasks in the calling flow: its content hash, the build (a cached task run
+    when unchanged), and ``current`` pointed at it (built again when pruned since)."""
+    digest = bundle_digest(spec, cluster)
+    built = build_bundle_task(spec, cluster, digest)
+    if not use_bundle(cluster, spec.name, built["address"]):  # cached, but pruned since
+        built = build_bundle_task.with_options(refresh_cache=True)(spec, cluster, digest)
+    return built
+
+
 @flow(name="build-image", flow_run_name="{spec.name}")
 def build_image(
     spec: ImageSpec, registry: str = "localhost:5000", credentials_block: str | None = None
 ) -> str:
     """Build ``spec`` as ``<registry>/<name>:<hash12>`` and push it; an unchanged spec is a
     cached task run (nothing built). Returns the tag."""
-    digest = image_digest(spec, registry, credentials_block)
-    return build_image_task(spec, registry, digest, credentials_block)
+    return image_steps(spec, registry, credentials_block)
 
 
 @flow(name="build-package-bundle", flow_run_name="{spec.name}")
 def build_package_bundle(spec: BundleSpec, cluster: str = "local") -> dict[str, Any]:
     """Precompile ``spec`` with a builder job on ``cluster``; an unchanged spec is cached.
     Returns the address (its path, the root jobs see, the compiled packages)."""
-    digest = bundle_digest(spec, cluster)
-    built = build_bundle_task(spec, cluster, digest)
-    if not use_bundle(cluster, spec.name, built["address"]):  # cached, but pruned since
-        built = build_bundle_task.with_options(refresh_cache=True)(spec, cluster, digest)
-    return built
+    return bundle_steps(spec, cluster)
 
 
 @flow(name="prune-bundles")
@@ -69,28 +81,24 @@ def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
     bake_bundle: bool = False,
 ) -> dict[str, Any]:
     """Specs to a finished job: the bundle (cached), the image (cached; the job runs in it),
-    then ``run_job`` with the storage, streaming the job's lines into this run's logs.
+    then ``run_job`` with the storage, streaming the job's lines into this run's logs. The
+    build steps are tasks of this run (not subflows), so a re-run with nothing changed costs
+    a few cached task runs.
 
     The job mounts the bundle read-only (``pkg_bundle``), or with ``bake_bundle`` runs in the
     image with the bundle copied in (the image's ``JULIA_DEPOT_PATH`` / ``JULIA_PROJECT`` point
     at it): what a cluster of several nodes needs, where a bundle built on one machine is not
     on the others."""
-    if bake_bundle and (bundle is None or image is None):
-        missing = "bundle" if bundle is None else "image"
-        raise SpecError(
-            "run_pipeline",
-            [("bake_bundle", f"needs a {missing} (the bundle is baked into the image)")],
-            hint="give both bundle= and image=, or leave bake_bundle off",
-        )
+    check_bake_bundle(bundle, image, bake_bundle)
     updates: dict[str, Any] = {}
     if bundle is not None:
-        built = build_package_bundle(bundle, cluster)
+        built = bundle_steps(bundle, cluster)
         if bake_bundle and image is not None:
             image = image.model_copy(update={"bundle": built["path"]})
         else:
             updates["pkg_bundle"] = built["name"]
     if image is not None:
-        updates["image"] = build_image(image, registry, credentials_block)
+        updates["image"] = image_steps(image, registry, credentials_block)
     job = job.model_copy(update=updates) if updates else job
     return run_job(job, cluster=cluster, storage=storage, timeout=timeout)
 

@@ -10,10 +10,9 @@ from prefect.client.schemas.objects import FlowRun, State
 from juliarun.errors import JobFailedError, JobNotFoundError
 from juliarun.specs import AnyJob, StorageSpec
 from juliarun.tasks import (
-    define_storage,
     delete_job,
     job_summary,
-    provision_storage,
+    prepare_storage,
     submit_job,
     watch_job,
 )
@@ -46,12 +45,10 @@ def run_job(
     """Run one job to the end on ``cluster``: define and provision its storage, submit it,
     stream its lines into this run's logs, publish a table of its workers, and fail when the
     job fails (with its reason)."""
-    for spec in storage or []:
-        define_storage(cluster, spec)
-    for name in job.storage:
-        provision_storage(cluster, name)
-    submit_job(cluster, job)
-    status = watch_job(cluster, job.name, timeout)
+    if storage or job.storage:
+        prepare_storage(cluster, job.storage, storage or [])
+    submitted = submit_job(cluster, job)
+    status = watch_job(cluster, job.name, timeout, tenant=job.tenant, submitted=submitted)
     rows = job_summary(status)
     if delete_after:
         delete_job(cluster, job.name)

@@ -17,8 +17,9 @@ shipping and forgetting a spooled line) meets ``409`` for those lines, which cou
 Per-item results are inspected: ``429`` and ``5xx`` items are retried (with backoff, through the
 injected ``sleep``), as are whole requests refused with those statuses or a connection error; a
 request that times out goes straight to the spool (the drainer retries it later, without blocking
-the writer again); any other item error (a mapping error) is printed on stderr with the line,
-counted in :attr:`rejected`, and not retried.
+the writer again); any other item error (a mapping error) is logged (the ``juliarun.logs.
+elasticsearch`` logger) with the line, counted in :attr:`rejected`, kept under the spool's
+``rejected/`` and not retried.
 
 **Reads are whole or fail.** Searches ask for no partial results and a count that some shards
 did not answer is not taken: a shard that is not started yet (the daily index the first lines of
@@ -27,25 +28,27 @@ reads retry, like ``429``, for up to ``read_retry`` seconds before failing with
 :class:`~juliarun.errors.StoreError`. An index of the pattern lacking the sort fields (not made
 from the template) sorts as empty rather than failing the search.
 
-**Write-through, then the spool.** ``write`` ships its lines (in bulks of ``bulk_size``) before it
-returns, so a line ``write`` accepted is in Elasticsearch or in the spool on disk, never only in
-memory: the local supervisor publishes a job as finished right after its last ``write``, and a
-``wait`` followed by ``tail`` must see every line. Memory is bounded by ``bulk_size`` (an iterable
-is consumed a bulk at a time; callers batch, as the supervisor does, up to 1000 lines). When
-retries are exhausted, the unsent lines are appended to this writer's spool, an SQLite file
-``<spool>/<writer>.db`` (WAL, ``synchronous=FULL``: every appended batch is fsync'd); from then on
-lines go to the spool too, so the writer's lines reach Elasticsearch in order, and a background
-thread drains the spool, oldest first, as soon as Elasticsearch answers (retrying every
-``retry_interval`` seconds). ``close`` drains for at most ``close_timeout`` seconds and leaves the
-rest in the spool.
+**Write-through, then the spool.** Shipping, retries and the spool are
+:class:`juliarun.outbox.Outbox`'s (its ``send``), as for the InfluxDB metric store. ``write``
+ships its lines (in bulks of ``bulk_size``) before it returns, so a line ``write`` accepted is in
+Elasticsearch or in the spool on disk, never only in memory: the local supervisor publishes a job
+as finished right after its last ``write``, and a ``wait`` followed by ``tail`` must see every
+line. Memory is bounded by ``bulk_size`` (an iterable is consumed a bulk at a time; callers
+batch, as the supervisor does, up to 1000 lines). When retries are exhausted, the unsent lines
+are appended to this writer's spool, a directory ``<spool>/<host>-<pid>-<random>/`` of
+``.ndjson`` files (one per bulk, fsync'd, renamed into place); from then on lines go to the spool
+too, so the writer's lines reach Elasticsearch in order, and a background thread drains the
+spool, oldest first, as soon as Elasticsearch answers (retrying every ``retry_interval``
+seconds). ``close`` drains for at most ``close_timeout`` seconds and leaves the rest in the
+spool.
 
-**Dead writers' spools.** A writer holds an exclusive ``flock`` on ``<spool>/<writer>.lock`` for
-its lifetime (the kernel drops it when the process dies). The background thread of *every* store
-instance, on start and every ``adopt_interval`` seconds, tries that lock on the other spool files
-of its directory; one it obtains belongs to a closed or dead writer, and it drains it (the ids in
-the spool keep this idempotent) and removes it. So a supervisor that exited during an outage is
-drained by the next juliarun process that opens the store: the next job's supervisor, ``juliarun
-tail``/``search``, a flow.
+**Dead writers' spools.** A writer holds an exclusive ``flock`` on its spool directory's
+``lock`` file for its lifetime (the kernel drops it when the process dies). The background thread
+of *every* store instance, on start and every ``adopt_interval`` seconds, tries that lock on the
+other spool directories; one it obtains belongs to a closed or dead writer, and it drains it (the
+ids in the spool keep this idempotent) and removes it. So a supervisor that exited during an
+outage is drained by the next juliarun process that opens the store: the next job's supervisor,
+``juliarun tail``/``search``, a flow.
 
 **Auth.** ``username`` + ``password`` (basic auth) or ``api_key``; none by default.
 
@@ -77,14 +80,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
-import os
+import logging
 import re
 import secrets
-import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -98,17 +98,25 @@ from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, TransportE
 from juliarun._store import ClosingContext
 from juliarun.errors import StoreError
 from juliarun.logs.base import LogLine, LogQuery, Stream
+from juliarun.outbox import (
+    DELIVERED,
+    Delivered,
+    DeliveryError,
+    Outbox,
+    failure_logger,
+    retry_call,
+)
 
 _T = TypeVar("_T")
 
 __all__ = ["ElasticsearchLogStore", "index_template"]
 
+log = logging.getLogger(__name__)
+
 TEMPLATE_VERSION = 1
 PAGE = 5000
 MESSAGE_KEYWORD_MAX = 2048
 
-# (index, document id, job, document JSON)
-_Item = tuple[str, str, str, str]
 # index -> (index uuid, local checkpoint of its primary shard)
 _Marks = dict[str, tuple[str, int]]
 # index -> (after, upto]: the _seq_no range to read
@@ -178,64 +186,6 @@ def index_template(prefix: str) -> dict[str, Any]:
     }
 
 
-class _Spool:
-    """One writer's backlog: an SQLite file of ``(n, index, id, job, doc)`` rows, oldest first."""
-
-    def __init__(self, path: Path, *, create: bool) -> None:
-        self.path = path
-        mode = "rwc" if create else "rw"
-        self.conn = sqlite3.connect(
-            f"file:{path}?mode={mode}",
-            uri=True,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=30,
-        )
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS spool (n INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " idx TEXT NOT NULL, id TEXT NOT NULL, job TEXT NOT NULL, doc TEXT NOT NULL)"
-        )
-
-    def append(self, items: list[_Item]) -> None:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany(
-                "INSERT INTO spool (idx, id, job, doc) VALUES (?, ?, ?, ?)", items
-            )
-
-    def head(self, n: int) -> tuple[int, list[_Item]]:
-        """The oldest ``n`` items and the row number of the last one (0 when empty)."""
-        rows = self.conn.execute(
-            "SELECT n, idx, id, job, doc FROM spool ORDER BY n LIMIT ?", (n,)
-        ).fetchall()
-        last = rows[-1][0] if rows else 0
-        return last, [(r[1], r[2], r[3], r[4]) for r in rows]
-
-    def forget(self, upto: int) -> None:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("DELETE FROM spool WHERE n <= ?", (upto,))
-
-    def drop_job(self, job: str) -> int:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            return self.conn.execute("DELETE FROM spool WHERE job = ?", (job,)).rowcount
-
-    def size(self) -> int:
-        (n,) = self.conn.execute("SELECT count(*) FROM spool").fetchone()
-        return int(n)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def remove(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.path}{suffix}")
-
-
 class ElasticsearchLogStore(ClosingContext):
     """A :class:`~juliarun.logs.base.LogStore` in Elasticsearch (see the module docstring).
 
@@ -282,18 +232,10 @@ class ElasticsearchLogStore(ClosingContext):
         self.pattern = f"{index_prefix}-*"
         self.spool_dir = Path(spool)
         self.bulk_size = bulk_size
-        self.max_retries = max_retries
-        self.retry_interval = retry_interval
-        self.close_timeout = close_timeout
-        self.adopt_interval = adopt_interval
         self.read_retry = read_retry
         self.clock = clock
         self.sleep = sleep
         self.writer = secrets.token_hex(6)
-        self.rejected = 0
-        """Lines Elasticsearch refused for good (each printed on stderr)."""
-        self.spooled = 0
-        """Lines this instance appended to its spool."""
         self._es = Elasticsearch(
             url,
             request_timeout=request_timeout,
@@ -305,18 +247,34 @@ class ElasticsearchLogStore(ClosingContext):
         self._seq = 0
         self._template_ready = False
         self._write_lock = threading.Lock()  # one write() at a time: a writer's order
-        self._spool_lock = threading.Lock()  # the spool connection and the backlog count
-        self._spool: _Spool | None = None
-        self._lock_fd: int | None = None
-        self._backlog = 0
-        self._down_until = 0.0
         self._closed = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(
-            target=self._background, name=f"es-log-spool-{self.writer}", daemon=True
+        self._outbox = Outbox(
+            self.spool_dir,
+            self._deliver,
+            suffix=".ndjson",
+            batch_size=bulk_size,
+            max_buffer=bulk_size,  # write-through: nothing is buffered
+            max_retries=max_retries,
+            retry_delays=(0.1, 2.0),
+            probe_delays=(retry_interval, retry_interval),
+            close_timeout=close_timeout,
+            adopt_interval=adopt_interval,
+            on_failure=failure_logger(log, "Elasticsearch", "log lines"),
+            clock=clock,
+            sleep=sleep,
+            name="log",
         )
-        self._thread.start()
+
+    @property
+    def rejected(self) -> int:
+        """Lines Elasticsearch refused for good (each logged, and kept under the spool's
+        ``rejected/``)."""
+        return self._outbox.stats.rejected
+
+    @property
+    def spooled(self) -> int:
+        """Lines this instance appended to its spool."""
+        return self._outbox.stats.spooled
 
     # -- naming and documents ---------------------------------------------------------------
 
@@ -334,7 +292,8 @@ class ElasticsearchLogStore(ClosingContext):
         """The index template body (``put_index_template`` keywords)."""
         return index_template(self.prefix)
 
-    def _item(self, line: LogLine) -> _Item:
+    def _item(self, line: LogLine) -> str:
+        """The outbox record of ``line``: ``<index> <document id> <document JSON>``."""
         seq = self._seq
         self._seq += 1
         doc = {
@@ -348,12 +307,8 @@ class ElasticsearchLogStore(ClosingContext):
             "writer": self.writer,
             "seq": seq,
         }
-        return (
-            self.index_for(line.timestamp, self.prefix),
-            f"{self.writer}.{seq}",
-            line.job,
-            json.dumps(doc, ensure_ascii=False),
-        )
+        index = self.index_for(line.timestamp, self.prefix)
+        return f"{index} {self.writer}.{seq} {json.dumps(doc, ensure_ascii=False)}"
 
     @staticmethod
     def _line(source: Mapping[str, Any]) -> LogLine:
@@ -378,95 +333,49 @@ class ElasticsearchLogStore(ClosingContext):
             if _retriable(exc.meta.status):
                 raise
             # Not allowed or not accepted: ship anyway (indices then get dynamic mappings).
-            print(f"juliarun: cannot put index template {self.prefix}: {exc}", file=sys.stderr)
+            log.warning("cannot put index template %s: %s", self.prefix, exc)
         self._template_ready = True
 
-    def _reject(self, item: _Item, error: Any) -> None:
-        self.rejected += 1
-        print(
-            f"juliarun: Elasticsearch refused a log line for {item[0]} ({error}): {item[3]}",
-            file=sys.stderr,
-        )
-
-    def _send(
-        self, items: list[_Item], *, retries: int, timeout: float | None = None
-    ) -> tuple[list[_Item], int]:
-        """Bulk-create ``items``; returns those still unsent after ``retries`` retries of
-        retriable failures (the others are stored, already stored, or rejected for good) and
-        how many were rejected. A request that times out is not retried here: the server is
-        struggling, so the lines go to the spool and the drainer tries again later."""
+    def _deliver(self, records: list[str], timeout: float | None) -> Delivered:
+        """Bulk-create one batch of records (``<index> <id> <document>``): the outbox's
+        ``deliver``. Lines already stored (``409``) count as stored; ``429``/``5xx`` items come
+        back to be sent again; other refused items are logged. A request that times out is not
+        retried in place: the server is struggling, so the lines go to the spool."""
         es = self._es if timeout is None else self._es.options(request_timeout=max(timeout, 0.1))
-        pending = items
-        rejected = 0
-        for attempt in range(retries + 1):
-            if attempt:
-                self.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
-            body: list[str] = []
-            for index, doc_id, _job, doc in pending:
-                body.append(json.dumps({"create": {"_index": index, "_id": doc_id}}))
-                body.append(doc)
-            try:
-                self._ensure_template()
-                response = es.bulk(operations=cast(Any, body))  # NDJSON lines
-            except ApiError as exc:
-                if _retriable(exc.meta.status):
-                    continue
-                for item in pending:
-                    self._reject(item, f"HTTP {exc.meta.status}: {exc.message}")
-                return [], rejected + len(pending)
-            except ConnectionTimeout:
-                return pending, rejected
-            except TransportError:  # connection refused or reset
-                continue
-            retry: list[_Item] = []
-            for item, result in zip(pending, response["items"], strict=True):
-                outcome = result["create"]
-                status = int(outcome["status"])
-                if status < 300 or status == 409:  # 409: stored by an earlier attempt
-                    continue
-                if _retriable(status):
-                    retry.append(item)
-                else:
-                    error = outcome.get("error", {})
-                    self._reject(item, f"{status} {error.get('type')}: {error.get('reason')}")
-                    rejected += 1
-            pending = retry
-            if not pending:
-                return [], rejected
-        return pending, rejected
-
-    def _open_spool(self) -> _Spool:
-        if self._spool is None:
-            try:
-                self.spool_dir.mkdir(parents=True, exist_ok=True)
-                # Locked before it appears under its name, so no adopter takes it for a
-                # dead writer's.
-                lock = self.spool_dir / f"{self.writer}.lock"
-                fresh = lock.with_suffix(".lock-new")
-                fd = os.open(fresh, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fresh.rename(lock)
-                self._lock_fd = fd
-                self._spool = _Spool(self.spool_dir / f"{self.writer}.db", create=True)
-            except (OSError, sqlite3.Error) as exc:
-                raise StoreError(
-                    f"cannot open the log spool in {self.spool_dir}: {exc}",
-                    hint="check that the spool directory is writable",
-                ) from exc
-        return self._spool
-
-    def _to_spool(self, items: list[_Item]) -> None:
-        """Append ``items`` to the spool (caller holds the spool lock)."""
+        body: list[str] = []
+        for record in records:
+            index, doc_id, doc = record.split(" ", 2)
+            body.append(json.dumps({"create": {"_index": index, "_id": doc_id}}))
+            body.append(doc)
         try:
-            self._open_spool().append(items)
-        except sqlite3.Error as exc:
-            raise StoreError(
-                f"cannot spool {len(items)} log lines to {self.spool_dir}: {exc}",
-                hint="free disk space under the spool directory; Elasticsearch is unreachable",
+            self._ensure_template()
+            response = es.bulk(operations=cast(Any, body))  # NDJSON lines
+        except ApiError as exc:
+            status = exc.meta.status
+            raise DeliveryError(
+                StoreError(f"Elasticsearch at {self.url}: HTTP {status}: {exc.message}"),
+                retriable=_retriable(status),
             ) from exc
-        self._backlog += len(items)
-        self.spooled += len(items)
-        self._wake.set()
+        except ConnectionTimeout as exc:
+            raise DeliveryError(exc, retriable=True, in_place=False) from exc
+        except TransportError as exc:  # connection refused or reset
+            raise DeliveryError(exc, retriable=True) from exc
+        retry: list[str] = []
+        rejected: list[tuple[str, str]] = []
+        for record, result in zip(records, response["items"], strict=True):
+            outcome = result["create"]
+            status = int(outcome["status"])
+            if status < 300 or status == 409:  # 409: stored by an earlier attempt
+                continue
+            if _retriable(status):
+                retry.append(record)
+            else:
+                error = outcome.get("error", {})
+                reason = f"{status} {error.get('type')}: {error.get('reason')}"
+                index, _id, doc = record.split(" ", 2)
+                log.error("Elasticsearch refused a log line for %s (%s): %s", index, reason, doc)
+                rejected.append((record, reason))
+        return Delivered(retry, rejected) if retry or rejected else DELIVERED
 
     def write(self, lines: Iterable[LogLine]) -> int:
         """Ship ``lines`` (spooling what cannot be shipped now); returns how many were accepted
@@ -477,122 +386,20 @@ class ElasticsearchLogStore(ClosingContext):
             if self._closed:
                 raise StoreError("the Elasticsearch log store is closed")
             while chunk := list(islice(it, self.bulk_size)):
-                items = [self._item(line) for line in chunk]
-                with self._spool_lock:
-                    spool_now = self._backlog > 0 or self.clock() < self._down_until
-                    if spool_now:
-                        self._to_spool(items)
-                rejected = 0
-                if not spool_now:
-                    unsent, rejected = self._send(items, retries=self.max_retries)
-                    if unsent:
-                        with self._spool_lock:
-                            self._down_until = self.clock() + self.retry_interval
-                            self._to_spool(unsent)
-                accepted += len(items) - rejected
+                records = [self._item(line) for line in chunk]
+                try:
+                    accepted += len(records) - self._outbox.send(records)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot spool {len(records)} log lines to {self.spool_dir}: {exc}",
+                        hint="free disk space under the spool directory; Elasticsearch is"
+                        " unreachable",
+                    ) from exc
         return accepted
-
-    # -- the spool's drainer ----------------------------------------------------------------
-
-    def _drain_own(self, timeout: float | None = None) -> bool:
-        """Ship one bulk from this writer's spool; False when Elasticsearch did not take it."""
-        with self._spool_lock:
-            if self._spool is None or self._backlog == 0:
-                return True
-            last, items = self._spool.head(self.bulk_size)
-        if not items:
-            with self._spool_lock:
-                self._backlog = 0
-            return True
-        unsent, _ = self._send(items, retries=0, timeout=timeout)
-        with self._spool_lock:
-            if unsent:
-                self._down_until = self.clock() + self.retry_interval
-                return False
-            if self._spool is not None:
-                self._spool.forget(last)
-                self._backlog = self._spool.size()
-        return True
 
     def backlog(self) -> int:
         """Lines of this writer waiting in its spool."""
-        with self._spool_lock:
-            return self._backlog
-
-    def _adopt(self) -> int:
-        """Drain the spools of writers that are gone; returns how many lines were shipped."""
-        shipped = 0
-        try:
-            locks = sorted(self.spool_dir.glob("*.lock"))
-        except OSError:
-            return 0
-        for lock_path in locks:
-            if self._stop.is_set():
-                break
-            if lock_path.stem == self.writer:
-                continue
-            shipped += self._adopt_one(lock_path)
-        return shipped
-
-    def _adopt_one(self, lock_path: Path) -> int:
-        try:
-            fd = os.open(lock_path, os.O_RDWR)
-        except OSError:
-            return 0
-        shipped = 0
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return 0  # its writer is alive
-            try:
-                if os.fstat(fd).st_ino != os.stat(lock_path).st_ino:
-                    return 0  # removed by another adopter meanwhile
-            except FileNotFoundError:
-                return 0
-            db = lock_path.with_suffix(".db")
-            if not db.exists():
-                lock_path.unlink(missing_ok=True)
-                return 0
-            spool = _Spool(db, create=False)
-            try:
-                while not self._stop.is_set():
-                    last, items = spool.head(self.bulk_size)
-                    if not items:
-                        spool.close()
-                        spool.remove()
-                        lock_path.unlink(missing_ok=True)
-                        return shipped
-                    if self._send(items, retries=0)[0]:
-                        return shipped
-                    spool.forget(last)
-                    shipped += len(items)
-            finally:
-                with contextlib.suppress(sqlite3.Error):
-                    spool.close()
-        except sqlite3.Error as exc:
-            print(f"juliarun: cannot drain log spool {lock_path}: {exc}", file=sys.stderr)
-        finally:
-            os.close(fd)
-        return shipped
-
-    def _background(self) -> None:
-        next_adopt = 0.0
-        while not self._stop.is_set():
-            try:
-                busy = False
-                if self.backlog() and self.clock() >= self._down_until:
-                    busy = self._drain_own() and self.backlog() > 0
-                if self.clock() >= next_adopt:
-                    self._adopt()
-                    next_adopt = self.clock() + self.adopt_interval
-            except Exception as exc:  # keep draining; report
-                if not self._stop.is_set():
-                    print(f"juliarun: log spool drainer: {exc!r}", file=sys.stderr)
-                busy = False
-            if not busy:
-                self._wake.wait(self.retry_interval)
-                self._wake.clear()
+        return self._outbox.backlog()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -603,29 +410,35 @@ class ElasticsearchLogStore(ClosingContext):
         """A read request, retried for up to ``read_retry`` seconds while Elasticsearch answers
         429 or 503 — busy, or shards not yet started (a daily index that the first lines just
         created, indices recovering after a restart); other errors fail at once."""
-        deadline = self.clock() + self.read_retry
-        delay = 0.05
-        while True:
-            try:
-                with self._guard(action):
-                    result = call()
-                shards = _get(result, "_shards") or {}
-                if not shards.get("failed"):
-                    return result
+
+        def attempt() -> _T:
+            with self._guard(action):
+                result = call()
+            shards = _get(result, "_shards") or {}
+            if shards.get("failed"):
                 # Some shards answered, some did not: an answer that may miss lines is not one.
-                if self.clock() + delay > deadline:
-                    raise StoreError(
-                        f"Elasticsearch at {self.url}: cannot {action}: {shards['failed']} of "
-                        f"{shards.get('total', '?')} shards failed (503: not started yet?)",
-                        hint="check the log indices' health (GET _cluster/health?level=indices)",
-                    )
-            except StoreError as exc:
-                cause = exc.__cause__
-                transient = isinstance(cause, ApiError) and cause.status_code in {429, 503}
-                if not transient or self.clock() + delay > deadline:
-                    raise
-            self.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                raise StoreError(
+                    f"Elasticsearch at {self.url}: cannot {action}: {shards['failed']} of "
+                    f"{shards.get('total', '?')} shards failed (503: not started yet?)",
+                    hint="check the log indices' health (GET _cluster/health?level=indices)",
+                ) from _PartialResultsError()
+            return result
+
+        def transient(exc: BaseException) -> bool:
+            cause = exc.__cause__
+            return isinstance(exc, StoreError) and (
+                isinstance(cause, _PartialResultsError)
+                or (isinstance(cause, ApiError) and cause.status_code in {429, 503})
+            )
+
+        return retry_call(
+            attempt,
+            retry_on=transient,
+            delays=(0.05, 1.0),
+            seconds=self.read_retry,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def refresh(self) -> None:
         """Make every line stored so far visible to searches."""
@@ -840,10 +653,7 @@ class ElasticsearchLogStore(ClosingContext):
     def delete(self, job: str) -> int:
         """Remove every line of ``job`` (including those in this writer's spool); returns how
         many were removed from Elasticsearch."""
-        with self._spool_lock:
-            if self._spool is not None:
-                self._spool.drop_job(job)
-                self._backlog = self._spool.size()
+        self._outbox.discard(lambda record: _job_of(record) != job)
         self.refresh()
         removed = 0
         batch: list[str] = []
@@ -872,26 +682,16 @@ class ElasticsearchLogStore(ClosingContext):
             if self._closed:
                 return
             self._closed = True
-        self._stop.set()
-        self._wake.set()
-        wait = self.close_timeout if timeout is None else timeout
-        deadline = self.clock() + wait
-        self._thread.join(max(0.0, wait))
-        while self.backlog() and self.clock() < deadline:
-            if not self._drain_own(timeout=deadline - self.clock()):
-                self.sleep(min(self.retry_interval, max(0.0, deadline - self.clock())))
-        with self._spool_lock:
-            if self._spool is not None:
-                empty = self._spool.size() == 0
-                self._spool.close()
-                if empty:
-                    self._spool.remove()
-                    (self.spool_dir / f"{self.writer}.lock").unlink(missing_ok=True)
-                self._spool = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # releases the flock: the spool is anyone's to drain
-                self._lock_fd = None
+        self._outbox.close(timeout)
         self._es.close()
+
+
+def _job_of(record: str) -> str:
+    return str(json.loads(record.split(" ", 2)[2])["job"])
+
+
+class _PartialResultsError(Exception):
+    """A search or count that some shards did not answer."""
 
 
 def _get(response: Any, key: str) -> Any:

@@ -14,16 +14,17 @@ background thread sends the buffer in batches of ``batch_size`` lines, at least 
 the server waits up to ``block_timeout`` seconds for room, then moves the oldest lines to the
 spool itself, so memory stays bounded and nothing is dropped.
 
-**Retries and the spool.** A batch that meets a retriable error (a connection error or timeout,
+**Retries and the spool** are :class:`juliarun.outbox.Outbox`'s (its ``put``), as for the
+Elasticsearch log store. A batch that meets a retriable error (a connection error or timeout,
 401/403/404 -- the database may not exist yet --, 408, 429, any 5xx) is retried ``max_retries``
 times with exponential backoff (honouring ``Retry-After``), then written to the spool: a file per
-batch under ``spool/<writer>/`` (written to a temporary name, fsync'd, renamed), where
-``<writer>`` is this store instance (host, pid, random suffix) and is locked (``flock``) for its
-lifetime. From then on every batch goes to the spool, in order, and the background thread probes
-InfluxDB with the oldest spooled batch (backoff up to ``max_retry_delay``); when InfluxDB answers,
-the spool drains oldest first and normal sending resumes. A batch InfluxDB refuses for good
-(400: unparsable or conflicting types, 413) is kept under ``spool/rejected/`` with the error.
-Every retry, spooled batch and rejection is reported to ``on_error`` (default: the
+batch under ``spool/<writer>/`` (written to a temporary name, fsync'd, renamed), where ``<writer>``
+is this store instance (host, pid, random suffix), made at its first spooled batch and locked
+(``flock``) for its lifetime. From then on every batch goes to the spool, in order, and the
+background thread probes InfluxDB with the oldest spooled batch (backoff up to ``max_retry_delay``);
+when InfluxDB answers, the spool drains oldest first and normal sending resumes. A batch InfluxDB
+refuses for good (400: unparsable or conflicting types, 413) is kept under ``spool/rejected/`` with
+the error. Every retry, spooled batch and rejection is reported to ``on_error`` (default: the
 ``juliarun.metrics.influxdb`` logger) -- nothing is dropped silently.
 
 **Process exit.** :meth:`~InfluxMetricStore.close` waits up to ``close_timeout`` seconds for the
@@ -70,22 +71,15 @@ Without a reachable server every point lands in the spool, and is kept for the n
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import fcntl
 import logging
 import math
-import os
-import socket
 import threading
 import time
-import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from juliarun._store import (
     EPOCH,
@@ -99,6 +93,15 @@ from juliarun._store import (
 )
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Aggregation, MetricQuery, Point, Row
+from juliarun.outbox import (
+    DELIVERED,
+    Delivered,
+    DeliveryError,
+    Failure,
+    Outbox,
+    Stats,
+    failure_logger,
+)
 
 __all__ = ["InfluxMetricStore", "WriteFailure", "WriteStats", "format_line", "format_series"]
 
@@ -108,7 +111,6 @@ _MIN_TIME = "1677-09-21T00:12:43.145224194Z"  # InfluxDB's earliest and latest t
 _MAX_TIME = "2262-04-11T23:47:16.854775806Z"
 _NAME_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
-_REJECTED = "rejected"
 _RETRIABLE_STATUS = frozenset({401, 403, 404, 408, 429})
 _MAX_SERIES_MEMORY = 100_000
 _FLUX_AGG = {"mean": "mean", "max": "max", "min": "min", "sum": "sum", "count": "count"}
@@ -171,174 +173,14 @@ def format_line(point: Point) -> tuple[str, str, int]:
     return format_series(point.name, point.tags), _field(point), to_micros(point.timestamp) * 1000
 
 
-@dataclass(frozen=True, slots=True)
-class WriteFailure:
-    """What ``on_error`` receives: a batch of ``lines`` met ``error``; ``action`` says what
-    happened to it: ``retrying`` (sent again after a backoff), ``spooled`` (on disk at ``path``,
-    sent when InfluxDB answers again) or ``rejected`` (InfluxDB refused it for good; kept at
-    ``path`` with the error next to it)."""
+WriteFailure = Failure
+"""What ``on_error`` receives (:class:`juliarun.outbox.Failure`): a batch of ``lines`` points
+met ``error``, and was ``retrying``, ``spooled`` (at ``path``) or ``rejected`` (kept at
+``path`` with the error next to it)."""
 
-    lines: int
-    error: BaseException
-    action: Literal["retrying", "spooled", "rejected"]
-    path: Path | None = None
-
-
-@dataclass(slots=True)
-class WriteStats:
-    """Counters, in lines (points): accepted by ``write``; sent by the buffer; spooled; sent
-    from the spool (this writer's and adopted ones); rejected by InfluxDB."""
-
-    accepted: int = 0
-    sent: int = 0
-    spooled: int = 0
-    drained: int = 0
-    rejected: int = 0
-
-
-@dataclass(slots=True)
-class _Adopted:
-    directory: Path
-    lock_fd: int
-    files: deque[Path] = field(default_factory=deque)
-
-
-class _SendError(Exception):
-    """A write failed; ``retriable`` says whether sending the same batch again may succeed."""
-
-    def __init__(self, cause: BaseException, retriable: bool, retry_after: float | None) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.retriable = retriable
-        self.retry_after = retry_after
-
-
-class _Spool:
-    """This writer's locked spool directory, the directories it adopted, and the rejected ones."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        root.mkdir(parents=True, exist_ok=True)
-        # Locked under a hidden name, then renamed: no one can adopt it before it is locked.
-        hidden = root / f".new-{self.writer}"
-        hidden.mkdir()
-        self.lock_fd = os.open(hidden / "lock", os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.directory = root / self.writer
-        hidden.rename(self.directory)
-        self.own: list[Path] = []  # sorted by name, i.e. by batch number
-        self.adopted: deque[_Adopted] = deque()
-
-    def put(self, seq: int, data: bytes) -> Path:
-        path = self.directory / f"{seq:016d}.lp"
-        _write_durably(path, data)
-        if path not in self.own:
-            bisect.insort(self.own, path)
-        return path
-
-    def reject(self, seq: int, data: bytes, error: BaseException) -> Path:
-        directory = self.root / _REJECTED
-        directory.mkdir(exist_ok=True)
-        path = directory / f"{self.writer}-{seq:016d}.lp"
-        _write_durably(path, data)
-        _write_durably(path.with_suffix(".error"), f"{error}\n".encode())
-        return path
-
-    def adopt(self) -> None:
-        """Lock every writer directory whose lock is free, and queue its files."""
-        known = {a.directory for a in self.adopted}
-        for directory in sorted(self.root.iterdir()):
-            if (
-                directory.name.startswith(".")
-                or directory.name == _REJECTED
-                or directory == self.directory
-                or directory in known
-                or not directory.is_dir()
-            ):
-                continue
-            try:
-                fd = os.open(directory / "lock", os.O_RDWR)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            if not directory.exists():  # drained and removed by another adopter meanwhile
-                os.close(fd)
-                continue
-            files = sorted(p for p in directory.iterdir() if p.name != "lock")
-            self.adopted.append(_Adopted(directory, fd, deque(files)))
-
-    def head(self) -> tuple[Path, bytes] | None:
-        """The oldest spooled batch: adopted directories first, then this writer's."""
-        while self.adopted:
-            adopted = self.adopted[0]
-            while adopted.files:
-                path = adopted.files[0]
-                try:
-                    data = path.read_bytes()
-                except FileNotFoundError:
-                    adopted.files.popleft()
-                    continue
-                end = data.rfind(b"\n")  # a torn temporary file: its complete lines only
-                if end < 0:
-                    path.unlink(missing_ok=True)
-                    adopted.files.popleft()
-                    continue
-                return path, data[: end + 1]
-            self.adopted.popleft()
-            _remove_dir(adopted.directory)
-            os.close(adopted.lock_fd)
-        if self.own:
-            path = self.own[0]
-            return path, path.read_bytes()
-        return None
-
-    def done(self, path: Path) -> None:
-        """``path`` reached InfluxDB: forget it."""
-        path.unlink(missing_ok=True)
-        if path in self.own:
-            self.own.remove(path)
-        elif self.adopted and self.adopted[0].files and self.adopted[0].files[0] == path:
-            self.adopted[0].files.popleft()
-
-    def pending(self) -> bool:
-        return bool(self.own or self.adopted)
-
-    def release(self) -> None:
-        """Unlock everything; this writer's directory is removed when it holds nothing."""
-        for adopted in self.adopted:
-            os.close(adopted.lock_fd)
-        self.adopted.clear()
-        if not self.own:
-            _remove_dir(self.directory)
-        os.close(self.lock_fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.rename(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _remove_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        for child in directory.iterdir():
-            child.unlink(missing_ok=True)
-        directory.rmdir()
+WriteStats = Stats
+"""The store's counters in points (:class:`juliarun.outbox.Stats`): ``accepted`` by ``write``,
+``sent`` by the buffer, ``spooled``, ``drained`` from a spool, ``rejected`` by InfluxDB."""
 
 
 class InfluxMetricStore(PointRecorder, ClosingContext):
@@ -377,51 +219,44 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
         from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
-        if batch_size < 1 or max_buffer < batch_size:
-            raise StoreError(
-                f"batch_size {batch_size} must be >= 1 and <= max_buffer {max_buffer}",
-                hint="pick e.g. batch_size=5000, max_buffer=100000",
-            )
         self.url = url
         self.org = org
         self.bucket = bucket
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.max_buffer = max_buffer
-        self.block_timeout = block_timeout
-        self.max_retries = max_retries
-        self.retry_interval = retry_interval
-        self.max_retry_delay = max_retry_delay
         self.close_timeout = close_timeout
-        self.adopt_interval = adopt_interval
-        self.on_error = on_error or _log_failure
         self.clock = clock
-        self.sleep = sleep
-        self.monotonic = monotonic
-        self.stats = WriteStats()
-        try:
-            self._spool = _Spool(Path(spool))
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create the metric spool under {str(spool)!r}: {exc}",
-                hint="the spool directory must be writable (JULIARUN_HOME/spool/metrics)",
-            ) from exc
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout * 1000))
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._query_api = self._client.query_api()
-        self._cond = threading.Condition(threading.Lock())
-        self._buffer: deque[str] = deque()
+        self._lock = threading.Lock()  # the series' last timestamps, and the order of writes
         self._series_cache: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-        self._buffer_since: float | None = None
-        self._inflight: tuple[int, bytes] | None = None
-        self._seq = 0
         self._last_seen: dict[str, tuple[int, int]] = {}  # series -> (nanoseconds, bump)
-        self._degraded = False
-        self._flush_requested = 0
-        self._closing = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
-        self._thread.start()
+        try:
+            self._outbox = Outbox(
+                Path(spool),
+                self._deliver,
+                suffix=".lp",
+                batch_size=batch_size,
+                max_age=flush_interval,
+                max_buffer=max_buffer,
+                block_timeout=block_timeout,
+                max_retries=max_retries,
+                retry_delays=(retry_interval, max_retry_delay),
+                probe_delays=(retry_interval, max_retry_delay),
+                close_timeout=close_timeout,
+                adopt_interval=adopt_interval,
+                on_failure=on_error or failure_logger(log, "InfluxDB", "points", _short),
+                clock=monotonic,
+                sleep=sleep,
+                name="metric",
+            )
+        except StoreError:
+            self._client.close()  # type: ignore[no-untyped-call]
+            raise
+
+    @property
+    def stats(self) -> WriteStats:
+        """Counters, in points (see :class:`WriteStats`)."""
+        return self._outbox.stats
 
     # -- writing -------------------------------------------------------------------------
 
@@ -443,7 +278,7 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
             formatted.append((series, _field(p), to_micros(p.timestamp) * 1000))
         if not formatted:
             return 0
-        with self._cond:
+        with self._lock:
             self._check_open()
             last_seen = self._last_seen
             if len(last_seen) > _MAX_SERIES_MEMORY:
@@ -453,170 +288,21 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 seen = last_seen.get(key)
                 bump = min(seen[1] + 1, 999) if seen is not None and seen[0] == nanos else 0
                 last_seen[key] = (nanos, bump)
-                lines.append(f"{key} {value} {nanos + bump}\n")
-            self.stats.accepted += len(lines)
-            self._wait_for_room(len(lines))
-            if self._buffer_since is None:
-                self._buffer_since = self.monotonic()
-            self._buffer.extend(lines)
-            if len(self._buffer) >= self.batch_size:
-                self._cond.notify_all()
+                lines.append(f"{key} {value} {nanos + bump}")
+            self._outbox.put(lines)
         return len(lines)
-
-    def _wait_for_room(self, incoming: int) -> None:
-        """Called holding the lock: wait for the sender, then spill the oldest lines to disk."""
-        if len(self._buffer) + incoming <= self.max_buffer:
-            return
-        self._cond.notify_all()
-        deadline = self.monotonic() + self.block_timeout
-        while len(self._buffer) + incoming > self.max_buffer:
-            left = deadline - self.monotonic()
-            if left <= 0:
-                break
-            self._cond.wait(left)
-        while len(self._buffer) + incoming > self.max_buffer and self._buffer:
-            seq, data = self._take_locked()
-            try:
-                self._spool_batch(seq, data, error=None)
-            except OSError as exc:
-                raise StoreError(
-                    f"metric buffer full and the spool is not writable: {exc}",
-                    hint="free disk space under the spool directory, or check that InfluxDB is up",
-                ) from exc
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every point accepted so far was sent or spooled (up to ``timeout``
         seconds, default ``close_timeout``); ``True`` when nothing is left in memory or on disk."""
-        deadline = self.monotonic() + (self.close_timeout if timeout is None else timeout)
-        with self._cond:
-            self._flush_requested += 1
-            self._cond.notify_all()
-            try:
-                while self._buffer or self._inflight is not None:
-                    left = deadline - self.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
-                        break
-                    self._cond.wait(min(left, 0.1))
-                return not (self._buffer or self._inflight or self._spool.pending())
-            finally:
-                self._flush_requested -= 1
+        return self._outbox.flush(timeout)
 
-    def _take_locked(self) -> tuple[int, bytes]:
-        n = min(self.batch_size, len(self._buffer))
-        data = "".join([self._buffer.popleft() for _ in range(n)]).encode()
-        self._seq += 1
-        self._buffer_since = self.monotonic() if self._buffer else None
-        self._cond.notify_all()
-        return self._seq, data
-
-    # -- the sender thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        next_probe = 0.0
-        backoff = self.retry_interval
-        next_adopt = 0.0
-        while True:
-            with self._cond:
-                while True:
-                    now = self.monotonic()
-                    due = (
-                        self._closing
-                        or self._buffer_due(now)
-                        or (self._spool.pending() and now >= next_probe)
-                        or now >= next_adopt
-                    )
-                    if due:
-                        break
-                    wake = [next_adopt, (self._buffer_since or now) + self.flush_interval]
-                    if self._spool.pending():
-                        wake.append(next_probe)
-                    self._cond.wait(max(0.001, min(wake) - now))
-                closing = self._closing
-            drain_failed = False
-            try:
-                if self.monotonic() >= next_adopt:
-                    next_adopt = self.monotonic() + self.adopt_interval
-                    self._spool.adopt()
-                if self._spool.pending() and (self.monotonic() >= next_probe or closing):
-                    if self._drain():
-                        self._degraded = False
-                        backoff = self.retry_interval
-                    else:
-                        drain_failed = True
-                        self._degraded = True
-                        next_probe = self.monotonic() + backoff
-                        backoff = min(backoff * 2, self.max_retry_delay)
-                self._send_buffer()
-            except Exception as exc:  # the sender must survive anything; report it
-                drain_failed = True
-                log.exception("metric writer: unexpected error")
-                self._report(WriteFailure(0, exc, "retrying"))
-            with self._cond:
-                if (
-                    self._closing
-                    and not self._buffer
-                    and self._inflight is None
-                    and (not self._spool.pending() or drain_failed)
-                ):
-                    return
-                self._cond.notify_all()
-
-    def _buffer_due(self, now: float) -> bool:
-        return bool(self._buffer) and (
-            len(self._buffer) >= self.batch_size
-            or bool(self._flush_requested)
-            or now - (self._buffer_since or now) >= self.flush_interval
-        )
-
-    def _send_buffer(self) -> None:
-        """Send (or, while InfluxDB is away, spool) what the buffer holds, one batch at a time."""
-        while True:
-            with self._cond:
-                if not self._buffer or (self._spool.pending() and not self._degraded):
-                    return  # the spool goes first: the main loop drains it
-                if not (self._closing or self._buffer_due(self.monotonic())):
-                    return
-                seq, data = self._inflight = self._take_locked()
-            try:
-                if self._degraded:
-                    self._spool_batch(seq, data, error=None)
-                    continue
-                lines = data.count(b"\n")
-                try:
-                    self._send_with_retries(data, lines)
-                    self.stats.sent += lines
-                except _SendError as exc:
-                    if exc.retriable:
-                        self._degraded = True
-                        self._spool_batch(seq, data, error=exc.cause)
-                    else:
-                        self._reject(seq, data, exc.cause)
-                except Exception as exc:  # a bug of ours or the client's: keep the batch
-                    self._degraded = True
-                    self._spool_batch(seq, data, error=exc)
-            finally:
-                with self._cond:
-                    self._inflight = None
-                    self._cond.notify_all()
-
-    def _send_with_retries(self, data: bytes, lines: int) -> None:
-        delay = self.retry_interval
-        for attempt in range(self.max_retries + 1):
-            try:
-                self._send(data)
-                return
-            except _SendError as exc:
-                if not exc.retriable or attempt == self.max_retries or self._closing:
-                    raise
-                self._report(WriteFailure(lines, exc.cause, "retrying"))
-                wait = delay if exc.retry_after is None else exc.retry_after
-                self.sleep(min(wait, self.max_retry_delay))
-                delay = min(delay * 2, self.max_retry_delay)
-
-    def _send(self, data: bytes) -> None:
+    def _deliver(self, lines: list[str], timeout: float | None) -> Delivered:
+        """Write one batch (the outbox's ``deliver``); the default precision is nanoseconds."""
         from influxdb_client.rest import ApiException
 
-        try:  # the default precision is nanoseconds
+        data = "".join(f"{line}\n" for line in lines).encode()
+        try:  # every request has the client's timeout
             self._write_api.write(bucket=self.bucket, org=self.org, record=data)
         except ApiException as exc:
             status = int(exc.status or 0)
@@ -624,54 +310,10 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
             with contextlib.suppress(TypeError, ValueError, AttributeError):
                 retry_after = float(exc.headers.get("Retry-After") or "")
             retriable = status in _RETRIABLE_STATUS or status >= 500 or status == 0
-            raise _SendError(exc, retriable, retry_after) from exc
+            raise DeliveryError(exc, retriable=retriable, retry_after=retry_after) from exc
         except Exception as exc:  # connection refused, reset, timeouts: urllib3 and OSError
-            raise _SendError(exc, True, None) from exc
-
-    def _drain(self) -> bool:
-        """Send spooled batches oldest first; ``False`` at the first that fails again."""
-        while True:
-            with self._cond:
-                if self._closed:
-                    return False
-            head = self._spool.head()
-            if head is None:
-                return True
-            path, data = head
-            lines = data.count(b"\n")
-            try:
-                self._send(data)
-            except _SendError as exc:
-                if exc.retriable:
-                    return False
-                self._reject(int(path.stem) if path.stem.isdigit() else 0, data, exc.cause)
-            else:
-                self.stats.drained += lines
-            self._spool.done(path)
-
-    def _spool_batch(self, seq: int, data: bytes, error: BaseException | None) -> None:
-        lines = data.count(b"\n")
-        try:
-            path = self._spool.put(seq, data)
-        except OSError as exc:
-            log.error("metric writer: cannot spool %d points to %s: %s", lines, self._spool, exc)
-            self._report(WriteFailure(lines, exc, "retrying"))
-            raise
-        self.stats.spooled += lines
-        if error is not None:
-            self._report(WriteFailure(lines, error, "spooled", path))
-
-    def _reject(self, seq: int, data: bytes, error: BaseException) -> None:
-        lines = data.count(b"\n")
-        path = self._spool.reject(seq, data, error)
-        self.stats.rejected += lines
-        self._report(WriteFailure(lines, error, "rejected", path))
-
-    def _report(self, failure: WriteFailure) -> None:
-        try:
-            self.on_error(failure)
-        except Exception:
-            log.exception("metric writer: the on_error callback failed")
+            raise DeliveryError(exc, retriable=True) from exc
+        return DELIVERED
 
     # -- reading -------------------------------------------------------------------------
 
@@ -684,16 +326,18 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 f"windows before 1970 are not supported by InfluxDB 1.8 (since={q.since})",
                 hint="query from 1970 on, or aggregate without a window",
             )
-        with self._cond:
-            self._check_open()
+        self._check_open()
         self.flush()
         flux = build_flux(self.bucket, q)
         try:
             tables = self._query_api.query(flux, org=self.org)
         except Exception as exc:
+            refused = getattr(exc, "status", None) in (401, 403)
             raise StoreError(
                 f"InfluxDB at {self.url} cannot query {q.name!r}: {_short(exc)}",
-                hint="check that InfluxDB is up (`scripts/testenv up influxdb`) and the bucket"
+                hint="InfluxDB refused the token: check it (InfluxDB 1.8: 'user:password')"
+                if refused
+                else "check that InfluxDB is up (`scripts/testenv up influxdb`) and the bucket"
                 f" {self.bucket!r} exists",
             ) from exc
         firsts: dict[tuple[str, ...], int] = {}
@@ -729,54 +373,19 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
     def close(self) -> None:
         """Send what is buffered (waiting up to ``close_timeout``), spool what is left, and
         unlock the spool for a later instance. Idempotent."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(self.close_timeout)
-        with self._cond:
-            self._closed = True
-            leftovers: list[tuple[int, bytes]] = []
-            if self._inflight is not None:  # stuck in a request: keep a copy, dedup covers it
-                leftovers.append(self._inflight)
-            while self._buffer:
-                leftovers.append(self._take_locked())
-            for seq, data in leftovers:
-                try:
-                    self._spool_batch(seq, data, error=None)
-                except OSError as exc:
-                    log.error("metric writer: %d points lost at close: %s", data.count(b"\n"), exc)
-            self._cond.notify_all()
-        self._thread.join(1.0)
-        self._spool.release()
+        with self._lock:
+            closing = self._outbox.closing
+        if closing:
+            return
+        self._outbox.close()
         self._client.close()  # type: ignore[no-untyped-call]
 
     def _check_open(self) -> None:
-        if self._closed or self._closing:
+        if self._outbox.closing:
             raise StoreError(
                 f"the InfluxDB metric store for {self.bucket!r} is closed",
                 hint="open a new store (juliarun.init()) instead of reusing a closed one",
             )
-
-
-def _log_failure(failure: WriteFailure) -> None:
-    if failure.action == "retrying":
-        log.debug("metric batch of %d points failed, retrying: %s", failure.lines, failure.error)
-    elif failure.action == "spooled":
-        log.warning(
-            "InfluxDB unavailable (%s): %d points spooled to %s; they are sent when it is back",
-            _short(failure.error),
-            failure.lines,
-            failure.path,
-        )
-    else:
-        log.error(
-            "InfluxDB refused %d points (%s); kept in %s",
-            failure.lines,
-            _short(failure.error),
-            failure.path,
-        )
 
 
 def _short(exc: BaseException) -> str:

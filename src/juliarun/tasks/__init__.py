@@ -8,12 +8,18 @@ from juliarun.tasks.jobs import (
     watch_job,
 )
 from juliarun.tasks.observe import publish_cluster_status, query_metric, record_metric, search_logs
-from juliarun.tasks.storage import define_storage, provision_storage, prune_storage_task
+from juliarun.tasks.storage import (
+    define_storage,
+    prepare_storage,
+    provision_storage,
+    prune_storage_task,
+)
 
 __all__ = [
     "define_storage",
     "delete_job",
     "job_summary",
+    "prepare_storage",
     "provision_storage",
     "prune_storage_task",
     "publish_cluster_status",

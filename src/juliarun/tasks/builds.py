@@ -3,14 +3,12 @@ spec is a Cached state, nothing rebuilt), with the build's output in the run's l
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import TaskRunContext
 
-from juliarun.backends.bundles import bundle_dir
 from juliarun.builders import bundles as bundle_builder
 from juliarun.builders import images as image_builder
 from juliarun.specs import BundleSpec, ImageSpec
@@ -79,13 +77,7 @@ def build_image_task(
 def bundle_digest(spec: BundleSpec, cluster: str = "local") -> str:
     """Check the bundle (every [deps] entry in the Manifest, paths exist); its content hash."""
     with context(cluster) as ctx:
-        resolved = bundle_builder.resolve_bundle(
-            spec,
-            platform=ctx.backend.kind,
-            julia_image=bundle_builder.builder_image(spec, ctx.backend),
-        )
-    # The key names the home too: an address built for another home is not this one's.
-    return hashlib.sha256(f"{ctx.settings.home}\0{resolved.digest}".encode()).hexdigest()
+        return bundle_builder.bundle_cache_key(spec, ctx.backend)
 
 
 @task(cache_key_fn=_digest_key, persist_result=True)
@@ -96,7 +88,11 @@ def build_bundle_task(
     logger = get_run_logger()
     with context(cluster) as ctx:
         built = bundle_builder.build_bundle(
-            spec, ctx.backend, on_line=lambda line: logger.info("bundle | %s", line)
+            spec,
+            ctx.backend,
+            logs=ctx.logs,
+            on_line=lambda line: logger.info("bundle | %s", line),
+            poll_interval=ctx.settings.poll_interval,
         )
     return {
         "name": built.name,
@@ -112,20 +108,15 @@ def use_bundle(cluster: str, name: str, address: str) -> bool:
     """Point ``current`` at ``address`` again (a cached build skipped the builder); ``False``
     when the address is gone (pruned), so the flow builds it again."""
     with context(cluster) as ctx:
-        home = ctx.settings.home
-        if not (bundle_dir(home, name) / address / "bundle.json").is_file():
-            return False
-        bundle_builder.set_current(home, name, address)
-    return True
+        return bundle_builder.use_built(ctx.backend, name, address)
 
 
 @task(cache_policy=NONE)
 def prune_bundles_task(cluster: str) -> list[str]:
     """Remove bundle addresses no job references that are not current."""
     with context(cluster) as ctx:
-        in_use = getattr(ctx.backend, "bundle_paths_in_use", None)  # Kubernetes Jobs
         removed = bundle_builder.prune_bundles(
-            ctx.settings.home, in_use=in_use() if callable(in_use) else ()
+            ctx.backend.home, in_use=ctx.backend.bundle_paths_in_use()
         )
     return [str(p) for p in removed]
 
@@ -137,11 +128,7 @@ def prewarm_image_task(
     """Put ``image`` on the cluster's nodes; one row per node (also a table artifact)."""
     from prefect.artifacts import create_table_artifact
 
-    from juliarun.builders.prewarm import prewarm_image
-
     with context(cluster) as ctx:
-        rows = [
-            vars(r) for r in prewarm_image(ctx.backend, image, node_type=node_type, timeout=timeout)
-        ]
+        rows = [vars(r) for r in ctx.backend.prewarm(image, node_type=node_type, timeout=timeout)]
     create_table_artifact(table=rows, description=f"pre-warm of {image} on {cluster}")
     return rows

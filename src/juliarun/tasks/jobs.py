@@ -1,86 +1,126 @@
-"""Job tasks: submit, watch (streaming the job's lines into the run's logs), scale, delete."""
+"""Job tasks: submit, watch (streaming the job's lines into the run's logs), scale, delete.
+
+The tasks of a run share one context per cluster (:mod:`juliarun.tasks._context`); results
+pass between them as models (a :class:`JobStatus`), and each job's state changes are Prefect
+events (``juliarun.job.<phase>``) that automations can react to."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.events import emit_event
 
 from juliarun import api
-from juliarun.backends.base import JobStatus, LogCollector, LogSource
-from juliarun.errors import JobTimeoutError
-from juliarun.logs import LogLine, LogQuery
+from juliarun.backends.base import JobStatus
+from juliarun.backends.follow import follow_job
+from juliarun.errors import SpecError, StorageNotFoundError
+from juliarun.logs import LogLine
 from juliarun.specs import JobSpec
 from juliarun.tasks._context import context
 
+JOB_EVENT = "juliarun.job."  # + created / running / succeeded / failed
 
-@task(cache_policy=NONE)
-def submit_job(cluster: str, job: JobSpec) -> str:
-    """Submit ``job`` (idempotent for the same spec); returns its status text."""
+
+def emit_job_event(cluster: str, tenant: str, status: JobStatus) -> None:
+    """``juliarun.job.<phase>`` for ``status``, its resource the job on its cluster."""
+    emit_event(
+        event=f"{JOB_EVENT}{status.phase}",
+        resource={
+            "prefect.resource.id": f"juliarun.job.{cluster}.{tenant}.{status.name}",
+            "prefect.resource.name": status.name,
+            "juliarun.cluster": cluster,
+            "juliarun.tenant": tenant,
+            "juliarun.job": status.name,
+        },
+        payload={
+            "phase": status.phase,
+            "status": str(status),
+            "reason": status.reason,
+            "hint": status.hint,
+            "kind": status.kind,
+            "workers": status.desired_workers,
+        },
+    )
+
+
+def _transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry failures that may pass (a git fetch, a busy file), not bad input."""
+    try:
+        state.result()
+    except (StorageNotFoundError, SpecError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
+def submit_job(cluster: str, job: JobSpec) -> JobStatus:
+    """Submit ``job`` (idempotent for the same spec: a retry after a transient failure is
+    safe), provisioning its storage once; returns its status."""
     with context(cluster) as ctx:
-        return str(api.submit(ctx, job))
+        status = api.submit(ctx, job)
+    emit_job_event(cluster, job.tenant, status)
+    return status
 
 
 @task(cache_policy=NONE)
-def watch_job(cluster: str, name: str, timeout: float | None = None) -> JobStatus:
+def watch_job(
+    cluster: str,
+    name: str,
+    timeout: float | None = None,
+    *,
+    tenant: str = "default",
+    submitted: JobStatus | None = None,
+) -> JobStatus:
     """Follow the job until it ends, logging each of its lines as ``worker | line``; raises
     JobTimeoutError after ``timeout`` seconds (the job is left running).
 
     On Kubernetes the same pass is the job's log collector: the lines it reads from the pods
     are shipped into the log store (and metric lines and kubelet samples into the metric
-    store) as they are logged here."""
+    store) as they are logged here. ``submitted`` is the status ``submit_job`` returned (its
+    phase already emitted as an event)."""
     logger = get_run_logger()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    final: list[JobStatus] = []
 
     def log_line(line: LogLine) -> None:
         log = logger.warning if line.stream == "stderr" else logger.info
         log("%s | %s", line.worker, line.message)
 
+    seen: list[str] = [] if submitted is None else [submitted.phase]
+
+    def on_status(status: JobStatus) -> None:
+        """``juliarun.job.running`` once, when the job is seen running."""
+        if status.phase == "running" and "running" not in seen:
+            seen.append("running")
+            emit_job_event(cluster, tenant, status)
+
     with context(cluster) as ctx:
-        if isinstance(ctx.backend, LogCollector):
-            result = api.collect(ctx, name, on_line=log_line, timeout=timeout)
-            logger.info(
-                "collected %d lines, %d metric points and %d system samples of %s",
-                result.lines,
-                result.metric_points,
-                result.system_points,
-                name,
-            )
-            current = ctx.backend.status(name)
-            if not current.done:
-                raise JobTimeoutError(name, timeout or 0.0, str(current))
-            return current
-        since = ctx.backend.status(name).created_at
-        query = LogQuery(job=name, cluster=ctx.cluster, since=since)
-
-        def stop() -> bool:
-            current = ctx.backend.status(name)
-            if current.done:
-                final.append(current)
-                return True
-            return deadline is not None and time.monotonic() >= deadline
-
-        def past_deadline() -> bool:
-            return deadline is not None and time.monotonic() >= deadline
-
-        lines = (
-            ctx.backend.logs(name, follow=True, stop=past_deadline)  # read from the workers
-            if isinstance(ctx.backend, LogSource)
-            else ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval)
+        followed = follow_job(
+            ctx.backend,
+            name,
+            ctx.logs,
+            metrics=ctx.metrics,
+            on_line=log_line,
+            on_status=on_status,
+            timeout=timeout,
+            poll_interval=ctx.settings.poll_interval,
         )
-        for line in lines:
-            log_line(line)
-        if not final and isinstance(ctx.backend, LogSource):  # its follow ended with the job
-            current = ctx.backend.status(name)
-            if current.done:
-                final.append(current)
-        if not final:
-            raise JobTimeoutError(name, timeout or 0.0, str(ctx.backend.status(name)))
-    return final[-1]
+    if followed.collected is not None:
+        result = followed.collected
+        logger.info(
+            "collected %d lines, %d metric points and %d system samples of %s",
+            result.lines,
+            result.metric_points,
+            result.system_points,
+            name,
+        )
+    status = followed.raise_if_running()
+    emit_job_event(cluster, tenant, status)
+    return status
 
 
 @task(cache_policy=NONE)
@@ -105,9 +145,9 @@ def job_summary(status: JobStatus) -> list[dict[str, Any]]:
 
 
 @task(cache_policy=NONE)
-def scale_job(cluster: str, name: str, workers: int) -> str:
+def scale_job(cluster: str, name: str, workers: int) -> JobStatus:
     with context(cluster) as ctx:
-        return str(api.scale(ctx, name, workers))
+        return api.scale(ctx, name, workers)
 
 
 @task(cache_policy=NONE)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Sequence
 
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NONE
-from prefect.client.schemas.objects import State, TaskRun
 
 from juliarun import api
-from juliarun.blocks.storage import Storage
-from juliarun.errors import SpecError, StorageNotFoundError
+from juliarun.blocks.storage import resolve_storage
 from juliarun.specs import StorageSpec
 from juliarun.tasks._context import context
+from juliarun.tasks.jobs import _transient
 
 
 @task(cache_policy=NONE)
@@ -22,34 +21,25 @@ def define_storage(cluster: str, spec: StorageSpec) -> StorageSpec:
         return api.define_storage(ctx, spec)
 
 
-def _transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry provisioning failures that may pass (a git fetch, a busy file), not bad input."""
-    try:
-        state.result()
-    except (StorageNotFoundError, SpecError):
-        return False
-    except Exception:
-        return True
-    return False
+@task(cache_policy=NONE)
+def prepare_storage(
+    cluster: str, names: Sequence[str], define: Sequence[StorageSpec] = ()
+) -> list[StorageSpec]:
+    """Record the ``define`` specs in the cluster's storage catalog, then resolve each of
+    ``names`` (the catalog, else a saved ``Storage`` block, then recorded): what a job's
+    submit provisions. Nothing is created on the cluster here."""
+    with context(cluster) as ctx:
+        for spec in define:
+            api.define_storage(ctx, spec)
+        return [resolve_storage(ctx.storage, name) for name in names]
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def provision_storage(cluster: str, name: str) -> str:
-    """Create the named storage on the cluster if needed; returns where it lives.
-
-    The name is looked up in the cluster's storage catalog, then among the saved ``Storage``
-    blocks (which are then recorded in the catalog), so storage defined once in the Prefect UI
-    is usable by name."""
+    """Create the named storage on the cluster if needed (ahead of the jobs that use it);
+    returns where it lives. The name is resolved as in :func:`prepare_storage`."""
     with context(cluster) as ctx:
-        try:
-            spec = ctx.storage.get(name)
-        except StorageNotFoundError:
-            try:
-                block = cast(Storage, Storage.load(name))
-            except ValueError:
-                raise StorageNotFoundError(name, [s.name for s in ctx.storage.all()]) from None
-            spec = api.define_storage(ctx, block.spec(name))
-        return ctx.backend.provision_storage(spec)
+        return ctx.backend.provision_storage(resolve_storage(ctx.storage, name))
 
 
 @task(cache_policy=NONE)

@@ -18,7 +18,7 @@ import docker
 import docker.errors
 import requests
 
-from juliarun.backends.base import ClusterStatus, Component, NodeStatus
+from juliarun.backends.base import ClusterStatus, Component, NodeReadiness, NodeStatus
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.docker import storage as docker_storage
 from juliarun.backends.docker.engine import (
@@ -245,6 +245,20 @@ class DockerBackend(SupervisedBackend):
         if spec.kind == "git":
             return self._git_volume(spec, self.image, kind="StorageSpec").name
         return docker_storage.provision(spec, self.home)
+
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]:
+        """The engine (this cluster's one node) pulls ``image`` with the cluster's registry
+        credentials; :class:`SpecError` naming ``image`` when it cannot be pulled."""
+        node = str(self.client.info().get("Name", "docker"))
+        try:
+            self.client.images.get(image)
+            return [NodeReadiness(node, True, f"{image} is present already")]
+        except docker.errors.ImageNotFound:
+            pass
+        ensure_image(self.client, image, kind="prewarm", auth=self.registry_auth, default=False)
+        return [NodeReadiness(node, True, f"pulled {image}")]
 
     def prune_storage(self) -> list[str]:
         """Remove git storage volumes a newer commit replaced that no container uses; returns

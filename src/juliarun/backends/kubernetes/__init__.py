@@ -1,7 +1,11 @@
 """The Kubernetes backend: jobs as ``batch/v1`` Jobs, status with diagnosis, pod logs, and the
 cluster view. Modules: ``client`` (JSON requests, retries, rate limit), ``manifests`` (pure: spec →
 Job), ``diagnosis`` (pure: Job/pods/events/nodes → status), ``watch`` (pure resume logic + driver),
-``backend``."""
+``routes`` (which namespace a job lives in; tenants' jobs), ``volumes`` (storage: PVCs, git
+sources, host paths, bundles), ``evidence`` (what a status is diagnosed from), ``podlogs`` (pod
+output: read, follow), ``clusterview`` (health, pods waiting, node percentages), ``collector``
+(shipping output into the stores), ``tenants``, ``prewarm``, and ``backend``
+(:class:`KubernetesBackend`: the job lifecycle and the one face of the parts)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from juliarun.backends.kubernetes.backend import KubernetesBackend, not_configur
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient
 from juliarun.backends.kubernetes.manifests import NodeTypeRule, Toleration, default_node_types
 from juliarun.errors import ConfigError
-from juliarun.settings import Settings
 
 __all__ = [
     "KubeApiError",
@@ -23,7 +26,6 @@ __all__ = [
     "Toleration",
     "api_client",
     "default_node_types",
-    "from_settings",
 ]
 
 
@@ -63,22 +65,3 @@ def api_client(
             f"the kubeconfig cannot be used: {exc}",
             hint="check its current-context / the context name, and its credentials",
         ) from exc
-
-
-def from_settings(settings: Settings, cluster: str = "kubernetes") -> KubernetesBackend:
-    """The backend ``init("kubernetes")`` gives: kubeconfig from ``JULIARUN_KUBECONFIG`` (else
-    ``KUBECONFIG``, else ``~/.kube/config``), namespace ``JULIARUN_KUBE_NAMESPACE`` (created if
-    missing), image ``JULIARUN_JULIA_IMAGE``, git clone image ``JULIARUN_GIT_IMAGE``."""
-    kubeconfig = settings.kubeconfig or Path.home() / ".kube" / "config"
-    return KubernetesBackend(
-        api_client(kubeconfig=kubeconfig, context=settings.kube_context),
-        settings.kube_namespace,
-        cluster=cluster,
-        image=settings.julia_image,
-        git_image=settings.git_image,
-        home=settings.home,
-        qps=settings.kube_qps,
-        burst=settings.kube_burst,
-        kill_grace=settings.kill_grace,
-        poll_interval=settings.poll_interval,
-    )

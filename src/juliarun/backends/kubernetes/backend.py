@@ -1,33 +1,39 @@
 """The Kubernetes backend: every job is a ``batch/v1`` Job (see :mod:`.manifests`), its status is
 diagnosed from the Job, its pods, its events and the nodes (see :mod:`.diagnosis`), and its
-output is read from the pods' logs."""
+output is read from the pods' logs.
+
+:class:`KubernetesBackend` runs the job lifecycle (submit, status, list, delete, scale) and is
+the one face of the parts it is made of: :mod:`.routes` (which namespace a job lives in),
+:mod:`.volumes` (storage), :mod:`.evidence` (what a status is diagnosed from), :mod:`.podlogs`
+(pod output), :mod:`.clusterview` (health and nodes) and :mod:`.collector` (shipping output into
+the stores)."""
 
 from __future__ import annotations
 
+import json
 import logging
-import queue
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from juliarun.backends.base import (
-    ClusterStatus,
-    CollectResult,
-    Component,
-    JobStatus,
-    NodeStatus,
-)
+from juliarun.backends.base import ClusterStatus, CollectResult, JobStatus, NodeReadiness
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
+from juliarun.backends.kubernetes import nodes
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
-from juliarun.backends.kubernetes.watch import resumable_watch
+from juliarun.backends.kubernetes.clusterview import ClusterView
+from juliarun.backends.kubernetes.collector import KubernetesCollector
+from juliarun.backends.kubernetes.evidence import JobInspector
+from juliarun.backends.kubernetes.placement import PlacementController
+from juliarun.backends.kubernetes.podlogs import PodLogs
+from juliarun.backends.kubernetes.prewarm import prewarm
+from juliarun.backends.kubernetes.routes import JobRoutes
+from juliarun.backends.kubernetes.volumes import Volumes, bundle_paths
 from juliarun.errors import (
     BackendError,
     ConfigError,
@@ -35,33 +41,12 @@ from juliarun.errors import (
     JobNotFoundError,
     QuotaExceededError,
     SpecError,
-    StorageError,
 )
 from juliarun.logs.base import LogLine, LogStore
 from juliarun.metrics.base import MetricStore
-from juliarun.specs import JobSpec, StorageSpec, parse_quantity, validate_spec
+from juliarun.specs import JobSpec, StorageSpec, validate_spec
 
-_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d) ?(.*)$", re.S)
-LAST_LINES = 10
 QUOTA_TTL = 10.0  # seconds a namespace's ResourceQuotas are reused by the submit check
-
-
-def parse_log_line(line: str) -> tuple[datetime, str]:
-    """A ``timestamps=true`` pod log line as (UTC time, message).
-
-    >>> stamp, text = parse_log_line("2026-06-21T17:21:49.123456789Z hello world!")
-    >>> stamp.isoformat(), text
-    ('2026-06-21T17:21:49.123456+00:00', 'hello world!')
-    """
-    m = _LOG_TS.match(line)
-    if not m:
-        return datetime.now(UTC), line
-    frac = (m.group(2) or ".0")[1:7].ljust(6, "0")
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    stamp = datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
-    return stamp, m.group(4)
-
-
 # Seconds a forced delete waits before releasing the finalizers of terminating pods.
 FORCE_RELEASE_AFTER = 5.0
 
@@ -91,6 +76,7 @@ class KubernetesBackend:
         cluster: str = "kubernetes",
         image: str = "julia:1.5.3",
         git_image: str = mf.DEFAULT_GIT_IMAGE,
+        gate_pods: bool = False,
         julia: str = "julia",
         home: Path | None = None,
         qps: float = 50.0,
@@ -111,84 +97,54 @@ class KubernetesBackend:
         self.cluster = cluster
         self.image = image
         self.git_image = git_image
+        self.gate_pods = gate_pods  # pods wait gated for juliarun's placement controller
         self.julia = julia
         self.home = home or Path.home() / ".juliarun"
         self.kill_grace = kill_grace
         self.poll_interval = poll_interval
         self.clock = clock
         self.sleep = sleep
-        self._where: dict[str, str] = {}  # job name → namespace, when not ``namespace``
-        self._cluster_wide: bool | None = None  # may these credentials list jobs everywhere?
+        self.routes = JobRoutes(self.client, namespace, cluster=cluster, logger=self.log)
+        self.volumes = Volumes(self.client, namespace, self.home, logger=self.log)
+        self.pod_logs = PodLogs(
+            self.routes, cluster=cluster, poll_interval=poll_interval, logger=self.log
+        )
+        self.inspector = JobInspector(self.routes, self.pod_logs)
+        self.view = ClusterView(
+            self.client, namespace, cluster=cluster, kind=self.kind, logger=self.log
+        )
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         if create_namespace:
             self.ensure_namespace()
 
-    # -- paths ------------------------------------------------------------------------------
+    # -- namespaces and storage (see .routes, .volumes) -------------------------------------
 
     def job_namespace(self, job: JobSpec) -> str:
         """Where ``job`` runs: its tenant's namespace (named after the tenant), else the
         backend's."""
-        return self.namespace if job.tenant == "default" else job.tenant
-
-    def _ns_of(self, name: str) -> str:
-        return self._where.get(name, self.namespace)
-
-    def _jobs(self, name: str | None = None, namespace: str | None = None) -> str:
-        ns = namespace or (self._ns_of(name) if name else self.namespace)
-        return ns_path(ns, "jobs", name, group="batch/v1")
-
-    def _pods(self, name: str | None = None, namespace: str | None = None) -> str:
-        # an Indexed Job's pod is named <job>-<index>-<suffix>: it lives where its job does
-        ns = namespace or (self._ns_of(name.rsplit("-", 2)[0]) if name else self.namespace)
-        return ns_path(ns, "pods", name)
-
-    def _tenant_jobs(self, name: str | None = None) -> list[dict[str, Any]]:
-        """juliarun's jobs in tenant namespaces other than the backend's (each in the
-        namespace named by its tenant label), when the credentials may list jobs cluster-wide;
-        remembers where each is."""
-        if self._cluster_wide is False:
-            return []
-        selector = mf.selector(name) + f",{mf.TENANT_LABEL}!=default"
-        try:
-            listing = self.client.get("/apis/batch/v1/jobs", labelSelector=selector)
-        except KubeApiError as exc:
-            if exc.status != 403:
-                raise
-            self._cluster_wide = False  # a tenant's credentials: its own namespace only
-            return []
-        self._cluster_wide = True
-        found = []
-        for item in listing.get("items") or []:
-            meta = item["metadata"]
-            ns = meta.get("namespace")
-            if ns == self.namespace or (meta.get("labels") or {}).get(mf.TENANT_LABEL) != ns:
-                continue
-            self._where[meta["name"]] = ns
-            found.append(item)
-        return found
+        return self.routes.job_namespace(job)
 
     def ensure_namespace(self) -> None:
         """Create the namespace (labelled as juliarun's) unless it exists."""
-        body = {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": self.namespace, "labels": {mf.MANAGED_BY: "juliarun"}},
-        }
-        try:
-            self.client.post("/api/v1/namespaces", body)
-        except KubeApiError as exc:
-            if exc.status == 409:
-                return
-            if exc.status != 403:
-                raise
-        try:
-            self.client.get_or_none(f"/api/v1/namespaces/{self.namespace}")
-        except KubeApiError as exc:
-            if exc.status != 403:
-                raise
-            # a tenant's credentials may not read namespaces: every later call names it, and
-            # fails with the apiserver's own reason if it is not theirs
-            self.log.debug("namespace %s: not readable with these credentials", self.namespace)
+        self.routes.ensure_namespace()
+
+    def ensure_pvc(self, spec: StorageSpec, namespace: str | None = None) -> str:
+        """The labelled PersistentVolumeClaim of a ``volume`` storage in ``namespace``
+        (default: the backend's), created unless it exists; returns ``pvc:<ns>/<name>``."""
+        return self.volumes.ensure_pvc(spec, namespace)
+
+    def provision_storage(self, spec: StorageSpec) -> str:
+        """See :meth:`.volumes.Volumes.provision`."""
+        return self.volumes.provision(spec)
+
+    def prune_storage(self) -> list[str]:
+        """Nothing to prune: clones live in each pod's emptyDir, claims are the user's."""
+        return []
+
+    def bundle_paths_in_use(self) -> list[str]:
+        """The package bundle addresses (paths on the node) juliarun's Jobs mount, in the
+        backend's namespace and, with cluster-wide credentials, every tenant's."""
+        return bundle_paths(self.routes.all_jobs())
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -198,7 +154,7 @@ class KubernetesBackend:
             for name in job.storage
             if name not in storage
         ]
-        problems += self._storage_class_problems(
+        problems += self.volumes.storage_class_problems(
             {name: storage[name] for name in job.storage if name in storage}
         )
         node_type = job.resources.node_type
@@ -213,106 +169,12 @@ class KubernetesBackend:
         if problems:
             raise SpecError(job.kind, problems, hint="fix the job or the cluster's node types")
 
-    def _storage_class_problems(self, storage: Mapping[str, StorageSpec]) -> list[tuple[str, str]]:
-        """``(field, rule)`` for every volume storage whose StorageClass does not exist."""
-        problems: list[tuple[str, str]] = []
-        existing: list[str] | None = None
-        for name, spec in storage.items():
-            if spec.kind != "volume" or not spec.storage_class:
-                continue
-            path = f"/apis/storage.k8s.io/v1/storageclasses/{spec.storage_class}"
-            try:
-                if self.client.get_or_none(path) is not None:
-                    continue
-            except KubeApiError as exc:
-                if exc.status != 403:
-                    raise
-                continue  # not readable with these credentials: the PVC stays Pending
-            if existing is None:
-                listing = self.client.get("/apis/storage.k8s.io/v1/storageclasses")
-                existing = sorted(i["metadata"]["name"] for i in listing.get("items") or [])
-            problems.append(
-                (
-                    f"storage.{name}.storage_class",
-                    f"StorageClass {spec.storage_class!r} does not exist in this cluster "
-                    f"(its classes: {', '.join(existing) or 'none'})",
-                )
-            )
-        return problems
-
-    def ensure_pvc(self, spec: StorageSpec, namespace: str | None = None) -> str:
-        """The labelled PersistentVolumeClaim of a ``volume`` storage in ``namespace``
-        (default: the backend's), created unless it exists; returns ``pvc:<ns>/<name>``."""
-        ns = namespace or self.namespace
-        problems = self._storage_class_problems({spec.name: spec})
-        if problems:
-            raise StorageError(
-                f"{problems[0][0]}: {problems[0][1]}",
-                hint="use one of the cluster's classes, or create the StorageClass",
-            )
-        body = mf.pvc_manifest(spec, ns)
-        try:
-            self.client.post(ns_path(ns, "persistentvolumeclaims"), body)
-        except KubeApiError as exc:
-            if exc.status != 409:
-                raise StorageError(
-                    f"storage {spec.name!r}: cannot create PersistentVolumeClaim "
-                    f"{mf.pvc_name(spec)} in {ns}: {exc.message}",
-                    hint=f"run `kubectl describe pvc {mf.pvc_name(spec)} -n {ns}`",
-                ) from exc
-        return f"pvc:{ns}/{mf.pvc_name(spec)}"
-
-    def provision_storage(self, spec: StorageSpec) -> str:
-        """volume: its PersistentVolumeClaim in the backend's namespace (a StorageClass that
-        does not exist is refused, naming the classes that do). host: the directory, made here
-        (the test cluster's node is this machine; on other clusters the kubelet creates it,
-        hostPath ``DirectoryOrCreate``); ramdisk: nothing to make (a memory-backed emptyDir per
-        pod); git: a checkout made here, at the resolved commit (a network URL is cloned again
-        by each pod's init container; a local path is mounted read-only from the node)."""
-        if spec.kind == "host":
-            try:
-                Path(spec.path or "").mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                self.log.debug("host storage %s not made here: %s", spec.path, exc)
-            return f"hostPath:{spec.path}"
-        if spec.kind == "ramdisk":
-            return f"emptyDir:Memory:{spec.size or 'unbounded'}"
-        if spec.kind == "volume":
-            return self.ensure_pvc(spec)
-        return str(self._git_checkout(spec)[0])
-
-    def _git_checkout(self, spec: StorageSpec) -> tuple[Path, str]:
-        """The checkout of git storage here, and the commit its ref resolved to."""
-        from juliarun.backends.local import storage as local_storage
-
-        try:
-            with local_storage.git_checkout(spec, self.home) as found:
-                return found
-        except OSError as exc:
-            raise StorageError(f"storage {spec.name!r}: {exc}") from exc
-
-    def prune_storage(self) -> list[str]:
-        """Nothing to prune: clones live in each pod's emptyDir, claims are the user's."""
-        return []
-
     def manifest(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> dict[str, Any]:
         """The Job object ``submit`` would create (storage is provisioned: git checkouts, and
         the PersistentVolumeClaims of volumes in the job's namespace)."""
         self._check(job, storage)
         bundle = job_bundle(self.home, job)
-        node_paths: dict[str, str] = {}
-        git_clones: dict[str, tuple[str, str]] = {}
-        for name, spec in storage.items():
-            if spec.kind != "git" or name not in job.storage:
-                continue
-            # The checkout here resolves (and checks) the ref before anything is created; a
-            # network URL is then cloned at that commit by the pod's init container (any node),
-            # a local path is mounted from the node (the node is this machine).
-            checkout, commit = self._git_checkout(spec)
-            if mf.is_remote_git(spec.url or ""):
-                git_clones[name] = (spec.url or "", commit)
-            else:
-                node_paths[name] = str(checkout)
+        git = self.volumes.git_sources(job, storage)
         for name in job.storage:
             if storage[name].kind == "volume":
                 self.ensure_pvc(storage[name], self.job_namespace(job))
@@ -322,26 +184,53 @@ class KubernetesBackend:
             namespace=self.job_namespace(job),
             image=self.image,
             node_types=self.node_types,
-            node_paths=node_paths,
-            git_clones=git_clones,
+            node_paths=git.node_paths,
+            git_clones=git.clones,
             git_image=self.git_image,
             cluster=self.cluster,
             julia=self.julia,
             kill_grace=self.kill_grace,
             bundle=(str(bundle.path), bundle.root) if bundle is not None else None,
+            gated=self.gate_pods,
         )
 
-    def bundle_paths_in_use(self) -> list[str]:
-        """The package bundle addresses (paths on the node) juliarun's Jobs mount, in the
-        backend's namespace and, with cluster-wide credentials, every tenant's."""
-        jobs = list(self.client.get(self._jobs(), labelSelector=mf.selector()).get("items") or [])
-        jobs += self._tenant_jobs()
-        paths = []
-        for job in jobs:
-            for volume in job["spec"]["template"]["spec"].get("volumes") or []:
-                if volume.get("name") == mf.BUNDLE_VOLUME:
-                    paths.append(str(volume["hostPath"]["path"]))
-        return paths
+    def placement_controller(self, *, interval: float = 1.0) -> PlacementController:
+        """The controller that places this cluster's gated jobs whole (see
+        :mod:`juliarun.backends.kubernetes.placement`); it needs credentials that may list pods,
+        nodes and jobs cluster-wide and patch pods and jobs."""
+        return PlacementController(self.client, interval=interval)
+
+    # -- nodes (the cluster autoscaler's) ----------------------------------------------------
+
+    def cluster_objects(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        return nodes.read_state(self.client)
+
+    def mark_for_removal(self, node: str) -> None:
+        nodes.mark_for_removal(self.client, node)
+
+    def unmark(self, node: str) -> None:
+        nodes.unmark(self.client, node)
+
+    def evict_pods(self, node: str) -> tuple[int, list[str]]:
+        return nodes.evict_pods(self.client, node)
+
+    def node_provider(self, kind: str, options: Mapping[str, str]) -> Any:
+        """kwok nodes on this cluster's apiserver; cloud providers by their own credentials."""
+        from juliarun.providers import provider_for
+
+        return provider_for(kind, options, kube=self.client, cluster=self.cluster)
+
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """Pods see host storage at ``/mnt/<storage>``."""
+        return f"/mnt/{storage}"
+
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]:
+        """A labelled DaemonSet pulls ``image`` onto every node (of ``node_type``); see
+        :mod:`juliarun.backends.kubernetes.prewarm`."""
+        rows = prewarm(self, image, node_type, timeout=timeout)
+        return [NodeReadiness(r.node, r.ready, r.detail) for r in rows]
 
     def _check_quota(self, job: JobSpec, body: Mapping[str, Any], namespace: str) -> None:
         """Refuse, before anything is created, a job that alone exceeds a hard limit of a
@@ -367,10 +256,9 @@ class KubernetesBackend:
         body = self.manifest(job, storage)
         namespace = self.job_namespace(job)
         self._check_quota(job, body, namespace)
-        if namespace != self.namespace:
-            self._where[job.name] = namespace
+        self.routes.remember(job.name, namespace)
         try:
-            created = self.client.post(self._jobs(namespace=namespace), body)
+            created = self.client.post(self.routes.jobs_path(namespace=namespace), body)
         except KubeApiError as exc:
             if exc.status == 409:
                 return self._existing(job)
@@ -395,98 +283,21 @@ class KubernetesBackend:
 
     def _existing(self, job: JobSpec) -> JobStatus:
         """A create met 409: the same spec (by hash) is success; anything else is not ours."""
-        current = self.client.get_or_none(self._jobs(job.name))
+        current = self.client.get_or_none(self.routes.jobs_path(job.name))
         meta = (current or {}).get("metadata", {})
         same = (meta.get("annotations") or {}).get(mf.SPEC_HASH) == job.spec_hash()
         if current is None or not same or meta.get("deletionTimestamp"):
             raise JobExistsError(job.name, self.cluster)
         return self.status(job.name)
 
-    # -- status -----------------------------------------------------------------------------
-
-    def _get_job(self, name: str) -> dict[str, Any]:
-        job = self.client.get_or_none(self._jobs(name))
-        if job is None:
-            job = next(iter(self._tenant_jobs(name)), None)
-        if job is None:
-            raise JobNotFoundError(name, self.cluster)
-        return dict(job)
-
-    def _job_pods(self, name: str) -> list[dict[str, Any]]:
-        pods = self.client.get(
-            self._pods(namespace=self._ns_of(name)), labelSelector=mf.selector(name)
-        )
-        return list(pods.get("items") or [])
+    # -- status and listing -----------------------------------------------------------------
 
     def status(self, name: str) -> JobStatus:
-        job = self._get_job(name)
-        pods = self._job_pods(name)
-        done = any(
-            c.get("status") == "True" and c.get("type") in {"Complete", "Failed"}
-            for c in job.get("status", {}).get("conditions") or []
-        )
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        desired = int(job["spec"].get("completions") or 0)
-        events: list[dict[str, Any]] = []
-        if not done and len(live) < desired:
-            uid = job["metadata"].get("uid")
-            listing = self.client.get(
-                ns_path(self._ns_of(name), "events"),
-                fieldSelector=f"involvedObject.kind=Job,involvedObject.name={name}",
-            )
-            events = [
-                e for e in listing.get("items") or [] if e["involvedObject"].get("uid") == uid
-            ]
-        if not done and any(dx.waiting_to_mount(p) for p in live):
-            # Why storage does not mount is said only in the pods' FailedMount events.
-            names = {p["metadata"]["name"] for p in live}
-            listing = self.client.get(
-                ns_path(self._ns_of(name), "events"),
-                fieldSelector="involvedObject.kind=Pod,reason=FailedMount",
-            )
-            events += [
-                e for e in listing.get("items") or [] if e["involvedObject"].get("name") in names
-            ]
-        nodes = None
-        if any(
-            dx._pending_unscheduled(p)
-            or (dx._pending_unassigned(p) and p["spec"].get("nodeSelector"))
-            for p in pods
-        ):
-            nodes = self._nodes()
-        report = dx.diagnose(job, pods, events, nodes)
-        if report.log_pod:
-            report.status.last_lines = self._last_lines(report.log_pod)
-        return report.status
-
-    def _nodes(self) -> list[dict[str, Any]] | None:
-        try:
-            return list(self.client.get("/api/v1/nodes").get("items") or [])
-        except KubeApiError as exc:
-            if exc.status == 403:  # a tenant may not read nodes: diagnose from messages only
-                return None
-            raise
-
-    def _last_lines(self, pod: str) -> list[str]:
-        for previous in (False, True):
-            try:
-                text = self.client.request(
-                    "GET",
-                    f"{self._pods(pod)}/log",
-                    query={"container": mf.MAIN, "tailLines": LAST_LINES, "previous": previous},
-                    raw=True,
-                )
-            except KubeApiError:
-                continue
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            if lines:
-                return lines[-LAST_LINES:]
-        return []
+        return self.inspector.status(name)
 
     def jobs(self) -> list[JobSpec]:
-        listing = self.client.get(self._jobs(), labelSelector=mf.selector())
         items = sorted(
-            [*(listing.get("items") or []), *self._tenant_jobs()],
+            self.routes.all_jobs(),
             key=lambda j: (j["metadata"].get("creationTimestamp", ""), j["metadata"]["name"]),
         )
         out: list[JobSpec] = []
@@ -494,8 +305,6 @@ class KubernetesBackend:
             raw = (item["metadata"].get("annotations") or {}).get(mf.SPEC)
             if not raw:
                 continue
-            import json
-
             data = json.loads(raw)
             if data.get("kind") == "JuliaParBatchWorkers":
                 data["nworkers"] = int(item["spec"].get("completions") or 0)
@@ -514,16 +323,16 @@ class KubernetesBackend:
         if force:
             body["gracePeriodSeconds"] = 0
         try:
-            self.client.delete(self._jobs(name), body)
+            self.client.delete(self.routes.jobs_path(name), body)
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
-            if not self._tenant_jobs(name):
+            if not self.routes.tenant_jobs(name):
                 raise JobNotFoundError(name, self.cluster) from exc
-            self.client.delete(self._jobs(name), body)  # found in its tenant's namespace
+            self.client.delete(self.routes.jobs_path(name), body)  # in its tenant's namespace
         if force:
             self.client.delete(
-                self._pods(namespace=self._ns_of(name)),
+                self.routes.pods_path(namespace=self.routes.ns_of(name)),
                 {"gracePeriodSeconds": 0, "propagationPolicy": "Background"},
                 labelSelector=mf.selector(name),
             )
@@ -531,14 +340,14 @@ class KubernetesBackend:
         started = self.clock()
         deadline = started + limit
         released = False
-        while self.client.get_or_none(self._jobs(name)) is not None:
+        while self.client.get_or_none(self.routes.jobs_path(name)) is not None:
             if force and not released and self.clock() - started >= FORCE_RELEASE_AFTER:
                 self._release_finalizers(name)
                 released = True
             if self.clock() >= deadline:
                 raise BackendError(
                     f"job {name!r} is still being deleted after {limit:g}s",
-                    hint=f"run `kubectl describe job {name} -n {self._ns_of(name)}`",
+                    hint=f"run `kubectl describe job {name} -n {self.routes.ns_of(name)}`",
                 )
             self.sleep(min(self.poll_interval, 0.25))
         return True
@@ -547,14 +356,12 @@ class KubernetesBackend:
         """Force: a terminating pod whose Job-tracking finalizer the job controller has not
         removed yet (it lags under load) keeps the Job's foreground deletion waiting; drop the
         finalizers of the job's terminating pods so the deletion completes."""
-        namespace = self._ns_of(name)
-        pods = self.client.get(self._pods(namespace=namespace), labelSelector=mf.selector(name))
-        for pod in pods.get("items", []):
+        for pod in self.routes.job_pods(name):
             meta = pod.get("metadata", {})
             if meta.get("deletionTimestamp") and meta.get("finalizers"):
                 try:
                     self.client.merge_patch(
-                        self._pods(meta["name"], namespace=namespace),
+                        self.routes.pods_path(meta["name"], namespace=self.routes.ns_of(name)),
                         {"metadata": {"finalizers": None}},
                     )
                 except KubeApiError as exc:
@@ -562,7 +369,7 @@ class KubernetesBackend:
                         raise
 
     def scale(self, name: str, workers: int) -> JobStatus:
-        job = self._get_job(name)
+        job = self.routes.get_job(name)
         kind = (job["metadata"].get("labels") or {}).get(mf.KIND_LABEL, "Job")
         if kind != "JuliaParBatchWorkers":
             raise SpecError(kind, [("nworkers", "only JuliaParBatchWorkers jobs can be scaled")])
@@ -571,32 +378,10 @@ class KubernetesBackend:
         current = dx.diagnose(job, []).status
         if current.done:
             raise BackendError(f"job {name!r} has already {current.phase}; it cannot be scaled")
-        self.client.merge_patch(self._jobs(name), mf.scale_patch(workers))
+        self.client.merge_patch(self.routes.jobs_path(name), mf.scale_patch(workers))
         return self.status(name)
 
-    # -- logs -------------------------------------------------------------------------------
-
-    def _read_log(
-        self, pod: str, *, lines: int | None = None, since: datetime | None = None
-    ) -> list[tuple[datetime, str]]:
-        query: dict[str, Any] = {"container": mf.MAIN, "timestamps": True}
-        if lines is not None:
-            query["tailLines"] = lines
-        if since is not None:
-            query["sinceTime"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        try:
-            text = self.client.request("GET", f"{self._pods(pod)}/log", query=query, raw=True)
-        except KubeApiError as exc:
-            if exc.status in {400, 404}:  # not started yet, or gone
-                return []
-            raise
-        return [parse_log_line(ln) for ln in text.splitlines() if ln]
-
-    def _line(
-        self, name: str, wid: str, stamp: datetime, message: str, pod: dict[str, Any]
-    ) -> LogLine:
-        tenant = (pod["metadata"].get("labels") or {}).get(mf.TENANT_LABEL, "default")
-        return LogLine(stamp, name, wid, "stdout", message, cluster=self.cluster, tenant=tenant)
+    # -- output (see .podlogs, .collector) ---------------------------------------------------
 
     def logs(
         self,
@@ -612,129 +397,17 @@ class KubernetesBackend:
         :class:`~juliarun.logs.LogLine` with the worker id (``<job>-<index>``). ``follow``
         keeps yielding new lines (from workers started later too) until the job ends or
         ``stop()``. (Kubernetes merges stdout and stderr; lines are reported as stdout.)"""
-        self._get_job(name)
+        self.routes.get_job(name)
         if follow:
-            yield from self._follow(name, since, worker, stop or (lambda: False))
+            yield from self.pod_logs.follow(
+                name,
+                since=since,
+                worker=worker,
+                stop=stop or (lambda: False),
+                done=lambda job: self.status(job).done,
+            )
             return
-        found: list[LogLine] = []
-        for pod in sorted(self._job_pods(name), key=lambda p: p["metadata"]["creationTimestamp"]):
-            wid = dx.worker_id(name, pod)
-            if worker is not None and wid != worker:
-                continue
-            for stamp, message in self._read_log(pod["metadata"]["name"], lines=lines, since=since):
-                found.append(self._line(name, wid, stamp, message, pod))
-        found.sort(key=lambda ln: ln.timestamp)
-        yield from found[-lines:] if lines else found
-
-    def _follow(
-        self,
-        name: str,
-        since: datetime | None,
-        worker: str | None,
-        stop: Callable[[], bool],
-    ) -> Iterator[LogLine]:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        stopped = threading.Event()
-        streams: dict[tuple[str, int], threading.Thread] = {}
-        finished: set[tuple[str, int]] = set()
-        open_responses: list[Any] = []
-
-        def pump(key: tuple[str, int], pod: dict[str, Any]) -> None:
-            wid = dx.worker_id(name, pod)
-            query: dict[str, Any] = {"container": mf.MAIN, "timestamps": True, "follow": True}
-            if since is not None:
-                query["sinceTime"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            try:
-                resp = self.client.stream(
-                    f"{self._pods(key[0])}/log", query=query, timeout=(10.0, 3600.0)
-                )
-                open_responses.append(resp)
-                for raw in resp.lines():
-                    if stopped.is_set():
-                        break
-                    if raw:
-                        stamp, message = parse_log_line(raw)
-                        events.put(("line", self._line(name, wid, stamp, message, pod)))
-            except (BackendError, OSError) as exc:
-                self.log.debug("log stream of %s ended: %s", key[0], exc)
-            finally:
-                events.put(("end", key))
-
-        def consider(pod: dict[str, Any]) -> None:
-            if worker is not None and dx.worker_id(name, pod) != worker:
-                return
-            cs = dx._main(pod)
-            state = cs.get("state") or {}
-            if not ("running" in state or "terminated" in state):
-                return
-            key = (pod["metadata"]["name"], int(cs.get("restartCount") or 0))
-            if key in streams:
-                return
-            thread = threading.Thread(target=pump, args=(key, pod), daemon=True)
-            streams[key] = thread
-            thread.start()
-
-        def watch_pods() -> None:
-            def list_fn() -> Mapping[str, Any]:
-                return self.client.get(  # type: ignore[no-any-return]
-                    self._pods(namespace=self._ns_of(name)), labelSelector=mf.selector(name)
-                )
-
-            def watch_fn(version: str) -> Iterator[str]:
-                resp = self.client.stream(
-                    self._pods(namespace=self._ns_of(name)),
-                    query={
-                        "watch": True,
-                        "resourceVersion": version,
-                        "allowWatchBookmarks": True,
-                        "labelSelector": mf.selector(name),
-                        "timeoutSeconds": 10,
-                    },
-                    timeout=(10, 30),
-                )
-                open_responses.append(resp)
-                return resp.lines()
-
-            try:
-                for kind, pod in resumable_watch(
-                    list_fn, watch_fn, stop=stopped.is_set, sleep=time.sleep
-                ):
-                    if kind != "DELETED":
-                        events.put(("pod", pod))
-            except Exception as exc:  # the follow ends on its own poll; say why
-                events.put(("watch-error", exc))
-
-        watcher = threading.Thread(target=watch_pods, daemon=True)
-        watcher.start()
-        next_check = 0.0
-        done = False
-        try:
-            while True:
-                try:
-                    kind, item = events.get(timeout=self.poll_interval)
-                except queue.Empty:
-                    kind, item = "tick", None
-                if kind == "line":
-                    yield item
-                    continue
-                if kind == "pod":
-                    consider(item)
-                elif kind == "end":
-                    finished.add(item)
-                if stop():
-                    return
-                if not done and time.monotonic() >= next_check:
-                    next_check = time.monotonic() + self.poll_interval
-                    done = self.status(name).done
-                    if done:  # streams for pods whose events the watch has not shown yet
-                        for pod in self._job_pods(name):
-                            consider(pod)
-                if done and set(streams) <= finished and events.empty():
-                    return
-        finally:
-            stopped.set()
-            for resp in open_responses:
-                resp.close()
+        yield from self.pod_logs.lines(name, since=since, lines=lines, worker=worker)
 
     def collect(
         self,
@@ -747,145 +420,26 @@ class KubernetesBackend:
     ) -> CollectResult:
         """Ship the job's pod logs (and metric lines, and kubelet cpu/memory samples) into the
         stores until it ends; see :mod:`juliarun.backends.kubernetes.collector`."""
-        from juliarun.backends.kubernetes.collector import KubernetesCollector
-
-        self._get_job(name)
-        collector = KubernetesCollector(self, name, logs, metrics, on_line=on_line)
+        self.routes.get_job(name)
+        collector = KubernetesCollector(
+            self.routes,
+            name,
+            logs,
+            metrics,
+            cluster=self.cluster,
+            home=self.home,
+            poll_interval=self.poll_interval,
+            on_line=on_line,
+        )
         return collector.run(stop=stop)
 
-    # -- the cluster view -------------------------------------------------------------------
-
-    def _health(self) -> list[Component]:
-        components: list[Component] = []
-        for check in ("livez", "readyz"):
-            try:
-                text = self.client.request(
-                    "GET", f"/{check}", query={"verbose": True}, raw=True, timeout=5, retries=0
-                )
-                ok = True
-            except KubeApiError as exc:
-                text, ok = str(exc.body or exc.message), False
-            except BackendError as exc:
-                return [Component("apiserver", False, exc.message)]
-            failed = re.findall(r"\[-\](\S+)", text)
-            detail = "ok" if ok else "failing: " + ", ".join(failed)
-            if check == "livez":
-                components.append(Component("apiserver", ok, f"/livez {detail}"))
-            else:
-                etcd = "[-]etcd" not in text
-                components.append(Component("etcd", etcd, "/readyz etcd check"))
-                components.append(Component("apiserver-ready", ok, f"/readyz {detail}"))
-        try:  # deprecated, but the only view of scheduler and controller-manager health
-            for item in self.client.get("/api/v1/componentstatuses").get("items") or []:
-                cname = item["metadata"]["name"]
-                if cname.startswith("etcd"):
-                    continue
-                cond: dict[str, Any] = next(iter(item.get("conditions") or []), {})
-                components.append(
-                    Component(
-                        cname,
-                        cond.get("status") == "True",
-                        str(cond.get("message") or cond.get("error") or ""),
-                    )
-                )
-        except (KubeApiError, BackendError) as exc:
-            self.log.debug("componentstatuses unavailable: %s", exc)
-        return components
-
-    def _all_pods(self, field_selector: str) -> list[dict[str, Any]]:
-        try:
-            listing = self.client.get("/api/v1/pods", fieldSelector=field_selector)
-        except KubeApiError as exc:
-            if exc.status != 403:
-                raise
-            listing = self.client.get(self._pods(), fieldSelector=field_selector)
-        return list(listing.get("items") or [])
-
-    def _disk_free(self, node: dict[str, Any]) -> float | None:
-        """Free fraction of the node's filesystem from the kubelet summary API (via the
-        apiserver proxy), when the node has a reachable kubelet."""
-        if (node["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node"):
-            return None  # simulated: no kubelet to ask
-        try:
-            summary = self.client.request(
-                "GET",
-                f"/api/v1/nodes/{node['metadata']['name']}/proxy/stats/summary",
-                timeout=3,
-                retries=0,
-            )
-        except (KubeApiError, BackendError, ValueError):
-            return None
-        fs = (summary.get("node") or {}).get("fs") or {}
-        if fs.get("capacityBytes"):
-            return float(fs.get("availableBytes", 0)) / float(fs["capacityBytes"])
-        return None
+    # -- the cluster view (see .clusterview) -------------------------------------------------
 
     def cluster_status(self) -> ClusterStatus:
-        components = self._health()
-        nodes = list(self.client.get("/api/v1/nodes").get("items") or [])
-        pending = self._all_pods("status.phase=Pending")
-        waits = [dx.waiting_kind(p, nodes) for p in pending]
-        active = self._all_pods("status.phase!=Succeeded,status.phase!=Failed")
-        by_node: dict[str, list[dict[str, Any]]] = {}
-        for pod in active:
-            node_name = pod.get("spec", {}).get("nodeName")
-            if node_name:
-                by_node.setdefault(node_name, []).append(pod)
-        rows = [
-            node_status(n, by_node.get(n["metadata"]["name"], []), self._disk_free(n))
-            for n in sorted(nodes, key=lambda n: n["metadata"]["name"])
-        ]
-        return ClusterStatus(
-            cluster=self.cluster,
-            kind=self.kind,
-            endpoint=f"{self.client.host} (namespace {self.namespace})",
-            components=components,
-            waiting_for_scheduler=waits.count("scheduler"),
-            waiting_for_nodes=waits.count("nodes"),
-            resource_misfit=waits.count("misfit"),
-            nodes=rows,
-        )
+        return self.view.status()
 
     def close(self) -> None:
         self.client.close()
-
-
-def _pct(free: Decimal, total: Decimal) -> int:
-    if total <= 0:
-        return 0
-    return max(0, min(100, round(100 * free / total)))
-
-
-def node_status(
-    node: Mapping[str, Any], pods: list[dict[str, Any]], disk_free: float | None = None
-) -> NodeStatus:
-    """Free percentages of one node: allocatable minus the requests of the pods on it (disk
-    from the kubelet's filesystem stats when known, else from ephemeral-storage requests)."""
-    alloc = {
-        k: parse_quantity(str(v)) for k, v in (node["status"].get("allocatable") or {}).items()
-    }
-    used: dict[str, Decimal] = {}
-    for pod in pods:
-        for k, v in dx.pod_requests(pod).items():
-            used[k] = used.get(k, Decimal(0)) + v
-
-    def free(resource: str) -> int:
-        total = alloc.get(resource, Decimal(0))
-        return _pct(total - used.get(resource, Decimal(0)), total)
-
-    disk = round(100 * disk_free) if disk_free is not None else free("ephemeral-storage")
-    pod_total = alloc.get("pods", Decimal(0))
-    labels = node["metadata"].get("labels") or {}
-    return NodeStatus(
-        name=node["metadata"]["name"],
-        ready=dx._true(node, "Ready"),
-        cpu=free("cpu"),
-        gpu=free(mf.GPU_RESOURCE),
-        mem=free("memory"),
-        dsk=disk,
-        pod=_pct(pod_total - len(pods), pod_total),
-        labels={k: v for k, v in labels.items() if k.startswith("juliarun.io/")},
-    )
 
 
 def not_configured(reason: str) -> ConfigError:

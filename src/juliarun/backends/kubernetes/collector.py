@@ -43,19 +43,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from juliarun.backends.base import CollectResult
 from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
 from juliarun.backends.kubernetes.client import KubeApiError
+from juliarun.backends.kubernetes.podlogs import parse_log_line, since_time
+from juliarun.backends.kubernetes.routes import JobRoutes
 from juliarun.errors import BackendError, LineProtocolError
 from juliarun.logs.base import LogLine, LogQuery, LogStore
 from juliarun.metrics.base import MetricStore, Point
 from juliarun.metrics.lineprotocol import parse_line
-
-if TYPE_CHECKING:
-    from juliarun.backends.kubernetes.backend import KubernetesBackend
 
 METRIC_PREFIX = "##juliarun-metric "
 """A pod's stdout line starting with this is a metric line (InfluxDB line protocol follows)."""
@@ -118,7 +117,7 @@ def next_read(pod: _Pod, raw_pod: Mapping[str, Any]) -> tuple[int, bool] | None:
     much is harmless (the watermark drops what was shipped); reading too little loses lines.
     Concludes the last stream first: a clean end of a container that has since terminated or
     restarted means it was read to its end."""
-    cs = dx._main(dict(raw_pod))
+    cs = dx.main_container(dict(raw_pod))
     state = cs.get("state") or {}
     restart = int(cs.get("restartCount") or 0)
     if pod.last is not None and pod.clean:
@@ -138,38 +137,42 @@ def next_read(pod: _Pod, raw_pod: Mapping[str, Any]) -> tuple[int, bool] | None:
 
 
 class KubernetesCollector:
-    """Follows the pods of job ``name`` on ``backend``; :meth:`run` ships until the job ends.
+    """Follows the pods of job ``name`` (found through ``routes``) of cluster ``cluster``;
+    :meth:`run` ships until the job ends.
 
     ``on_line`` sees every shipped line (``watch_job`` logs them into the flow run);
-    ``clock`` drives the polling."""
+    ``clock`` drives the polling. The checkpoint is kept under ``home`` (default
+    ``<home>/collector/<namespace>/<job>.json``)."""
 
     def __init__(
         self,
-        backend: KubernetesBackend,
+        routes: JobRoutes,
         name: str,
         logs: LogStore,
         metrics: MetricStore | None = None,
         *,
+        cluster: str,
+        home: Path,
+        poll_interval: float = 0.5,
         on_line: Callable[[LogLine], None] | None = None,
-        poll_interval: float | None = None,
         sample_every: float = 5.0,
         drain_timeout: float = 60.0,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         checkpoint: Path | None = None,
     ) -> None:
-        self.backend = backend
-        self.client = backend.client
+        self.routes = routes
+        self.client = routes.client
         self.name = name
         self.logs = logs
         self.metrics = metrics
         self.on_line = on_line
-        self.poll_interval = poll_interval or backend.poll_interval
+        self.poll_interval = poll_interval
         self.sample_every = sample_every
         self.drain_timeout = drain_timeout
         self.log = logger or logging.getLogger("juliarun.kubernetes.collector")
         self.clock = clock
-        self.cluster = backend.cluster
+        self.cluster = cluster
         self.pods: dict[str, _Pod] = {}
         self.floors: dict[str, Watermark] = {}
         self.events: queue.Queue[tuple[str, str, Any]] = queue.Queue(maxsize=10_000)
@@ -177,7 +180,7 @@ class KubernetesCollector:
         self.result = CollectResult(name)
         self._open: list[Any] = []
         self.checkpoint = checkpoint or (
-            Path(backend.home) / "collector" / backend._ns_of(name) / f"{name}.json"
+            Path(home) / "collector" / routes.ns_of(name) / f"{name}.json"
         )
         self.saved: dict[str, Watermark] = self._load_checkpoint()
 
@@ -256,11 +259,11 @@ class KubernetesCollector:
         else:
             query["follow"] = True
         if since is not None:
-            query["sinceTime"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            query["sinceTime"] = since_time(since)
         ok = False
         try:
             resp = self.client.stream(
-                f"{self.backend._pods(pod.name)}/log", query=query, timeout=(10.0, 600.0)
+                f"{self.routes.pods_path(pod.name)}/log", query=query, timeout=(10.0, 600.0)
             )
             self._open.append(resp)
             try:
@@ -309,8 +312,6 @@ class KubernetesCollector:
     # -- shipping -----------------------------------------------------------------------------
 
     def _ship(self, batch: list[tuple[str, str]]) -> None:
-        from juliarun.backends.kubernetes.backend import parse_log_line
-
         lines: list[LogLine] = []
         points: list[Point] = []
         touched: set[str] = set()
@@ -364,7 +365,7 @@ class KubernetesCollector:
         by_node: dict[str, list[dict[str, Any]]] = {}
         for raw in raw_pods:
             node = raw.get("spec", {}).get("nodeName")
-            cs = dx._main(raw)
+            cs = dx.main_container(raw)
             if node and "running" in (cs.get("state") or {}):
                 by_node.setdefault(node, []).append(raw)
                 tags = self._tags(raw)
@@ -422,7 +423,7 @@ class KubernetesCollector:
 
     def _job_state(self) -> str | None:
         """``None`` while the job runs; ``"succeeded"``/``"failed"``/``"gone"`` once it ended."""
-        job = self.client.get_or_none(self.backend._jobs(self.name))
+        job = self.client.get_or_none(self.routes.jobs_path(self.name))
         if job is None:
             return "gone"
         for c in job.get("status", {}).get("conditions") or []:
@@ -480,7 +481,7 @@ class KubernetesCollector:
         try:
             while True:
                 state = self._job_state()
-                raw_pods = [] if state == "gone" else self.backend._job_pods(self.name)
+                raw_pods = [] if state == "gone" else self.routes.job_pods(self.name)
                 for raw in raw_pods:
                     self._consider(raw)
                 if state is None and (

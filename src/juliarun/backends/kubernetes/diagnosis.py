@@ -1,5 +1,7 @@
 """Pure diagnosis: from a Job, its pods, its events and the nodes (plain dicts as the apiserver
-sends them) to a :class:`~juliarun.backends.base.JobStatus` with a reason and a hint.
+sends them) to a :class:`~juliarun.backends.base.JobStatus` with a reason, a hint and the
+reason's :class:`~juliarun.backends.base.DiagnosisCategory` (code matches on the category, never
+on the reason's text).
 
 What is recognised, and what the hint says:
 
@@ -29,6 +31,8 @@ that cannot start must not make ``wait`` or the ``run_job`` flow hang.
 >>> report = diagnose(job, [pod], nodes=[])
 >>> report.status.phase, report.status.reason
 ('failed', 'unschedulable: no node of type gpu')
+>>> report.status.category
+<DiagnosisCategory.NO_SUCH_NODE_TYPE: 'no_such_node_type'>
 """
 
 from __future__ import annotations
@@ -40,7 +44,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from juliarun.backends.base import JobStatus, WorkerState, WorkerStatus
+from juliarun.backends.base import (
+    Diagnosis,
+    DiagnosisCategory,
+    JobStatus,
+    WorkerState,
+    WorkerStatus,
+)
+from juliarun.backends.kubernetes import manifests as mf
 from juliarun.specs import parse_quantity
 
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -68,12 +79,14 @@ def _cond(obj: Obj, kind: str) -> Obj | None:
     return None
 
 
-def _true(obj: Obj, kind: str) -> bool:
+def condition_true(obj: Obj, kind: str) -> bool:
+    """Whether condition ``kind`` of an object (a Job, a pod, a node) has status ``True``."""
     c = _cond(obj, kind)
     return c is not None and c.get("status") == "True"
 
 
-def _main(pod: Obj) -> Obj:
+def main_container(pod: Obj) -> Obj:
+    """The status of the pod's ``main`` container (else its first container's, else empty)."""
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         if cs.get("name") == MAIN:
             return cs  # type: ignore[no-any-return]
@@ -107,7 +120,7 @@ def worker_id(job_name: str, pod: Obj) -> str:
 def worker_from_pod(job_name: str, pod: Obj, earlier: int = 0) -> WorkerStatus:
     """One worker from its newest pod; ``earlier`` pods of the same index count as restarts."""
     status = pod.get("status", {})
-    cs = _main(pod)
+    cs = main_container(pod)
     state = cs.get("state") or {}
     phase = status.get("phase")
     worker = WorkerStatus(
@@ -276,19 +289,27 @@ def _largest(nodes: Sequence[Obj], resource: str) -> str:
     return max(values, key=parse_quantity) if values else "0"
 
 
-@dataclass
-class Problem:
-    """Why a job cannot progress; ``fatal`` when only a person can fix it."""
+Category = DiagnosisCategory
 
-    reason: str
-    hint: str
+
+@dataclass(frozen=True)
+class Problem(Diagnosis):
+    """Why a job cannot progress (a :class:`~juliarun.backends.base.Diagnosis`); ``fatal``
+    when only a person can fix it."""
+
     fatal: bool = False
+
+    @property
+    def reason(self) -> str:
+        """The summary, as the status shows it for its reason."""
+        return self.summary
 
 
 def missing_node(pod: Obj, nodes: Sequence[Obj]) -> Problem | None:
     """The pod asks for node labels (a node type) no node carries."""
     problem = unschedulable(pod, nodes, "")
-    return problem if problem.reason.startswith("unschedulable: no node ") else None
+    missing = {Category.NO_SUCH_NODE_TYPE, Category.NO_NODE_WITH_LABELS}
+    return problem if problem.category in missing else None
 
 
 def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Problem:
@@ -312,16 +333,20 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
         if not typed:
             if node_type:
                 return Problem(
+                    Category.NO_SUCH_NODE_TYPE,
                     f"unschedulable: no node of type {node_type}",
                     f"add nodes labelled {NODE_TYPE_LABEL}={node_type} (tainted "
                     f"{NODE_TYPE_LABEL}={node_type}:NoSchedule), or submit without "
                     f"node_type={node_type!r}",
+                    message or None,
                     fatal=True,
                 )
             wanted = ",".join(f"{k}={v}" for k, v in sorted(selector_labels.items()))
             return Problem(
+                Category.NO_NODE_WITH_LABELS,
                 f"unschedulable: no node has the labels {wanted}",
                 f"label a node (`kubectl label node <node> {wanted}`) or change node_labels",
+                message or None,
                 fatal=True,
             )
         # Transient node state (not ready, cordoned, pressure) is not the job's fault: judge the
@@ -337,10 +362,12 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
                 }
             )
             return Problem(
+                Category.UNTOLERATED_TAINT,
                 f"unschedulable: every matching node has a taint the job does not tolerate "
                 f"({', '.join(taints) or 'cordoned'})",
                 "add the toleration to the cluster's node-type map, or remove the taint "
                 f"(`{describe}`)",
+                message or None,
                 fatal=True,
             )
         if not any(_fits_empty(pod, n) for n in candidates):
@@ -355,9 +382,11 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
             ]
             where = f"{node_type} node" if node_type else "node"
             return Problem(
+                Category.RESOURCE_MISFIT,
                 f"unschedulable: resource misfit: each worker asks "
                 f"{', '.join(too_big) or 'more'}, more than any {where} has",
                 "lower the request (cpu=, memory=, gpu=) or add larger nodes",
+                message or None,
                 fatal=True,
             )
         if not any(node_matches(pod, n) for n in candidates):
@@ -371,27 +400,40 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
                 | {"cordoned" for n in candidates if n.get("spec", {}).get("unschedulable")}
             )
             return Problem(
+                Category.NODE_NOT_SCHEDULABLE,
                 f"unschedulable: waiting for a matching node to become schedulable "
                 f"({', '.join(states) or 'not ready'})",
                 f"wait, or check the nodes (`kubectl get nodes`; `{describe}`)",
+                message or None,
             )
     if parsed.insufficient:
         what = ", ".join(f"{r} on {c} node(s)" for r, c in sorted(parsed.insufficient.items()))
         return Problem(
+            Category.WAITING_FOR_NODES,
             f"unschedulable: insufficient {what} (waiting for free nodes)",
             f"wait for other jobs to finish, add nodes, or lower the request (`{describe}`)",
+            message,
         )
     if parsed.taints:
         return Problem(
+            Category.UNTOLERATED_TAINT,
             f"unschedulable: untolerated taint {'; '.join(parsed.taints)}",
             f"add the toleration to the node-type map or remove the taint (`{describe}`)",
+            message,
         )
     if parsed.selector_mismatch and node_type:
         return Problem(
+            Category.WAITING_FOR_NODES,
             f"unschedulable: no free node of type {node_type}",
             f"add nodes labelled {NODE_TYPE_LABEL}={node_type} (`{describe}`)",
+            message,
         )
-    return Problem(f"unschedulable: {message or 'no reason given'}", f"run `{describe}`")
+    return Problem(
+        Category.UNSCHEDULABLE,
+        f"unschedulable: {message or 'no reason given'}",
+        f"run `{describe}`",
+        message or None,
+    )
 
 
 def waiting_kind(pod: Obj, nodes: Sequence[Obj]) -> Waiting | None:
@@ -434,7 +476,7 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
     init = init_problem(pod, namespace)
     if init is not None:
         return init
-    cs = _main(pod)
+    cs = main_container(pod)
     state = cs.get("state") or {}
     last = (cs.get("lastState") or {}).get("terminated") or {}
     term = state.get("terminated") or {}
@@ -444,8 +486,10 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
         waiting.get("reason") == "CrashLoopBackOff" and last.get("reason") == "OOMKilled"
     ):
         return Problem(
+            Category.OOM_KILLED,
             f"OOMKilled: worker {wid} ran out of memory (limit {limit or 'none'})",
             f"raise memory= above {limit} or use less memory (`{describe}`)",
+            f"memory limit {limit or 'none'}",
             fatal=restart == "Never" or bool(term),
         )
     if waiting.get("reason") in _PULL_REASONS:
@@ -458,38 +502,48 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
             re.search(r"not found|manifest unknown|does not exist|repository .* not", message)
         )
         return Problem(
+            Category.IMAGE_PULL,
             f"image pull failure: {image}: {waiting.get('reason')}"
             + (f": {_short(message)}" if message else ""),
             f"check that {image} exists in its registry and the node can pull it (`{describe}`)",
+            message or None,
             fatal=fatal,
         )
     if waiting.get("reason") in _CREATE_REASONS:
         return Problem(
+            Category.CONTAINER_CREATE_FAILED,
             f"cannot start worker {wid}: {waiting.get('reason')}: "
             f"{_short(str(waiting.get('message') or ''))}",
             f"run `{describe}`",
+            str(waiting.get("message") or "") or None,
             fatal=True,
         )
     if waiting.get("reason") == "CrashLoopBackOff":
         code = last.get("exitCode")
         return Problem(
+            Category.CRASH_LOOP,
             f"CrashLoopBackOff: worker {wid} keeps failing (exit code {code}, "
             f"{cs.get('restartCount', 0)} restarts)",
             f"see its output (`juliarun tail {job_name}`, `kubectl logs {name} -n {namespace} "
             f"--previous`)",
+            f"exit code {code}",
         )
     if term.get("exitCode") not in (None, 0):
         return Problem(
+            Category.EXIT_CODE,
             f"worker {wid} exited with code {term['exitCode']}",
             f"see its output with `juliarun tail {job_name}` (or `kubectl logs {name} -n "
             f"{namespace}`)",
+            f"exit code {term['exitCode']}",
             fatal=restart == "Never",
         )
     if pod.get("status", {}).get("phase") == "Failed" and not term:
         reason = pod["status"].get("reason") or "failed"
         return Problem(
+            Category.POD_FAILED,
             f"worker {wid} failed: {reason}: {_short(str(pod['status'].get('message') or ''))}",
             f"run `{describe}`",
+            str(pod["status"].get("message") or "") or None,
         )
     return None
 
@@ -519,20 +573,24 @@ def init_problem(pod: Obj, namespace: str) -> Problem | None:
         if waiting.get("reason") in _PULL_REASONS:
             image = images.get(cname) or "?"
             return Problem(
+                Category.IMAGE_PULL,
                 f"image pull failure: {image} (clones storage {storage!r}): "
                 f"{waiting.get('reason')}: {_short(str(waiting.get('message') or ''))}",
                 f"set JULIARUN_GIT_IMAGE (or the cluster block's git_image) to an image with "
                 f"git that the nodes can pull (`kubectl describe pod {pod_name(pod)} -n "
                 f"{namespace}`)",
+                str(waiting.get("message") or "") or None,
                 fatal=waiting.get("reason") == "InvalidImageName",
             )
         if term.get("exitCode") not in (None, 0):
             message = _short(str(term.get("message") or term.get("reason") or ""))
             return Problem(
+                Category.GIT_CLONE_FAILED,
                 f"git clone of storage {storage!r} failed (exit code {term['exitCode']})"
                 + (f": {message}" if message else ""),
                 f"check that the cluster's nodes can reach the storage's url and that the commit "
                 f"is still there (`{logs}`)",
+                str(term.get("message") or term.get("reason") or "") or None,
             )
     return None
 
@@ -544,7 +602,7 @@ def waiting_to_mount(pod: Obj) -> bool:
     """Assigned to a node, still creating its containers (when volumes fail to mount)."""
     if pod.get("status", {}).get("phase") != "Pending" or not pod.get("spec", {}).get("nodeName"):
         return False
-    waiting = (_main(pod).get("state") or {}).get("waiting") or {}
+    waiting = (main_container(pod).get("state") or {}).get("waiting") or {}
     return waiting.get("reason") in {None, "ContainerCreating", "PodInitializing"}
 
 
@@ -592,9 +650,11 @@ def mount_problem(pod: Obj, events: Sequence[Obj], job_name: str, namespace: str
             "network git URL, or bake the bundle into the image (ImageSpec.bundle)"
         )
     return Problem(
+        Category.STORAGE_MISSING_ON_NODE if host_path else Category.MOUNT_FAILED,
         f"cannot mount {what} for worker {worker_id(job_name, pod)} on node {node}: "
         f"{_short(detail)}",
         hint,
+        message,
         fatal=host_path,
     )
 
@@ -622,15 +682,19 @@ def create_problem(events: Sequence[Obj], namespace: str) -> Problem | None:
     if quota:
         detail = message.split("forbidden: ", 1)[-1]
         return Problem(
+            Category.QUOTA_EXCEEDED,
             f"quota exceeded: {_short(detail)}",
             f"raise the ResourceQuota {quota.group(1)} in namespace {namespace} "
             f"(`kubectl describe quota {quota.group(1)} -n {namespace}`) or lower the request",
+            message,
             fatal=True,
         )
     return Problem(
+        Category.POD_CREATE_FAILED,
         f"cannot create pods: {_short(message)}",
         f"run `kubectl describe job {event.get('involvedObject', {}).get('name', '')} "
         f"-n {namespace}`",
+        message or None,
         fatal="forbidden" in message,
     )
 
@@ -642,10 +706,18 @@ def create_problem(events: Sequence[Obj], namespace: str) -> Problem | None:
 
 @dataclass
 class Report:
-    """A job's status, and the pod whose last log lines explain its failure (if any)."""
+    """A job's status, the diagnosis behind its reason (with the evidence, ``detail``) and
+    the pod whose last log lines explain its failure (if any)."""
 
     status: JobStatus
     log_pod: str | None = None
+    diagnosis: Diagnosis | None = None
+
+    def explain(self, diagnosis: Diagnosis) -> None:
+        """Set the status's reason, hint and category from ``diagnosis``."""
+        self.diagnosis = diagnosis
+        self.status.reason, self.status.hint = diagnosis.summary, diagnosis.hint
+        self.status.category = diagnosis.category
 
 
 def diagnose(
@@ -679,11 +751,13 @@ def diagnose(
     problems: list[tuple[Problem, str | None]] = []
     for pod, _ in newest:
         problem = pod_problem(pod, name, namespace, restart)
+        if problem is None and placement_gated(pod):
+            problem = placement_wait(job)
         if problem is None and waiting_to_mount(pod):
             problem = mount_problem(pod, events, name, namespace)
-        if problem is None and _pending_unscheduled(pod):
+        if problem is None and pending_unscheduled(pod):
             problem = unschedulable(pod, nodes, namespace)
-        elif problem is None and _pending_unassigned(pod) and nodes is not None:
+        elif problem is None and pending_unassigned(pod) and nodes is not None:
             problem = missing_node(pod, nodes)  # known before the scheduler says so
         if problem is not None:
             problems.append((problem, pod_name(pod) if _has_run(pod) else None))
@@ -692,35 +766,71 @@ def diagnose(
         problems.append((created, None))
     problems.sort(key=lambda p: not p[0].fatal)  # the fatal ones explain most
 
-    if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+    if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
         status.phase = "succeeded"
         status.finished_at = ts((_cond(job, "Complete") or {}).get("lastTransitionTime"))
         return report
-    failed = _cond(job, "Failed") if _true(job, "Failed") else None
-    if failed is None and _true(job, "FailureTarget"):
+    failed = _cond(job, "Failed") if condition_true(job, "Failed") else None
+    if failed is None and condition_true(job, "FailureTarget"):
         failed = _cond(job, "FailureTarget")
     if failed is not None or (problems and problems[0][0].fatal):
         status.phase = "failed"
         status.finished_at = ts((failed or {}).get("lastTransitionTime"))
         if problems:
-            status.reason, status.hint = problems[0][0].reason, problems[0][0].hint
+            report.explain(problems[0][0])
             report.log_pod = problems[0][1]
         else:
-            status.reason = f"{(failed or {}).get('reason')}: {(failed or {}).get('message')}"
-            status.hint = f"run `kubectl describe job {name} -n {namespace}`"
+            condition = failed or {}
+            report.explain(
+                Diagnosis(
+                    Category.JOB_FAILED,
+                    f"{condition.get('reason')}: {condition.get('message')}",
+                    f"run `kubectl describe job {name} -n {namespace}`",
+                    str(condition.get("reason") or "") or None,
+                )
+            )
         return report
     if any(w.state in {"running", "succeeded", "failed", "restarting"} for w in workers):
         status.phase = "running"
     if problems:
-        status.reason, status.hint = problems[0][0].reason, problems[0][0].hint
+        report.explain(problems[0][0])
     elif not pods and status.phase == "created":
-        status.reason = "waiting for the job controller to create pods"
-    elif any(_pending_unassigned(p) for p, _ in newest):
-        status.reason = "waiting for scheduler"
+        report.explain(
+            Diagnosis(
+                Category.WAITING_FOR_CONTROLLER, "waiting for the job controller to create pods"
+            )
+        )
+    elif any(pending_unassigned(p) for p, _ in newest):
+        report.explain(Diagnosis(Category.WAITING_FOR_SCHEDULER, "waiting for scheduler"))
     return report
 
 
-def _pending_unscheduled(pod: Obj) -> bool:
+def placement_gated(pod: Obj) -> bool:
+    """The pod waits for juliarun's placement controller (its scheduling gate)."""
+    gates = pod.get("spec", {}).get("schedulingGates") or []
+    return any(g.get("name") == mf.PLACEMENT_GATE for g in gates)
+
+
+def placement_wait(job: Obj) -> Problem:
+    """Why a gated job waits: what the placement controller wrote on the Job (nothing yet:
+    no controller has looked at it)."""
+    said = str(
+        (job.get("metadata", {}).get("annotations") or {}).get(mf.PLACEMENT_ANNOTATION) or ""
+    )
+    why = said.removeprefix("waiting: ") if said.startswith("waiting: ") else None
+    summary = "waiting for placement" + (f": {why}" if why else "")
+    hint = (
+        "the job starts whole once all its workers fit; add nodes (or let the cluster "
+        "autoscaler) or wait for other jobs to end"
+        if why
+        else "juliarun's placement controller places gated jobs: run the cluster autoscaler "
+        "or `juliarun placement` against this cluster"
+    )
+    return Problem(Category.WAITING_FOR_PLACEMENT, summary, hint, said or None)
+
+
+def pending_unscheduled(pod: Obj) -> bool:
+    """Pending, and the scheduler said it cannot place the pod (``PodScheduled=False``)."""
     cond = _cond(pod, "PodScheduled")
     return (
         pod.get("status", {}).get("phase") == "Pending"
@@ -730,14 +840,15 @@ def _pending_unscheduled(pod: Obj) -> bool:
     )
 
 
-def _pending_unassigned(pod: Obj) -> bool:
+def pending_unassigned(pod: Obj) -> bool:
+    """Pending, and on no node yet."""
     return pod.get("status", {}).get("phase") == "Pending" and not pod.get("spec", {}).get(
         "nodeName"
     )
 
 
 def _has_run(pod: Obj) -> bool:
-    cs = _main(pod)
+    cs = main_container(pod)
     return bool(
         (cs.get("state") or {}).get("terminated") or cs.get("lastState", {}).get("terminated")
     )

@@ -36,6 +36,8 @@ JOB_LABEL = "juliarun.io/job"
 TENANT_LABEL = "juliarun.io/tenant"
 KIND_LABEL = "juliarun.io/kind"
 NODE_TYPE_LABEL = "juliarun.io/node-type"
+PLACEMENT_GATE = "juliarun.io/placement"  # pods wait for juliarun's placement controller
+PLACEMENT_ANNOTATION = "juliarun.io/placement"  # on a Job: where it was placed, or why it waits
 SPEC_HASH = "juliarun.io/spec-hash"
 SPEC = "juliarun.io/spec"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -279,8 +281,11 @@ def job_manifest(
     julia: str = "julia",
     kill_grace: float = 10,
     bundle: tuple[str, str] | None = None,
+    gated: bool = False,
 ) -> dict[str, Any]:
-    """The ``batch/v1`` Job that runs ``job`` in ``namespace``. ``storage`` maps each name the
+    """The ``batch/v1`` Job that runs ``job`` in ``namespace``. With ``gated`` its pods carry
+    the scheduling gate ``juliarun.io/placement``: juliarun's placement controller places the
+    job whole, then removes the gate. ``storage`` maps each name the
     job uses to its spec; ``node_paths`` gives git checkouts' directories on the node;
     ``git_clones`` the git storage that init containers of ``git_image`` clone instead, as
     ``name → (url, commit)``;
@@ -393,6 +398,8 @@ def job_manifest(
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    if gated:
+        pod_spec["schedulingGates"] = [{"name": PLACEMENT_GATE}]
 
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",

@@ -9,16 +9,13 @@ without pulling anything: their rows say so.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from juliarun.backends.kubernetes import manifests as mf
-from juliarun.backends.kubernetes.client import KubeApiError, ns_path
+from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.errors import BackendError, SpecError
-
-if TYPE_CHECKING:
-    from juliarun.backends.kubernetes.backend import KubernetesBackend
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 # Taints DaemonSet pods tolerate on their own (the DaemonSet controller adds them).
@@ -60,6 +57,19 @@ def matching_nodes(
     return found
 
 
+class PrewarmTarget(Protocol):
+    """What pre-warming needs of a cluster (a :class:`KubernetesBackend` is one): its client,
+    the namespace the DaemonSet runs in, its node-type map, and the clock and sleep it waits
+    with."""
+
+    client: KubeClient
+    namespace: str
+    node_types: dict[str, mf.NodeTypeRule]
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    poll_interval: float
+
+
 def _pod_detail(pod: Mapping[str, Any]) -> tuple[bool, str]:
     status = pod.get("status") or {}
     ready = any(
@@ -77,7 +87,7 @@ def _pod_detail(pod: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def prewarm(
-    backend: KubernetesBackend,
+    backend: PrewarmTarget,
     image: str,
     node_type: str | None = None,
     *,

@@ -15,12 +15,13 @@ from typing import Any, ClassVar
 
 import psutil
 
-from juliarun.backends.base import ClusterStatus, Component, NodeStatus
+from juliarun.backends.base import ClusterStatus, Component, NodeReadiness, NodeStatus
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.local import storage as local_storage
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, SpecError
+from juliarun.queues.base import Queue
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 MNT = "/mnt/"
@@ -36,6 +37,7 @@ class LocalBackend(SupervisedBackend):
     """
 
     kind: ClassVar[str] = "local"
+    image: str | None = None  # jobs are processes, not containers
 
     def __init__(
         self,
@@ -98,11 +100,38 @@ class LocalBackend(SupervisedBackend):
 
     def _check(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> None:
         self._check_fits(job)
+
         if not isinstance(job, Batch) and shutil.which(self.julia) is None:
             raise BackendError(
                 f"julia executable {self.julia!r} not found",
                 hint="install it (scripts/testenv up julia) or set JULIARUN_JULIA",
             )
+
+    def start_queue(self, name: str) -> Queue:
+        """A dedicated ``rabbitmq-server`` of this cluster on this machine (own node name,
+        ports, data directory and generated credentials)."""
+        from juliarun.queues.local import start_local_broker
+
+        return start_local_broker(self.home, self.cluster, name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        from juliarun.queues.local import delete_local_broker
+
+        return delete_local_broker(self.home, self.cluster, name, force=force)
+
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """A local job sees the directory itself."""
+        return str(host_path)
+
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]:
+        """Nothing to pull: local jobs run as processes.
+
+        >>> LocalBackend(Path("/tmp/juliarun-doctest")).prewarm("julia:1.5")[0].detail
+        'local jobs run as processes: no image to pull'
+        """
+        return [NodeReadiness("local", True, "local jobs run as processes: no image to pull")]
 
     def _plan(self, job: JobSpec, storage: Mapping[str, StorageSpec]) -> Plan:
         bundle_env = self._bundle_env(job)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import psutil
 
 from juliarun._files import private_dir, private_file
-from juliarun.backends.base import ClusterStatus, JobStatus
+from juliarun.backends.base import ClusterStatus, DiagnosisCategory, JobStatus, NodeReadiness
 from juliarun.backends.supervised.jobdir import JobDir, now, status_from_files
 from juliarun.backends.supervised.stores import stores_json
 from juliarun.errors import (
@@ -100,6 +100,19 @@ class SupervisedBackend(ABC):
 
     @abstractmethod
     def cluster_status(self) -> ClusterStatus: ...
+
+    def job_path(self, storage: str, host_path: Path) -> str:
+        """Containers see host storage at ``/mnt/<storage>``."""
+        return f"/mnt/{storage}"
+
+    def bundle_paths_in_use(self) -> list[str]:
+        """Every job has a ``job.json`` under ``home`` naming its bundle: nothing else."""
+        return []
+
+    @abstractmethod
+    def prewarm(
+        self, image: str, *, node_type: str | None = None, timeout: float = 300.0
+    ) -> list[NodeReadiness]: ...
 
     def close(self) -> None:
         return None
@@ -242,6 +255,7 @@ class SupervisedBackend(ABC):
             status.phase = "failed"
             status.reason = "the job's supervisor exited unexpectedly; its workers were stopped"
             status.hint = f"see {jobdir.supervisor_log}"
+            status.category = DiagnosisCategory.SUPERVISOR_CRASHED
             status.finished_at = now()
             for worker in status.workers:
                 if worker.state in ("running", "restarting", "waiting"):
@@ -253,6 +267,7 @@ class SupervisedBackend(ABC):
                 status.phase = "failed"
                 status.reason = "the job's supervisor never started"
                 status.hint = f"see {jobdir.supervisor_log}"
+                status.category = DiagnosisCategory.SUPERVISOR_NEVER_STARTED
         return status
 
     def jobs(self) -> list[JobSpec]:

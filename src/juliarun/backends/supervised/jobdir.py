@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from juliarun.backends.base import JobStatus, WorkerStatus
+from juliarun.backends.base import DiagnosisCategory, JobStatus, WorkerStatus
 
 
 def now() -> datetime:
@@ -42,7 +42,8 @@ def worker_from_json(data: dict[str, Any]) -> WorkerStatus:
 
 class JobDir:
     """``<home>/clusters/<cluster>/jobs/<name>/`` holding job.json (written once at submit, mode
-    0600 like every file here: it holds the log and metric store configs, secrets included),
+    0600 like every file here; the store configs, credentials included, are never written here:
+    the supervisor gets them on its stdin, see :mod:`.stores`),
     control.json (the desired worker count, written by scale), supervisor.json (the supervisor's
     pid, written by submit as soon as it is started) and state.json (written by the job's
     supervisor process)."""
@@ -78,8 +79,7 @@ class JobDir:
         return data if isinstance(data, dict) else {}
 
     def _write(self, filename: str, data: dict[str, Any]) -> None:
-        """Replace ``filename`` atomically, readable by its owner only (mode 0600): job.json
-        holds the store configs, credentials included."""
+        """Replace ``filename`` atomically, readable by its owner only (mode 0600)."""
         target = self.path / filename
         tmp = target.with_name(f".{filename}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -117,6 +117,7 @@ class JobDir:
                 "workers": [worker_to_json(w) for w in status.workers],
                 "reason": status.reason,
                 "hint": status.hint,
+                "category": status.category,
                 "last_lines": status.last_lines,
                 "finished_at": status.finished_at.isoformat() if status.finished_at else None,
                 "supervisor": supervisor,
@@ -124,13 +125,39 @@ class JobDir:
         )
 
 
+def failure_category(status: JobStatus) -> DiagnosisCategory | None:
+    """What kind of failure a supervisor's failed state is, from what it records of each
+    worker: a worker that failed without an exit code never started, a negative code is the
+    signal that killed it; a job that failed with no failed worker was deleted.
+
+    >>> from juliarun.backends.base import WorkerStatus as W
+    >>> def failed(*workers: W) -> JobStatus:
+    ...     return JobStatus("j", "Batch", "failed", len(workers), list(workers))
+    >>> [str(failure_category(failed(W("j-0", "failed", exit_code=c)))) for c in (3, -9, None)]
+    ['exit_code', 'killed_by_signal', 'worker_start_failed']
+    >>> failure_category(failed(W("j-0", "removed")))
+    <DiagnosisCategory.DELETED: 'deleted'>
+    """
+    if status.phase != "failed":
+        return None
+    for worker in status.workers:
+        if worker.state == "failed":
+            if worker.exit_code is None:
+                return DiagnosisCategory.WORKER_START_FAILED
+            if worker.exit_code < 0:
+                return DiagnosisCategory.KILLED_BY_SIGNAL
+            return DiagnosisCategory.EXIT_CODE
+    return DiagnosisCategory.DELETED
+
+
 def status_from_files(jobdir: JobDir) -> JobStatus:
-    """The job's status as its files tell it (no liveness check)."""
+    """The job's status as its files tell it (no liveness check); the category of a failure
+    is the supervisor's when it recorded one, else :func:`failure_category`."""
     job = jobdir.read_job()
     state = jobdir.read_state()
     control = jobdir.read_control()
     desired = int(control.get("workers", job.get("desired_workers", 1)))
-    return JobStatus(
+    status = JobStatus(
         name=jobdir.name,
         kind=job.get("spec", {}).get("kind", "?"),
         phase=state.get("phase", "created"),
@@ -142,3 +169,6 @@ def status_from_files(jobdir: JobDir) -> JobStatus:
         created_at=_dt(job.get("created_at")),
         finished_at=_dt(state.get("finished_at")),
     )
+    recorded = state.get("category")
+    status.category = DiagnosisCategory(recorded) if recorded else failure_category(status)
+    return status

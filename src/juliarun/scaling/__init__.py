@@ -1,0 +1,1 @@
+"""Pure scaling logic: metrics, policies, placement and the cluster planner."""

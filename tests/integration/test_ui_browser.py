@@ -1,0 +1,323 @@
+"""Issue 14, item 1: the Prefect UI in a real headless browser, against `juliarun serve`.
+
+A person opens the run-job deployment's run form, fills it for a job (each kind), submits, opens
+the run, waits for it to complete, reads the job's lines in the run's logs and the worker table
+artifact. Both UIs Prefect ships: v2 (the default, under /v2) and v1 (at the root).
+
+`juliarun serve` runs once for the module, on its own JULIARUN_HOME. The test server is shared
+(another `juliarun serve` may pick a run of run-job up), so the form's ``cluster`` is a
+LocalCluster block on this module's home, with a unique name: wherever the run executes, the job
+runs there. A failed test leaves its last page under test-output/ (see fixtures/browser.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from juliarun.deployments.serve import example_job
+from tests.integration.fixtures.prefect import RUN_JOB, _served
+from tests.integration.prefect_ui import (
+    RunFormV1,
+    RunFormV2,
+    open_run_from_list,
+    page_text,
+    read_table,
+    wait_for,
+    wait_for_state,
+    wait_for_text,
+)
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+pytestmark = [pytest.mark.browser, pytest.mark.prefect_server, pytest.mark.julia]
+
+
+@dataclass(frozen=True)
+class Served:
+    ui: str  # the UI's base address (the API server's, without /api)
+    deployment_id: str  # run-job's
+    cluster: str  # the LocalCluster block the form names
+    home: Path
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def served(
+    prefect_api_url: str, julia: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """`juliarun serve --cluster local` on a fresh home, the storage ``code`` defined there
+    (a host directory with the Julia scripts), and a LocalCluster block naming that home."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from juliarun.backends.local import LocalBackend
+    from juliarun.blocks import LocalCluster
+    from juliarun.specs import StorageSpec
+    from juliarun.storage import StorageCatalog
+
+    root = tmp_path_factory.mktemp("ui")
+    home = root / "home"
+    code = root / "code"
+    code.mkdir()
+    (code / "hello.jl").write_text(
+        'println("hello from JuliaBatch ", VERSION)\nprintln(stderr, "to err")\n'
+    )
+    (code / "worker.jl").write_text(
+        'println("worker ", ENV["JULIARUN_WORKER_INDEX"], " says hi")\n'
+    )
+    cluster = _unique("ui")
+    log_path = root / "serve.log"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "JULIARUN_HOME": str(home)}
+    env.pop("JULIARUN_CLUSTER", None)
+    started = datetime.now(UTC)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "juliarun.cli", "serve", "--cluster", "local"],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not _served(prefect_api_url, RUN_JOB, since=started):
+            assert proc.poll() is None, f"juliarun serve exited:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"run-job not served:\n{log_path.read_text()}"
+            time.sleep(0.5)
+        with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
+            LocalCluster(home=str(home)).save(cluster)
+            with get_client(sync_client=True) as client:
+                deployment = client.read_deployment_by_name(RUN_JOB)
+        # The storage catalog is the served process's (its JULIARUN_HOME), not the block's.
+        StorageCatalog(home / "storage.json").define(
+            StorageSpec(name="code", kind="host", path=str(code))
+        )
+        yield Served(
+            ui=prefect_api_url.removesuffix("/").removesuffix("/api"),
+            deployment_id=str(deployment.id),
+            cluster=cluster,
+            home=home,
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
+            LocalCluster.delete(cluster)
+        backend = LocalBackend(home)
+        for job in backend.jobs():
+            backend.delete(job.name, force=True)
+
+
+def _read_run_v2(
+    driver: WebDriver, served: Served, run_id: str, job: str, lines: tuple[str, ...]
+) -> list[dict[str, str]]:
+    """On the v2 run page: wait for Completed, wait for the job's ``lines`` in the Logs tab,
+    open the job's artifact from the Artifacts tab and return its table's rows."""
+    from selenium.webdriver.common.by import By
+
+    state = wait_for_state(driver, ("Completed", "Failed", "Crashed"))
+    assert state == "Completed", page_text(driver)
+    wait_for_text(
+        driver,
+        f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Logs",
+        lines,
+        f"the lines of {job} in the run's logs",
+    )
+    driver.get(f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Artifacts")
+    wait_for(
+        driver,
+        f"the artifact job-{job}",
+        lambda: driver.find_elements(By.XPATH, f"//*[normalize-space()='job-{job}']"),
+    )[0].click()
+    return read_table(driver, "worker")
+
+
+def _submit_v2(driver: WebDriver, served: Served, form: RunFormV2, job: str) -> str:
+    form.flow_text("cluster", served.cluster)
+    run_name = form.run_name()
+    form.submit()
+    return open_run_from_list(driver, (run_name, job))
+
+
+def test_v2_the_form_opens_with_a_working_example(chrome: WebDriver, served: Served) -> None:
+    """The run-job form opens filled with the example Batch: only the cluster is changed; the
+    example runs as it is, its line is in the logs and its worker in the table."""
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    assert form.job_tabs() == [
+        ("JuliaBatch", False),
+        ("JuliaParBatchWorkers", False),
+        ("Batch", True),
+    ]
+    run_id = _submit_v2(chrome, served, form, "hello-juliarun")
+    (row,) = _read_run_v2(
+        chrome, served, run_id, "hello-juliarun", ("hello-juliarun-0 | hello from juliarun",)
+    )
+    assert (row["worker"], row["state"], row["exit_code"]) == (
+        "hello-juliarun-0",
+        "succeeded",
+        "0",
+    )
+
+
+def test_v2_batch(chrome: WebDriver, served: Served) -> None:
+    job = _unique("ui-batch")
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.choose_kind("Batch")
+    form.job_text("Name", job)
+    form.job_list("Command", ["bash", "-c", "echo from the form; echo to err >&2"])
+    assert form.selected_kind() == "Batch"
+    run_id = _submit_v2(chrome, served, form, job)
+    (row,) = _read_run_v2(
+        chrome, served, run_id, job, (f"{job}-0 | from the form", f"{job}-0 | to err")
+    )
+    assert (row["worker"], row["state"], row["exit_code"]) == (f"{job}-0", "succeeded", "0")
+
+
+def test_v2_julia_batch(chrome: WebDriver, served: Served) -> None:
+    job = _unique("ui-jl")
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.choose_kind("JuliaBatch")
+    form.job_text("Script", "/mnt/code/hello.jl")
+    form.job_text("Name", job)
+    form.job_list("Storage", ["code"])
+    assert form.selected_kind() == "JuliaBatch"
+    run_id = _submit_v2(chrome, served, form, job)
+    (row,) = _read_run_v2(
+        chrome, served, run_id, job, (f"{job}-0 | hello from JuliaBatch 1.5.3", f"{job}-0 | to err")
+    )
+    assert (row["worker"], row["state"], row["exit_code"]) == (f"{job}-0", "succeeded", "0")
+
+
+def test_v2_julia_par_batch_workers(chrome: WebDriver, served: Served) -> None:
+    job = _unique("ui-par")
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.choose_kind("JuliaParBatchWorkers")
+    # Nworkers first: it is the one field only this kind has (see the module's report notes:
+    # the form picks the kind from the fields filled in, so filling Name first jumps back to
+    # JuliaBatch).
+    form.job_text("Nworkers", "2")
+    form.job_text("Script", "/mnt/code/worker.jl")
+    form.job_text("Name", job)
+    form.job_list("Storage", ["code"])
+    assert form.selected_kind() == "JuliaParBatchWorkers"
+    run_id = _submit_v2(chrome, served, form, job)
+    rows = _read_run_v2(
+        chrome, served, run_id, job, (f"{job}-0 | worker 0 says hi", f"{job}-1 | worker 1 says hi")
+    )
+    rows = sorted(rows, key=lambda r: r["worker"])
+    assert [(r["worker"], r["state"], r["exit_code"]) for r in rows] == [
+        (f"{job}-0", "succeeded", "0"),
+        (f"{job}-1", "succeeded", "0"),
+    ]
+
+
+def _run_v1(driver: WebDriver, served: Served, form: RunFormV1, job: str) -> str:
+    """Set the cluster, submit, and return the run page's text once the run completed."""
+    form.flow_text("cluster", served.cluster)
+    run_name = form.run_name()
+    form.submit()
+    run_id = open_run_from_list(driver, (run_name, job))
+    state = wait_for_state(driver, ("Completed", "Failed", "Crashed"))
+    assert state == "Completed", page_text(driver)
+    return run_id
+
+
+def test_v1_the_example_job_runs_from_the_json_box(chrome: WebDriver, served: Served) -> None:
+    """v1 shows ``job`` as a JSON text box, filled with the example: a person changes only the
+    cluster and submits; the run completes with the example's line in its logs."""
+    form = RunFormV1(chrome, served.ui, served.deployment_id)
+    text = wait_for(chrome, "the job's JSON box to be filled", form.job_json, timeout=30)
+    assert json.loads(text) == example_job()
+    run_id = _run_v1(chrome, served, form, "hello-juliarun")
+    wait_for_text(
+        chrome,
+        f"{served.ui}/runs/flow-run/{run_id}?tab=Logs",
+        ("hello-juliarun-0 | hello from juliarun",),
+        "the example's line in the run's logs",
+    )
+
+
+def test_v1_julia_par_batch_workers_typed_as_json(chrome: WebDriver, served: Served) -> None:
+    """Any other job has to be typed into v1's JSON box: a JuliaParBatchWorkers of two, whose
+    lines and worker table (on the artifact's page) the run shows."""
+    job = _unique("ui-v1par")
+    form = RunFormV1(chrome, served.ui, served.deployment_id)
+    form.type_job_json(
+        json.dumps(
+            {
+                "kind": "JuliaParBatchWorkers",
+                "name": job,
+                "script": "/mnt/code/worker.jl",
+                "storage": ["code"],
+                "nworkers": 2,
+            }
+        )
+    )
+    run_id = _run_v1(chrome, served, form, job)
+    wait_for_text(
+        chrome,
+        f"{served.ui}/runs/flow-run/{run_id}?tab=Logs",
+        (f"{job}-0 | worker 0 says hi", f"{job}-1 | worker 1 says hi"),
+        f"the lines of {job} in the run's logs",
+    )
+    artifact = _artifact_id(served, f"job-{job}")
+    chrome.get(f"{served.ui}/artifacts/artifact/{artifact}")
+    rows = sorted(read_table(chrome, "worker"), key=lambda r: r["worker"])
+    assert [(r["worker"], r["state"], r["exit_code"]) for r in rows] == [
+        (f"{job}-0", "succeeded", "0"),
+        (f"{job}-1", "succeeded", "0"),
+    ]
+
+
+def _artifact_id(served: Served, key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: f"{served.ui}/api"}),
+        get_client(sync_client=True) as client,
+    ):
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    return str(artifact.id)
+
+
+def test_v2_a_failed_job_fails_the_run_with_its_reason(chrome: WebDriver, served: Served) -> None:
+    """A job that exits 3: the run is Failed, and its page says why in juliarun's words (the
+    job's exit code and last line), which the test reads off the page (kept as a screenshot
+    under test-output/ when the reason is missing)."""
+    job = _unique("ui-fail")
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.job_text("Name", job)
+    form.job_list("Command", ["bash", "-c", "echo about to fail; exit 3"])
+    run_id = _submit_v2(chrome, served, form, job)
+    assert wait_for_state(chrome, ("Completed", "Failed", "Crashed")) == "Failed"
+    details = wait_for_text(
+        chrome,
+        f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Details",
+        (f"job '{job}' failed: worker {job}-0 exit code 3",),
+        "the job's reason on the run's Details tab",
+    )
+    assert "last lines: about to fail" in " ".join(details.split())
