@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Protocol, Self
 
+from juliarun._files import private_file
 from juliarun.errors import StoreError
 from juliarun.metrics.base import Point
 from juliarun.outbox import retry_call
@@ -124,7 +126,7 @@ class SqliteStore(ClosingContext):
         self._lock = threading.Lock()
         try:
             if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._conn = _connect(str(self.path), busy_timeout)
             self._prepare(self._conn)
             with self._transaction():
@@ -171,6 +173,11 @@ class SqliteStore(ClosingContext):
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
+    if path != ":memory:" and not path.startswith("file:"):
+        # Mode 0600 (SQLite gives its -wal and -shm files the database's mode): every job's
+        # output and metrics are in there.
+        with contextlib.suppress(OSError):  # a missing directory fails in connect, below
+            private_file(Path(path))
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import logging
@@ -22,9 +23,9 @@ from typer.core import TyperGroup
 from juliarun import api
 from juliarun.errors import JuliaRunError, SpecError
 from juliarun.logs import LogQuery
-from juliarun.logs.base import Stream
+from juliarun.logs.base import Stream, printable
 from juliarun.metrics import Row
-from juliarun.specs import StorageKind, validate_spec
+from juliarun.specs import StorageKind, is_job_name, validate_spec
 
 app = typer.Typer(
     name="juliarun",
@@ -47,6 +48,16 @@ ClusterOpt = Annotated[
 ]
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks become spaces, control characters (a
+    terminal's escape sequences, from a job's output or a spec's unknown key) ``\\xNN``.
+
+    >>> one_line("invalid job:\\n  \\x1b[31mred\\x1b[0m: unknown field")
+    'invalid job: \\\\x1b[31mred\\\\x1b[0m: unknown field'
+    """
+    return printable(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
+
+
 def clean_errors(fn: F) -> F:
     """A JuliaRunError prints one line (and its hint) and exits 1, never a traceback."""
 
@@ -55,12 +66,118 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except JuliaRunError as exc:
-            err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+            message = escape(one_line(exc.message))
+            err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
             if exc.hint:
-                err.print(f"[dim]hint: {escape(exc.hint)}[/dim]", highlight=False, soft_wrap=True)
+                hint = escape(one_line(exc.hint))
+                err.print(f"[dim]hint: {hint}[/dim]", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def job_name(name: str) -> str:
+    """A job-name argument, checked before anything uses it (a name becomes a path)."""
+    if not is_job_name(name):
+        raise SpecError(
+            "arguments",
+            [("job", f"must be a job name (a DNS-1123 label), got {name[:80]!r}")],
+            hint="list the jobs with `juliarun list`",
+        )
+    return name
+
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as a spec file is read: a key given twice is an error (not the last one winning),
+    an integer too long to be a number is an error (not a crash), and so is nesting deeper
+    than :data:`MAX_YAML_DEPTH` (found as it is read, not after a deep recursion)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nests deeper than {MAX_YAML_DEPTH} levels", None
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _mapping(loader: _SpecLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value", key_node.start_mark
+            ) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {str(key)[:80]!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+def _integer(loader: _SpecLoader, node: yaml.ScalarNode) -> Any:
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, "an integer too long to be a number", node.start_mark
+        ) from None
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _integer)
+
+
+def _decode(raw: bytes, where: str) -> str:
+    """A spec file's text: UTF-8, or UTF-16/32 with a byte-order mark."""
+    boms = (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    )
+    encoding = next((enc for bom, enc in boms if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            "job",
+            [("(file)", f"{where} is not {encoding.upper()} text (at byte {exc.start})")],
+            hint="save the file as UTF-8",
+        ) from exc
+
+
+def load_spec_file(path: Path) -> Any:
+    """The data of a YAML spec file; every way it can be unreadable is one :class:`SpecError`."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError("job", [("(file)", f"cannot read {path}: {exc.strerror}")]) from exc
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError("job", [("(file)", f"{path} is larger than {MAX_SPEC_BYTES >> 20} MiB")])
+    text = _decode(raw, str(path))
+    try:
+        return yaml.load(text, Loader=_SpecLoader)
+    except yaml.YAMLError as exc:
+        raise SpecError("job", [("(file)", f"{path} is not valid YAML: {exc}")]) from exc
+    except RecursionError as exc:
+        raise SpecError("job", [("(file)", f"{path} nests too deeply")]) from exc
 
 
 @app.callback()
@@ -81,6 +198,8 @@ def status(
     cluster: ClusterOpt = None,
 ) -> None:
     """The cluster (components, pods waiting, free capacity per node) or one job."""
+    if job is not None:
+        job_name(job)
     with api.init(cluster) as ctx:
         api.status(ctx, job, verbose=True)
 
@@ -95,13 +214,7 @@ def submit(
     ] = False,
 ) -> None:
     """Submit the job described in SPEC_FILE."""
-    try:
-        data = yaml.safe_load(spec_file.read_text())
-    except OSError as exc:
-        raise SpecError("job", [("(file)", f"cannot read {spec_file}: {exc.strerror}")]) from exc
-    except yaml.YAMLError as exc:
-        raise SpecError("job", [("(file)", f"{spec_file} is not valid YAML: {exc}")]) from exc
-    job = validate_spec(data)
+    job = validate_spec(load_spec_file(spec_file))
     with api.init(cluster) as ctx:
         print(f"{job.name}: {api.submit(ctx, job)}")
         if wait:
@@ -133,6 +246,7 @@ def tail(
     cluster: ClusterOpt = None,
 ) -> None:
     """Print a job's output as `timestamp, worker-id, line`."""
+    job_name(job)
     with api.init(cluster) as ctx:
         api.tail(ctx, job=job, follow=follow, lines=lines, worker=worker)
 
@@ -145,6 +259,7 @@ def delete(
     cluster: ClusterOpt = None,
 ) -> None:
     """Stop a job's workers and remove it."""
+    job_name(job)
     with api.init(cluster) as ctx:
         print(api.delete(ctx, job, force=force))
 
@@ -157,6 +272,7 @@ def scale(
     cluster: ClusterOpt = None,
 ) -> None:
     """Change the number of workers of a running job."""
+    job_name(job)
     with api.init(cluster) as ctx:
         print(api.scale(ctx, job, workers))
 
@@ -281,6 +397,7 @@ def logs_collect(
 ) -> None:
     """Ship a Kubernetes job's pod logs and metrics into the stores until it ends (exactly once:
     resumes after what the store holds). Local and Docker jobs are shipped already."""
+    job_name(job)
     with api.init(cluster) as ctx:
         result = api.collect(ctx, job, timeout=timeout)
         print(

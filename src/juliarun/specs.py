@@ -55,6 +55,7 @@ __all__ = [
     "TenantSpec",
     "TenantUser",
     "VolumeMode",
+    "is_job_name",
     "parse_cpu",
     "parse_memory",
     "parse_quantity",
@@ -92,6 +93,61 @@ _SUFFIX = {
 }
 _FIELD_IN_MESSAGE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.DOTALL)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_job_name(value: object) -> bool:
+    """Whether ``value`` can name a job (a DNS-1123 label): what a backend checks before a
+    name becomes a path or an API call.
+
+    >>> is_job_name("train-3"), is_job_name("../etc"), is_job_name("/tmp/x"), is_job_name("A")
+    (True, False, False, False)
+    """
+    return isinstance(value, str) and len(value) <= 63 and bool(_DNS1123_LABEL.fullmatch(value))
+
+
+# How deep a spec's values may nest (a real spec nests three or four levels).
+MAX_DEPTH = 16
+
+
+def _depth_rule(data: Any) -> None:
+    """Refuse input nesting deeper than :data:`MAX_DEPTH` (checked before anything else)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    seen: set[int] = set()  # YAML aliases share values: each is walked once
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def _nul_rule(model: BaseModel) -> None:
+    """Refuse NUL bytes in every string of a valid spec (mapping keys included): a NUL cannot
+    reach a process argument, an environment variable or a path, so it fails here, naming the
+    field, rather than when a process starts. Runs after the fields' own rules, so a field with
+    a stricter rule (a name) reports that rule."""
+    stack: list[tuple[str, Any]] = [
+        (name, getattr(model, name)) for name in type(model).model_fields
+    ]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError(f"{path}: must not contain NUL bytes")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    raise ValueError(f"{path}: a key must not contain NUL bytes")
+                stack.append((path, item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}.{index}", item) for index, item in enumerate(value))
+        # a nested spec (resources) checked itself
 
 
 def _dns_label(value: str) -> str:
@@ -137,6 +193,16 @@ def parse_memory(value: str) -> int:
     return int(parse_quantity(value))
 
 
+# The smallest request each kind can express once a runtime rounds it (Docker's nano_cpus and
+# memory bytes, Kubernetes' millicores): anything less would round to 0, which reads as
+# "unlimited". The largest is what a 64-bit signed integer holds (Kubernetes' own bound).
+_QUANTITY_MIN = {
+    "cpu": (Decimal("0.001"), "1m (a thousandth of a core)"),
+    "memory": (Decimal(1), "1 byte"),
+}
+_QUANTITY_MAX = Decimal(2**63 - 1)
+
+
 def _positive_quantity(kind: str, example: str) -> Any:
     def check(value: str) -> str:
         try:
@@ -149,9 +215,76 @@ def _positive_quantity(kind: str, example: str) -> Any:
             raise ValueError(
                 f"must be a positive {kind} quantity such as {example} (got {value!r})"
             )
+        least, text = _QUANTITY_MIN[kind]
+        if number < least:
+            raise ValueError(
+                f"must be at least {text}: {value!r} rounds to 0, which runtimes read as "
+                f"unlimited (e.g. {example})"
+            )
+        if number > _QUANTITY_MAX:
+            raise ValueError(f"must be at most {_QUANTITY_MAX} (got {value[:40]!r}...)")
         return value.strip()
 
     return check
+
+
+def _image_ref(value: str) -> str:
+    """An image reference as an engine takes it: not empty, no whitespace or control
+    characters, and not starting with '-' (it would read as an option)."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if value.startswith("-"):
+        raise ValueError(f"must not start with '-' (got {value!r})")
+    if len(value) > 512 or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"must be an image reference such as julia:1.10 (got {value!r})")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _command(value: list[str]) -> list[str]:
+    if value and not value[0].strip():
+        raise ValueError("the program (the first item) must not be blank")
+    return value
+
+
+def _git_text(what: str) -> Any:
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"must not be blank (a git {what})")
+        if value.startswith("-"):
+            raise ValueError("must not start with '-': git would read it as an option")
+        if any(not c.isprintable() for c in value):
+            raise ValueError(f"must not contain control characters (a git {what})")
+        return value
+
+    return check
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+def _node_labels(value: dict[str, str]) -> dict[str, str]:
+    """Kubernetes label keys (``[prefix/]name``) and values, none empty."""
+    for key, label in value.items():
+        prefix, _, name = key.rpartition("/")
+        if (
+            len(name) > 63
+            or not _LABEL_NAME.fullmatch(name)
+            or (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)))
+            or ("/" in key and not prefix)
+        ):
+            raise ValueError(f"label key {key!r} must be [prefix/]name, name like gpu-type")
+        if len(label) > 63 or not _LABEL_NAME.fullmatch(label):
+            raise ValueError(
+                f"label {key!r}: the value must be 1 to 63 letters, digits, '-', '_' or '.', "
+                f"starting and ending with a letter or digit (got {label!r})"
+            )
+    return value
 
 
 def _to_str(value: Any) -> Any:
@@ -206,6 +339,30 @@ class _Model(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        _depth_rule(data)
+        return data
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> Self:
+        _nul_rule(self)
+        return self
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        """As pydantic's, raising :class:`SpecError` (naming every field) on bad input."""
+        if _VALIDATING.get():
+            return super().model_validate(obj, *args, **kwargs)
+        token = _VALIDATING.set(True)
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise spec_error(cls.__name__, exc) from exc
+        finally:
+            _VALIDATING.reset(token)
+
     def __init__(self, /, **data: Any) -> None:
         if _VALIDATING.get():
             super().__init__(**data)
@@ -257,7 +414,7 @@ class Resources(_Model):
     node_type: NodeType | None = Field(
         None, description="Node type to run on: gpu, spot, highmem or highcpu."
     )
-    node_labels: dict[str, str] = Field(
+    node_labels: Annotated[dict[str, str], AfterValidator(_node_labels)] = Field(
         default_factory=dict, description="Custom node labels the node must carry."
     )
 
@@ -328,8 +485,12 @@ class StorageSpec(_Model):
         description="volume: Filesystem (default; mounted at /mnt/<name>) or Block (a raw "
         "device at /mnt/<name>, Kubernetes only).",
     )
-    url: str | None = Field(None, description="git: the repository URL or path.")
-    ref: str | None = Field(None, description="git: branch, tag or commit (default: HEAD).")
+    url: Annotated[str, AfterValidator(_git_text("repository URL"))] | None = Field(
+        None, description="git: the repository URL or path."
+    )
+    ref: Annotated[str, AfterValidator(_git_text("ref"))] | None = Field(
+        None, description="git: branch, tag or commit (default: HEAD)."
+    )
     aliases: list[Name] = Field(default_factory=list, description="Other names for it.")
 
     @model_validator(mode="after")
@@ -375,7 +536,9 @@ class JobSpec(_Model):
         description="Names of storage to mount at /mnt/<name>.",
     )
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
-    image: str | None = Field(None, description="Container image (Docker and Kubernetes).")
+    image: Annotated[str, AfterValidator(_image_ref)] | None = Field(
+        None, description="Container image (Docker and Kubernetes)."
+    )
     pkg_bundle: Name | None = Field(None, description="Package bundle to mount (by name).")
     placement: Name = Field(
         "pack",
@@ -442,7 +605,9 @@ class JuliaBatch(JobSpec):
     positional: ClassVar[tuple[str, ...]] = ("name", "script", "storage")
 
     kind: Literal["JuliaBatch"] = "JuliaBatch"
-    script: str = Field(min_length=1, description="Julia script, e.g. /mnt/<storage>/main.jl.")
+    script: Annotated[str, AfterValidator(_not_blank)] = Field(
+        min_length=1, description="Julia script, e.g. /mnt/<storage>/main.jl."
+    )
     args: list[str] = Field(default_factory=list, description="Arguments to the script.")
 
     if TYPE_CHECKING:
@@ -459,7 +624,9 @@ class JuliaParBatchWorkers(JobSpec):
     positional: ClassVar[tuple[str, ...]] = ("name", "script", "storage")
 
     kind: Literal["JuliaParBatchWorkers"] = "JuliaParBatchWorkers"
-    script: str = Field(min_length=1, description="Julia script each worker runs.")
+    script: Annotated[str, AfterValidator(_not_blank)] = Field(
+        min_length=1, description="Julia script each worker runs."
+    )
     args: list[str] = Field(default_factory=list, description="Arguments to the script.")
     nworkers: int = Field(1, ge=0, le=1000, description="Number of workers.")
     restart: Literal["Never", "OnFailure"] = Field(
@@ -482,7 +649,9 @@ class Batch(JobSpec):
     positional: ClassVar[tuple[str, ...]] = ("name", "command", "storage")
 
     kind: Literal["Batch"] = "Batch"
-    command: list[str] = Field(min_length=1, description="The command and its arguments.")
+    command: Annotated[list[str], AfterValidator(_command)] = Field(
+        min_length=1, description="The command and its arguments."
+    )
 
     if TYPE_CHECKING:
 
@@ -506,7 +675,7 @@ def validate_spec(data: dict[str, Any]) -> JuliaBatch | JuliaParBatchWorkers | B
     if not isinstance(data, dict):
         raise SpecError("job", [("(spec)", "must be a mapping of fields")])
     kind = data.get("kind")
-    if kind not in _JOB_KINDS:
+    if not isinstance(kind, str) or kind not in _JOB_KINDS:
         raise SpecError("job", [("kind", f"must be one of {', '.join(sorted(_JOB_KINDS))}")])
     try:
         job: JuliaBatch | JuliaParBatchWorkers | Batch = TypeAdapter(AnyJob).validate_python(data)
@@ -654,7 +823,9 @@ class ImageSpec(_Model):
     name: Annotated[str, AfterValidator(_image_name)] = Field(
         description="Repository name in the registry, e.g. juliarun/app."
     )
-    base: str = Field(min_length=1, description="Base image (present on the engine or pullable).")
+    base: Annotated[str, AfterValidator(_image_ref)] = Field(
+        min_length=1, description="Base image (present on the engine or pullable)."
+    )
     apt: Annotated[list[str], AfterValidator(_apt_packages)] = Field(
         default_factory=list, description="Debian packages to install with apt-get."
     )
@@ -731,7 +902,7 @@ class BundleSpec(_Model):
     )
     project: str | None = Field(None, description="Project.toml text (with manifest).")
     manifest: str | None = Field(None, description="Manifest.toml text (with project).")
-    julia_image: str | None = Field(
+    julia_image: Annotated[str, AfterValidator(_image_ref)] | None = Field(
         None, description="Image the builder runs in on Docker (default: the cluster's)."
     )
 

@@ -13,7 +13,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from juliarun.errors import SpecError, StorageNotFoundError
+from juliarun._files import private_dir, private_file
+from juliarun.errors import SpecError, StorageError, StorageNotFoundError
 from juliarun.specs import StorageSpec
 
 
@@ -25,19 +26,42 @@ class StorageCatalog:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, object]]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_suffix(".lock")
+        private_dir(self.path.parent)
+        lock = private_file(self.path.with_suffix(".lock"))
         with open(lock, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            data: dict[str, dict[str, object]] = {}
-            if self.path.exists():
-                data = json.loads(self.path.read_text() or "{}")
+            data = self._load()
             before = json.dumps(data, sort_keys=True)
             yield data
             if json.dumps(data, sort_keys=True) != before:
                 tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(json.dumps(data, indent=2, sort_keys=True))
                 os.replace(tmp, self.path)
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        """The catalog as stored; a file that is not a catalog is one clear error."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._corrupt(f"cannot be read ({exc})") from exc
+        try:
+            data = json.loads(text or "{}")
+        except ValueError as exc:
+            raise self._corrupt(f"is not JSON ({exc})") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise self._corrupt("is not a mapping of storage specs")
+        return data
+
+    def _corrupt(self, why: str) -> StorageError:
+        return StorageError(
+            f"the storage catalog {self.path} {why}",
+            hint=f"fix it, or move it away to start an empty catalog: mv {self.path} "
+            f"{self.path}.bad",
+        )
 
     def define(self, spec: StorageSpec) -> StorageSpec:
         """Add or replace ``spec``; an alias already used by other storage is an error."""

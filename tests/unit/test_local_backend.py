@@ -180,14 +180,19 @@ def test_a_killed_worker_fails_the_job_with_the_signal(backend: LocalBackend) ->
 def test_a_supervisor_that_dies_is_reported(backend: LocalBackend) -> None:
     backend.submit(sh("orphan", "exec sleep 600"), {})
     status = running(backend, "orphan")
+    pid = status.workers[0].pid
     supervisor = backend._jobdir("orphan").read_state()["supervisor"]["pid"]
     os.kill(supervisor, signal.SIGKILL)
     status = until(backend, "orphan", lambda s: s.done, "done")
-    assert str(status) == "failed: the job's supervisor exited unexpectedly"
+    assert str(status) == (
+        "failed: the job's supervisor exited unexpectedly; its workers were stopped"
+    )
     assert status.hint is not None and "supervisor.log" in status.hint
+    assert [(w.state, w.pid) for w in status.workers] == [("failed", None)]
     assert status.category == DiagnosisCategory.SUPERVISOR_CRASHED
+    # Read again from its files (written final): still the same diagnosis.
+    assert backend.status("orphan").category == DiagnosisCategory.SUPERVISOR_CRASHED
     backend.delete("orphan", force=True)
-    pid = status.workers[0].pid
     assert pid is not None
     eventually(lambda: not alive(pid), what="the orphaned worker to be killed")
 

@@ -650,6 +650,8 @@ def test_millicores(n: int) -> None:
     st.sampled_from(["", "m", "k", "M", "G", "Ki", "Mi", "Gi", "Ti"]),
 )
 def test_positive_quantities_are_accepted_as_given(n: int, suffix: str) -> None:
-    r = job(cpu=f"{n}{suffix}", memory=f"{n}{suffix}").resources
-    assert (r.cpu, r.memory) == (f"{n}{suffix}", f"{n}{suffix}")
+    # Memory below one byte (e.g. 500m) is refused: see test_hardening_specs.py.
+    memory = f"{n}{suffix}" if parse_quantity(f"{n}{suffix}") >= 1 else "1Gi"
+    r = job(cpu=f"{n}{suffix}", memory=memory).resources
+    assert (r.cpu, r.memory) == (f"{n}{suffix}", memory)
     assert Decimal(r.cpu_cores) == pytest.approx(parse_quantity(r.cpu))

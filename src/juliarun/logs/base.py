@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,8 +24,27 @@ class LogLine:
     tenant: str = "default"
 
     def render(self) -> str:
-        """The seed's tail format: ``timestamp, worker-id, line``."""
-        return f"{self.timestamp.isoformat(timespec='seconds')}, {self.worker}, {self.message}"
+        """The seed's tail format: ``timestamp, worker-id, line``, with control characters
+        (a terminal's escape sequences) shown as ``\\xNN``, never sent to the terminal.
+
+        >>> from datetime import UTC
+        >>> LogLine(datetime(2026, 1, 1, tzinfo=UTC), "j", "j-0", "stdout", "\\x1b[2Jhi").render()
+        '2026-01-01T00:00:00+00:00, j-0, \\\\x1b[2Jhi'
+        """
+        stamp = self.timestamp.isoformat(timespec="seconds")
+        return f"{stamp}, {printable(self.worker)}, {printable(self.message)}"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters other than tab as ``\\xNN`` escapes.
+
+    >>> printable("a\\tb\\x1b]0;title\\x07")
+    'a\\tb\\\\x1b]0;title\\\\x07'
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,9 @@ group_by=(), kind='absence', lookback=datetime.timedelta(seconds=3600))
     rules: list[ThresholdRule | AbsenceRule] = []
     errors: list[tuple[str, str]] = []
     for i, item in enumerate(data):
+        if not isinstance(item, Mapping):
+            errors.append((str(i), "must be a mapping of fields"))
+            continue
         try:
             rules.append(_RULE.validate_python(dict(item)))
         except ValidationError as exc:

@@ -25,15 +25,25 @@ from juliarun.errors import LineProtocolError
 from juliarun.metrics.base import Point
 
 __all__ = [
+    "IDENTITY_TAGS",
     "METRICS_FILE_ENV",
+    "RESERVED_PREFIX",
     "LineProtocolError",
     "format_point",
     "parse_line",
     "parse_lines",
+    "rejected_metrics_note",
 ]
 
 METRICS_FILE_ENV = "JULIARUN_METRICS_FILE"
 """The environment variable naming the file a job appends its metric lines to."""
+
+RESERVED_PREFIX = "juliarun."
+"""Metric names starting with this are the platform's (cpu, memory, restarts): a job's own
+lines may not use them."""
+
+IDENTITY_TAGS = frozenset({"cluster", "tenant", "job", "worker"})
+"""Tags the platform sets on every point of a job; a job's own values for them are replaced."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -220,6 +230,32 @@ def parse_lines(
         except LineProtocolError as exc:
             errors.append(exc)
     return points, errors
+
+
+# A quoted value in a rule of a rejected metric line: job-controlled text, never echoed.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def rejected_metrics_note(errors: list[LineProtocolError], reserved: int) -> str | None:
+    """The one log line reporting metric lines and points that were not stored: counts and
+    rules only, never the content (the file may have been pointed at a secret).
+
+    >>> _, errors = parse_lines("password='hunter2' x\\ntoken value=s3cr3t\\nok value=1\\n")
+    >>> note = rejected_metrics_note(errors, 1)
+    >>> "hunter2" in note or "s3cr3t" in note
+    False
+    >>> note.split(" (")[0], note.split("; ")[-1]
+    ('juliarun: ignored 2 metric lines', 'ignored 1 point with a reserved juliarun.* name')
+    """
+    parts = []
+    if errors:
+        rules = list(dict.fromkeys(_QUOTED.sub("…", e.rule)[:200] for e in errors))
+        shown = "; ".join(rules[:3]) + ("; ..." if len(rules) > 3 else "")
+        parts.append(f"ignored {len(errors)} metric line{'s' * (len(errors) != 1)} ({shown})")
+    if reserved:
+        plural = "s" * (reserved != 1)
+        parts.append(f"ignored {reserved} point{plural} with a reserved {RESERVED_PREFIX}* name")
+    return f"juliarun: {'; '.join(parts)}" if parts else None
 
 
 def format_point(point: Point) -> str:

@@ -2,16 +2,29 @@
 
 Each worker is its own process group (so everything it starts is stopped with it), its stdout
 and stderr read line by line by two threads, its cpu/memory sampled with psutil.
+
+A worker gets only the environment it needs, never the submitter's whole environment (which
+may hold store tokens and cloud credentials): the variables of :data:`INHERITED` from this
+machine, then the job's own (the spec's ``env`` and the ``JULIARUN_*``/``JULIA_*`` variables
+the platform sets).
+
+>>> sorted(worker_env({"PATH": "/bin", "JULIARUN_INFLUX_TOKEN": "t", "LC_ALL": "C"}, {"A": "1"}))
+['A', 'LC_ALL', 'PATH']
+
+A worker is killed (``SIGKILL``) when its supervisor dies, however it dies: a worker never
+runs on unwatched, its output lost, while the cluster reads as free.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import psutil
@@ -24,6 +37,35 @@ from juliarun.backends.supervised.runtime import (
     WorkerStartError,
 )
 from juliarun.logs.base import Stream
+
+INHERITED = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "SHELL"}
+)
+"""Variables a worker takes from this machine's environment (plus every ``LC_*``)."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_env(machine: Mapping[str, str], job: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: the allowed part of ``machine``'s, then the job's."""
+    env = {k: v for k, v in machine.items() if k in INHERITED or k.startswith("LC_")}
+    env.update(job)
+    return env
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` asking the kernel to SIGKILL the child when this process dies (and
+    exiting at once if it died already); resolved here, so the child only makes two calls."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(137)
+
+    return preexec
 
 
 class ProcessHandle:
@@ -82,20 +124,21 @@ def _read(pipe: IO[bytes] | None, stream: Stream, sink: LineSink) -> None:
 
 
 class ProcessRuntime:
-    """Starts ``runtime.command`` in ``runtime.cwd`` with this machine's environment plus the
-    worker's; ``JULIARUN_METRICS_FILE`` is the metrics file itself."""
+    """Starts ``runtime.command`` in ``runtime.cwd`` with the worker's environment (see
+    :func:`worker_env`); ``JULIARUN_METRICS_FILE`` is the metrics file itself."""
 
     def __init__(self, job: Mapping[str, Any]) -> None:
         config = job["runtime"]
         self.command: list[str] = list(config["command"])
         self.cwd: str = config["cwd"]
+        # The worker runs as this user: its metrics file must be this user's.
+        self.metrics_owners: frozenset[int] | None = frozenset({os.getuid()})
+        self._preexec = _die_with_parent()
 
     def start(self, launch: WorkerLaunch, sink: LineSink) -> ProcessHandle:
-        env = {
-            **os.environ,
-            **launch.env,
-            "JULIARUN_METRICS_FILE": str(launch.metrics_file),
-        }
+        env = worker_env(
+            os.environ, {**launch.env, "JULIARUN_METRICS_FILE": str(launch.metrics_file)}
+        )
         try:
             proc = subprocess.Popen(
                 self.command,
@@ -105,6 +148,7 @@ class ProcessRuntime:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=self._preexec,  # noqa: PLW1509 - two async-signal-safe calls
             )
         except OSError as exc:
             raise WorkerStartError(f"cannot start {self.command[0]}: {exc.strerror}") from exc

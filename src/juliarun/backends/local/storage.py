@@ -9,7 +9,9 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,42 @@ def _git(*args: str, storage: str, cwd: Path | None = None) -> str:
     return proc.stdout.strip()
 
 
+def ram_root(home: Path) -> Path:
+    """This home's directory of RAM disks under /dev/shm: a name no one else can guess
+    (``juliarun-<uid>-<random>``, the random part kept in ``<home>/ramdisk.id``), so nobody can
+    plant a link there before it exists."""
+    home.mkdir(parents=True, exist_ok=True)
+    token_file = home / "ramdisk.id"
+    try:
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        token = token_file.read_text().strip()
+    else:
+        token = secrets.token_hex(8)
+        with os.fdopen(fd, "w") as out:
+            out.write(token)
+    if not re.fullmatch(r"[0-9a-f]{16}", token):
+        raise StorageError(
+            f"{token_file} is corrupt", hint=f"remove {token_file}; a new one is made"
+        )
+    return RAM_ROOT / f"juliarun-{os.getuid()}-{token}"
+
+
+def _private_dir(parent: Path, name: str) -> Path:
+    """``parent/name`` as a directory of this user's, created mode 0700 if missing; a link,
+    a file, or a directory of another user there is refused (:class:`StorageError`)."""
+    path = parent / name if name else parent
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise StorageError(
+            f"{path} is not a directory of this user (a link, a file, or another user's)",
+            hint="remove it; juliarun makes its RAM disks itself",
+        )
+    return path
+
+
 def provision(spec: StorageSpec, home: Path) -> Path:
     """Create ``spec`` on this machine if needed and return its directory (idempotent)."""
     if spec.kind == "host":
@@ -65,10 +103,7 @@ def provision(spec: StorageSpec, home: Path) -> Path:
                 f"storage {spec.name!r}: no tmpfs at {RAM_ROOT} for a RAM disk",
                 hint="mount a tmpfs at /dev/shm, or use kind='host'",
             )
-        tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
-        path = RAM_ROOT / f"juliarun-{tag}" / spec.name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _private_dir(_private_dir(ram_root(home), ""), spec.name)
     if spec.kind == "volume":
         return volume_dir(spec, home)
     return _git_checkout(spec, home)
@@ -112,7 +147,8 @@ def git_checkout(spec: StorageSpec, home: Path) -> Iterator[tuple[Path, str]]:
             tmp = path.with_name(path.name + ".partial")
             if tmp.exists():
                 shutil.rmtree(tmp)
-            _git("clone", "--quiet", "--no-checkout", url, str(tmp), storage=spec.name)
+            # "--": the url and the path are never options, whatever they start with.
+            _git("clone", "--quiet", "--no-checkout", "--", url, str(tmp), storage=spec.name)
             tmp.rename(path)
         else:  # --force: a tag moved upstream is updated, not a failed fetch
             _git("fetch", "--quiet", "--force", "--tags", "origin", storage=spec.name, cwd=path)

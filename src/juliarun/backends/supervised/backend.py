@@ -22,10 +22,18 @@ from typing import Any, ClassVar
 
 import psutil
 
+from juliarun._files import private_dir, private_file
 from juliarun.backends.base import ClusterStatus, DiagnosisCategory, JobStatus, NodeReadiness
 from juliarun.backends.supervised.jobdir import JobDir, now, status_from_files
-from juliarun.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
-from juliarun.specs import JobSpec, JuliaParBatchWorkers, StorageSpec, validate_spec
+from juliarun.backends.supervised.stores import stores_json
+from juliarun.errors import (
+    BackendError,
+    JobExistsError,
+    JobNotFoundError,
+    JuliaRunError,
+    SpecError,
+)
+from juliarun.specs import JobSpec, JuliaParBatchWorkers, StorageSpec, is_job_name, validate_spec
 
 
 @dataclass
@@ -112,6 +120,9 @@ class SupervisedBackend(ABC):
     # -- helpers -------------------------------------------------------------------------
 
     def _jobdir(self, name: str) -> JobDir:
+        # A job name becomes a path: anything but a DNS label (``/etc``, ``..``) names no job.
+        if not is_job_name(name):
+            raise JobNotFoundError(name, self.cluster)
         return JobDir(self.jobs_dir / name)
 
     def _existing(self, name: str) -> JobDir:
@@ -181,9 +192,10 @@ class SupervisedBackend(ABC):
                 hint=f"wait for jobs to finish, or raise JULIARUN_{self.kind.upper()}_MAX_WORKERS",
             )
         plan = self._plan(job, storage)
+        private_dir(self.home)  # 0700: job files, stores and catalogs are this user's only
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         staging = self.jobs_dir / f".{job.name}.{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
+        staging.mkdir(mode=0o700)
         for link, target in plan.links.items():
             (staging / link).parent.mkdir(parents=True, exist_ok=True)
             (staging / link).symlink_to(target)
@@ -197,8 +209,6 @@ class SupervisedBackend(ABC):
                 "desired_workers": job.desired_workers(),
                 "runtime": plan.runtime,
                 "env": plan.env,
-                "log_store": self.log_store,
-                "metric_store": self.metric_store,
                 "kill_grace": self.kill_grace,
             }
         )
@@ -208,15 +218,20 @@ class SupervisedBackend(ABC):
         except OSError as exc:  # another process submitted the same name just now
             shutil.rmtree(staging, ignore_errors=True)
             raise JobExistsError(job.name, self.cluster) from exc
-        with open(jobdir.supervisor_log, "ab") as log:
+        with open(private_file(jobdir.supervisor_log), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "juliarun.backends.supervised.supervisor", str(jobdir.path)],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
             )
+        # The store configs (credentials included) reach the supervisor through its stdin,
+        # never a file: nothing a job can read holds them.
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
+            proc.stdin.write(stores_json(self.log_store, self.metric_store))
         # Recorded at once so a delete that comes before the supervisor's first state write
         # still finds (and stops) it rather than orphaning the workers it is about to start.
         with contextlib.suppress(psutil.Error):
@@ -234,10 +249,18 @@ class SupervisedBackend(ABC):
             # gone, so a job that ended between the two reads is not taken for a crash.
             status = status_from_files(jobdir)
         if not status.done and supervisor and not self._supervisor_alive(supervisor):
+            # Its workers die with it (see the runtimes); whatever they started goes too, once:
+            # the state is written final, so no later read signals pids that may be reused.
+            self._remove_workers(jobdir, state)
             status.phase = "failed"
-            status.reason = "the job's supervisor exited unexpectedly"
+            status.reason = "the job's supervisor exited unexpectedly; its workers were stopped"
             status.hint = f"see {jobdir.supervisor_log}"
             status.category = DiagnosisCategory.SUPERVISOR_CRASHED
+            status.finished_at = now()
+            for worker in status.workers:
+                if worker.state in ("running", "restarting", "waiting"):
+                    worker.state, worker.pid, worker.reason = "failed", None, "supervisor died"
+            jobdir.write_state(status, {**supervisor, "done": True})
         elif not supervisor:
             age = (now() - status.created_at).total_seconds() if status.created_at else 0
             if age > 60:
@@ -250,8 +273,10 @@ class SupervisedBackend(ABC):
     def jobs(self) -> list[JobSpec]:
         specs: list[JobSpec] = []
         for jobdir in self._jobdirs():
-            data = jobdir.read_job()
-            spec = validate_spec(data["spec"])
+            try:  # a broken job directory hides that job, never the others
+                spec = validate_spec(jobdir.read_job()["spec"])
+            except (OSError, ValueError, KeyError, TypeError, JuliaRunError):
+                continue
             if isinstance(spec, JuliaParBatchWorkers):
                 workers = int(jobdir.read_control().get("workers", spec.nworkers))
                 spec = spec.model_copy(update={"nworkers": workers})

@@ -42,7 +42,8 @@ def worker_from_json(data: dict[str, Any]) -> WorkerStatus:
 
 class JobDir:
     """``<home>/clusters/<cluster>/jobs/<name>/`` holding job.json (written once at submit, mode
-    0600 like every file here: it holds the log and metric store configs, secrets included),
+    0600 like every file here; the store configs, credentials included, are never written here:
+    the supervisor gets them on its stdin, see :mod:`.stores`),
     control.json (the desired worker count, written by scale), supervisor.json (the supervisor's
     pid, written by submit as soon as it is started) and state.json (written by the job's
     supervisor process)."""
@@ -70,14 +71,15 @@ class JobDir:
 
     def _read(self, filename: str) -> dict[str, Any]:
         try:
-            data: dict[str, Any] = json.loads((self.path / filename).read_text())
+            data = json.loads((self.path / filename).read_text())
         except FileNotFoundError:
             return {}
-        return data
+        except (OSError, ValueError):  # damaged (by hand, a full disk): read as empty
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def _write(self, filename: str, data: dict[str, Any]) -> None:
-        """Replace ``filename`` atomically, readable by its owner only (mode 0600): job.json
-        holds the store configs, credentials included."""
+        """Replace ``filename`` atomically, readable by its owner only (mode 0600)."""
         target = self.path / filename
         tmp = target.with_name(f".{filename}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

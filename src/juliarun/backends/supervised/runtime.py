@@ -102,6 +102,10 @@ class WorkerHandle(Protocol):
 class WorkerRuntime(Protocol):
     """Starts workers of one job; built from the job's ``job.json`` by :func:`open_runtime`."""
 
+    metrics_owners: frozenset[int] | None
+    """The user ids a worker's metrics file may belong to (``None``: any, where a worker can
+    create files only inside its own metrics directory, as a container in its bind mount)."""
+
     def start(self, launch: WorkerLaunch, sink: LineSink) -> WorkerHandle:
         """Start ``launch``; its stdout and stderr reach ``sink`` line by line. Raises
         :class:`WorkerStartError` when it cannot start."""

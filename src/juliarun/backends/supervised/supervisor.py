@@ -31,6 +31,7 @@ import psutil
 
 from juliarun.backends.base import JobStatus, WorkerStatus
 from juliarun.backends.supervised.jobdir import JobDir, now
+from juliarun.backends.supervised.metricsfile import MetricsFile
 from juliarun.backends.supervised.runtime import (
     Exit,
     WorkerHandle,
@@ -39,10 +40,16 @@ from juliarun.backends.supervised.runtime import (
     WorkerStartError,
     open_runtime,
 )
+from juliarun.backends.supervised.stores import read_stores
 from juliarun.logs import LogLine, LogStore, open_log_store
 from juliarun.logs.base import Stream
 from juliarun.metrics import MetricStore, Point, open_metric_store
-from juliarun.metrics.lineprotocol import parse_lines
+from juliarun.metrics.lineprotocol import (
+    IDENTITY_TAGS,
+    RESERVED_PREFIX,
+    parse_lines,
+    rejected_metrics_note,
+)
 
 LAST_LINES = 10
 MAX_BACKOFF = 30.0
@@ -57,7 +64,7 @@ class _Worker:
     handle: WorkerHandle | None = None
     restart_at: float | None = None
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
-    metrics_offset: int = 0
+    metrics: MetricsFile | None = None
 
 
 class Supervisor:
@@ -220,9 +227,16 @@ class Supervisor:
         w.restart_at = None
         self.workers[index] = w
         metrics_file = self.jobdir.metrics_file(worker_id)
-        metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        metrics_file.touch()
-        w.metrics_offset = metrics_file.stat().st_size
+        if w.metrics is None:
+            w.metrics = MetricsFile(metrics_file, owners=self.runtime.metrics_owners)
+        try:
+            w.metrics.prepare()
+        except OSError as exc:
+            status.state = "failed"
+            status.finished_at = now()
+            status.reason = f"cannot prepare its metrics file: {exc.strerror}"
+            self.reason = self.reason or f"worker {worker_id} {status.reason}"
+            return
         launch = WorkerLaunch(
             id=worker_id,
             index=index,
@@ -355,32 +369,42 @@ class Supervisor:
                 time.sleep(0.2 * (attempt + 1))
 
     def _ingest_metrics(self) -> None:
+        """Store the metric lines each worker appended (see :mod:`.metricsfile` for how the
+        file is read without trusting it). The identity tags (``cluster``, ``tenant``, ``job``,
+        ``worker``) are the platform's, whatever a line says; names under ``juliarun.`` are the
+        platform's too and refused."""
         for w in self.workers.values():
-            path = self.jobdir.metrics_file(w.status.id)
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(w.metrics_offset)
-                    data = fh.read()
-            except FileNotFoundError:
+            if w.metrics is None:
                 continue
-            end = data.rfind(b"\n")
-            if end < 0:
-                continue
-            w.metrics_offset += end + 1
-            points, errors = parse_lines(data[: end + 1].decode("utf-8", errors="replace"), now())
-            tags = self._tags(w.status.id)
-            if points:
-                self.metrics.write(
-                    [Point(p.name, p.value, p.timestamp, {**tags, **p.tags}) for p in points]
-                )
-            for err in errors:
+            data = w.metrics.read()
+            notes = w.metrics.take_notes()
+            if data:
+                points, errors = parse_lines(data.decode("utf-8", errors="replace"), now())
+                tags = self._tags(w.status.id)
+                kept = [
+                    Point(p.name, p.value, p.timestamp, {**p.tags, **tags})
+                    for p in points
+                    if not p.name.startswith(RESERVED_PREFIX)
+                ]
+                forged = sum(1 for p in points if set(p.tags) & IDENTITY_TAGS)
+                if kept:
+                    self.metrics.write(kept)
+                note = rejected_metrics_note(errors, len(points) - len(kept))
+                if note:
+                    notes.append(note)
+                if forged:
+                    notes.append(
+                        f"juliarun: {forged} metric point{'s' * (forged != 1)} set the tags "
+                        f"{', '.join(sorted(IDENTITY_TAGS))} themselves: the platform's were kept"
+                    )
+            for message in notes:
                 self.lines.put(
                     LogLine(
                         now(),
                         self.jobdir.name,
                         w.status.id,
                         "stderr",
-                        f"juliarun: ignored metric line: {err}",
+                        message,
                         self.job["cluster"],
                         self.spec.get("tenant", "default"),
                     )
@@ -440,10 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     jobdir = JobDir(Path(args[0]))
     job = jobdir.read_job()
+    stores = read_stores(sys.stdin.buffer)
     supervisor = Supervisor(
         jobdir,
-        open_log_store(job["log_store"]),
-        open_metric_store(job["metric_store"]),
+        open_log_store(stores["log_store"]),
+        open_metric_store(stores["metric_store"]),
         open_runtime(job),
     )
     signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop("graceful"))
