@@ -18,9 +18,10 @@ import juliarun
 from juliarun.clusterscaler import ClusterScaler
 from juliarun.providers.kwok import KwokProvider
 from juliarun.scaling.planner import Headroom
-from juliarun.specs import JuliaParBatchWorkers, NodePool
+from juliarun.specs import NodePool
 from tests.integration.fixtures._service import require
 from tests.integration.fixtures.kubernetes import _probe_kwok, node_ready, wait_for
+from tests.integration.pool_jobs import pool_workers
 
 pytestmark = pytest.mark.kwok
 
@@ -41,19 +42,7 @@ def pool(kube_ctx: Any) -> Iterator[NodePool]:
     provider.delete_nodes(made, provider.nodes(made))
 
 
-def workers(name: str, pool: NodePool, n: int) -> JuliaParBatchWorkers:
-    return JuliaParBatchWorkers(
-        name,
-        "/opt/none.jl",
-        nworkers=n,
-        env={"KWOK_RUN_FOR": "600s"},
-        resources={
-            "cpu": "2",
-            "memory": "1Gi",
-            "node_type": "highcpu",
-            "node_labels": {"juliarun.io/pool": pool.name},
-        },
-    )
+workers = pool_workers
 
 
 def pool_nodes(kube_core: client.CoreV1Api, pool: NodePool) -> list[str]:

@@ -18,8 +18,9 @@ from juliarun.backends.kubernetes import KubernetesBackend
 from juliarun.backends.kubernetes.placement import PlacementController
 from juliarun.providers.kwok import KwokProvider
 from juliarun.scaling.placement import register_policy
-from juliarun.specs import JuliaParBatchWorkers, NodePool
+from juliarun.specs import NodePool
 from tests.integration.fixtures.kubernetes import node_ready, wait_for
+from tests.integration.pool_jobs import pool_workers
 
 pytestmark = pytest.mark.kwok
 
@@ -55,20 +56,7 @@ def pool_nodes(kube_ctx: Any, kube_core: client.CoreV1Api) -> Iterator[tuple[Nod
     provider.delete_nodes(pool, names)
 
 
-def workers(name: str, pool: NodePool, n: int, **extra: Any) -> JuliaParBatchWorkers:
-    return JuliaParBatchWorkers(
-        name,
-        "/opt/none.jl",
-        nworkers=n,
-        env={"KWOK_RUN_FOR": "600s"},
-        resources={
-            "cpu": "2",
-            "memory": "1Gi",
-            "node_type": "highcpu",
-            "node_labels": {"juliarun.io/pool": pool.name},
-        },
-        **extra,
-    )
+workers = pool_workers
 
 
 def nodes_of(kube_core: client.CoreV1Api, namespace: str, job: str) -> list[str | None]:
