@@ -139,7 +139,8 @@ def test_lines_are_shipped_once_and_metric_lines_become_points(
     c._ship([*batch, ("job-0-abcde", f"{stamp(3)} three")])
     got = logs.query(LogQuery(job="job"))
     assert [x.message for x in got[:2]] == ["one", "two"]
-    assert got[2].message.startswith("juliarun: ignored metric line:")
+    assert got[2].message.startswith("juliarun: ignored 1 metric line (")
+    assert "broken" not in got[2].message  # counts and rules only, never the line itself
     assert [x.message for x in got[3:]] == ["three"]
     assert {(x.worker, x.stream, x.cluster, x.tenant) for x in got} == {
         ("job-0", "stdout", "kube", "acme")
@@ -150,6 +151,28 @@ def test_lines_are_shipped_once_and_metric_lines_become_points(
         ({"job": "job", "worker": "job-0", "epoch": "1"}, 1.0)
     ]
     assert c.result.lines == 4 and c.result.metric_points == 1 and c.result.skipped == 4
+
+
+def test_a_job_cannot_forge_identity_tags_or_platform_metrics(
+    stores: tuple[SqliteLogStore, SqliteMetricStore], home: Path
+) -> None:
+    logs, metrics = stores
+    c = collector(logs, metrics, [], home)
+    c.pods["job-0-abcde"] = new_pod()
+    c._ship(
+        [
+            ("job-0-abcde", f"{stamp(0)} {METRIC_PREFIX}loss,job=victim,worker=w9 value=2"),
+            ("job-0-abcde", f"{stamp(1)} {METRIC_PREFIX}juliarun.cpu,tenant=other value=99"),
+        ]
+    )
+    rows = metrics.query(MetricQuery("loss", agg="sum", group_by=("job", "worker", "tenant")))
+    assert [(dict(r.group), r.value) for r in rows] == [
+        ({"job": "job", "worker": "job-0", "tenant": "acme"}, 2.0)
+    ]
+    assert metrics.query(MetricQuery("juliarun.cpu", agg="count")) == []
+    assert [x.message for x in logs.query(LogQuery(job="job"))] == [
+        "juliarun: ignored 1 point with a reserved juliarun.* name"
+    ]
 
 
 def test_a_second_collector_resumes_after_what_the_store_holds(

@@ -54,7 +54,7 @@ from juliarun.backends.kubernetes.routes import JobRoutes
 from juliarun.errors import BackendError, LineProtocolError
 from juliarun.logs.base import LogLine, LogQuery, LogStore
 from juliarun.metrics.base import MetricStore, Point
-from juliarun.metrics.lineprotocol import parse_line
+from juliarun.metrics.lineprotocol import RESERVED_PREFIX, parse_line, rejected_metrics_note
 
 METRIC_PREFIX = "##juliarun-metric "
 """A pod's stdout line starting with this is a metric line (InfluxDB line protocol follows)."""
@@ -337,9 +337,15 @@ class KubernetesCollector:
                 try:
                     found = parse_line(message[len(METRIC_PREFIX) :], stamp)
                 except LineProtocolError as err:
-                    lines.append(self._line(pod, stamp, f"juliarun: ignored metric line: {err}"))
+                    note = rejected_metrics_note([err], 0) or "juliarun: ignored a metric line"
+                    lines.append(self._line(pod, stamp, note))  # counts and rules, no content
                     continue
-                points += [Point(p.name, p.value, p.timestamp, {**tags, **p.tags}) for p in found]
+                own = [p for p in found if not p.name.startswith(RESERVED_PREFIX)]
+                if len(own) < len(found):
+                    said = rejected_metrics_note([], len(found) - len(own))
+                    lines.append(self._line(pod, stamp, said or "juliarun: ignored a point"))
+                # the platform's identity tags win over the job's own
+                points += [Point(p.name, p.value, p.timestamp, {**p.tags, **tags}) for p in own]
                 continue
             lines.append(self._line(pod, stamp, message))
         if lines:
