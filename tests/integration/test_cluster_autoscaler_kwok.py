@@ -18,7 +18,7 @@ import juliarun
 from juliarun.clusterscaler import ClusterScaler
 from juliarun.providers.kwok import KwokProvider
 from juliarun.scaling.planner import Headroom
-from juliarun.specs import NodePool
+from juliarun.specs import JuliaParBatchWorkers, NodePool
 from tests.integration.fixtures._service import require
 from tests.integration.fixtures.kubernetes import _probe_kwok, node_ready, wait_for
 from tests.integration.pool_jobs import pool_workers
@@ -138,3 +138,59 @@ def test_headroom_starts_the_next_job_at_once_and_critical_pods_keep_their_node(
     assert step.removed == () and step.draining == ()
     assert "critical" in step.reasons()[pool.node_name(0)]
     assert pool_nodes(kube_core, pool) == [pool.node_name(0)]
+
+
+def test_a_spot_node_taken_back_is_replaced_and_the_job_completes(
+    kube_ctx: Any, pool: NodePool, kube_core: client.CoreV1Api, kube_namespace: str
+) -> None:
+    spot = pool.model_copy(update={"spot": True})
+    job = JuliaParBatchWorkers(
+        "spotty",
+        "/opt/none.jl",
+        nworkers=2,
+        restart="OnFailure",
+        env={"KWOK_RUN_FOR": "30s"},
+        resources={
+            "cpu": "2",
+            "memory": "1Gi",
+            "node_type": "highcpu",
+            "node_labels": {"juliarun.io/pool": spot.name},
+        },
+    )
+    juliarun.submit(kube_ctx, job)
+    wait_for(
+        lambda: (
+            len(
+                kube_core.list_namespaced_pod(
+                    kube_namespace, label_selector="juliarun.io/job=spotty"
+                ).items
+            )
+            == 2
+        ),
+        60,
+        what="2 pods",
+    )
+    scaler = ClusterScaler(kube_ctx, [spot], unneeded_after=timedelta(0))
+    assert scaler.step().added == {spot.name: [spot.node_name(0)]}
+    assert pool_nodes(kube_core, spot) == [spot.node_name(0)]
+    node = kube_core.read_node(spot.node_name(0))
+    assert node.metadata.labels["juliarun.io/spot"] == "true"
+    wait_for(lambda: running(kube_core, kube_namespace, "spotty") == 2, 120, what="2 pods")
+
+    # Taken back: the instance is gone, and with it its node and pods (what a cloud's node
+    # lifecycle controller and pod GC do; kwok alone would keep "running" pods of a lost node).
+    KwokProvider(kube_ctx.backend.client).delete_nodes(spot, [spot.node_name(0)])
+    for gone in kube_core.list_namespaced_pod(
+        kube_namespace, field_selector=f"spec.nodeName={spot.node_name(0)}"
+    ).items:
+        kube_core.delete_namespaced_pod(gone.metadata.name, kube_namespace, grace_period_seconds=0)
+
+    def replaced() -> bool:
+        scaler.step()
+        return running(kube_core, kube_namespace, "spotty") == 2 and ready_nodes(kube_core, spot)
+
+    wait_for(replaced, 120, 2, "the workers running again on a new node")
+    assert pool_nodes(kube_core, spot) == [spot.node_name(0)]  # the name is free again
+    final = juliarun.wait(kube_ctx, job, timeout=180)
+    assert str(final) == "succeeded"
+    juliarun.delete(kube_ctx, job, force=True)
