@@ -24,6 +24,7 @@ from juliarun import specs
 from juliarun.cli import app
 from juliarun.errors import JuliaRunError, SpecError
 from juliarun.metrics.alerts import AbsenceRule, ThresholdRule, parse_rules
+from juliarun.scaling.policy import HPAPolicy, ScalingPolicy, ScalingRules
 
 CASES: Counter[str] = Counter()
 MINIMUM = 5000
@@ -53,7 +54,19 @@ VALID: dict[type[specs._Model], dict[str, Any]] = {
         "path": "/src/Greet",
     },
     specs.BundleSpec: {"name": "greet", "packages": ["Statistics"], "julia_image": "julia:1"},
-    # Alert rules are specs too (metrics/alerts.py).
+    specs.NodePool: {
+        "name": "highcpu",
+        "node_type": "highcpu",
+        "cpu": "4",
+        "memory": "16Gi",
+        "max": 10,
+        "taints": [{"key": "dedicated", "value": "julia"}],
+    },
+    specs.NodeTaint: {"key": "dedicated", "value": "julia", "effect": "NoExecute"},
+    # The process autoscaler's policy (scaling/policy.py) and alert rules are specs too.
+    HPAPolicy: {"target": 5, "min_workers": 1, "max_workers": 10},
+    ScalingRules: {"stabilization": 60, "policies": [{"type": "Pods", "value": 4}]},
+    ScalingPolicy: {"type": "Percent", "value": 100, "period": 15},
     ThresholdRule: {"name": "busy", "metric": "queue", "window": 60, "op": ">", "value": 5},
     AbsenceRule: {"name": "gone", "metric": "queue", "window": 60, "lookback": 600},
 }
