@@ -570,7 +570,8 @@ def demo(
         typer.Argument(
             help="session: the seed's session (helloworld batch, 3 workers, tail, delete) "
             "through the run_job flow; autoscale: the talk's process-autoscaler demo (a queue, "
-            "Julia workers, a JobScaler following the backlog)."
+            "Julia workers, a JobScaler following the backlog); cluster: the talk's cluster-"
+            "autoscaler demo on a Kubernetes cluster with kwok (nodes follow a job up and down)."
         ),
     ] = "session",
 ) -> None:
@@ -583,6 +584,10 @@ def demo(
         from juliarun.demo_autoscale import run as run_autoscale
 
         run_autoscale()
+    elif which == "cluster":
+        from juliarun.demo_cluster import run as run_cluster
+
+        run_cluster()
     else:
         raise JuliaRunError(f"no demo {which!r}", hint="juliarun demo session | autoscale")
 

@@ -108,6 +108,10 @@ class ClusterScaler:
         }
         self._placer = backend.placement_controller() if isinstance(backend, Placer) else None
 
+    def provider(self, pool: str) -> Any:
+        """The :class:`~juliarun.providers.base.NodeProvider` of pool ``pool``."""
+        return self._providers[pool]
+
     def _headroom(self) -> dict[str, Headroom]:
         if self.headroom is None:
             return {}
