@@ -22,6 +22,7 @@ from juliarun.api import (
     wait,
 )
 from juliarun.backends.base import ClusterStatus, JobStatus
+from juliarun.clusterscaler import ClusterScaler
 from juliarun.errors import JuliaRunError
 from juliarun.queues import Queue, QueueStats
 from juliarun.scaler import JobScaler
@@ -32,6 +33,7 @@ from juliarun.scaling.metrics import (
     StoreMetric,
     WorkQueueMetric,
 )
+from juliarun.scaling.planner import Headroom
 from juliarun.scaling.policy import HPAPolicy
 from juliarun.specs import (
     Batch,
@@ -54,9 +56,11 @@ __all__ = [
     "BundlePackage",
     "BundleSpec",
     "CallableMetric",
+    "ClusterScaler",
     "ClusterStatus",
     "Context",
     "HPAPolicy",
+    "Headroom",
     "ImageSpec",
     "JobScaler",
     "JobStatus",

@@ -5,7 +5,6 @@ nothing it should not."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from juliarun.api import Context
 from juliarun.logs import LogQuery
 from juliarun.metrics import MetricQuery
 from juliarun.specs import JuliaBatch
-from tests.integration.test_kubernetes_collector import kube_env
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.julia]
 
@@ -32,25 +30,10 @@ flush(stdout)
 """
 
 
-@pytest.fixture
-def kube_ctx(
-    kube_namespace: str,
-    kube_julia_image: str,
-    juliarun_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Context]:
-    kube_env(monkeypatch, kube_namespace, kube_julia_image)
-    monkeypatch.setenv("JULIARUN_INFLUX_TOKEN", "influx-token-from-the-submitter")
-    ctx = juliarun.init("kubernetes")
-    try:
-        yield ctx
-    finally:
-        ctx.close()
-
-
 def test_a_julia_job_on_kubernetes_trying_every_trick_gets_nothing(
-    kube_ctx: Context, tmp_path: Path
+    kube_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("JULIARUN_INFLUX_TOKEN", "influx-token-from-the-submitter")
     code = tmp_path / "code"
     code.mkdir()
     (code / "tricks.jl").write_text(TRICKS)
