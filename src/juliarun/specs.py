@@ -32,9 +32,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationError,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
+from pydantic_core import CoreSchema
 
 from juliarun.errors import SpecError
 
@@ -317,12 +320,29 @@ def _env_map(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-Name = Annotated[str, AfterValidator(_dns_label)]
+# What a form (a Prefect parameter form, any JSON-schema client) is told about these strings, so
+# it refuses what the model would. Validation itself stays the validators' (their messages
+# name the rule); the patterns are JSON-schema (ECMA 262 and Python ``re``) alike.
+NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A positive quantity: a number with a non-zero digit, then a suffix or an exponent.
+QUANTITY_PATTERN = (
+    r"^\s*\+?(?=[0-9.]*[1-9])(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?\s*$"
+)
+_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}
+
+Name = Annotated[str, AfterValidator(_dns_label), WithJsonSchema(_NAME_SCHEMA)]
 Cpu = Annotated[
-    str, BeforeValidator(_to_str), AfterValidator(_positive_quantity("cpu", "500m or 2"))
+    str,
+    BeforeValidator(_to_str),
+    AfterValidator(_positive_quantity("cpu", "500m or 2")),
+    WithJsonSchema({"type": "string", "pattern": QUANTITY_PATTERN, "examples": ["500m", "2"]}),
 ]
 Memory = Annotated[
-    str, BeforeValidator(_to_str), AfterValidator(_positive_quantity("memory", "512Mi or 1Gi"))
+    str,
+    BeforeValidator(_to_str),
+    AfterValidator(_positive_quantity("memory", "512Mi or 1Gi")),
+    WithJsonSchema({"type": "string", "pattern": QUANTITY_PATTERN, "examples": ["512Mi", "4Gi"]}),
 ]
 EnvMap = Annotated[dict[str, str], AfterValidator(_env_map)]
 NodeType = Literal["gpu", "spot", "highmem", "highcpu"]
@@ -334,10 +354,52 @@ NodeType = Literal["gpu", "spot", "highmem", "highcpu"]
 _VALIDATING: ContextVar[bool] = ContextVar("juliarun_spec_validating", default=False)
 
 
+_RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """A docstring as a form shows it: no reStructuredText markup, paragraphs kept.
+
+    >>> plain_text("Run ``Batch(name)``: see :class:`~juliarun.specs.JobSpec`.")
+    'Run Batch(name): see juliarun.specs.JobSpec.'
+    """
+    text = _RST_ROLE.sub(r"\1", text).replace("``", "")
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip())]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def _form_schema(schema: dict[str, Any], cls: type[Any]) -> None:
+    """Shape a spec's JSON schema into a form a person can fill: plain-text descriptions,
+    required fields first (Prefect's forms order fields by ``position``), and a job's ``kind``
+    fixed to its one value (a choice of one, not a text box) and required, so a union of job
+    kinds tells a missing kind from a wrong one."""
+    if cls.__doc__:
+        schema["description"] = plain_text(cls.__doc__)
+    properties: dict[str, Any] = schema.get("properties", {})
+    required: list[str] = list(schema.get("required", []))
+    kind = properties.get("kind", {})
+    if "const" in kind:  # a job kind: the discriminator of AnyJob
+        value = kind.pop("const")
+        kind.update(enum=[value], default=value)
+        kind.setdefault("description", f"The job's kind: {value}.")
+        required = ["kind", *(r for r in required if r != "kind")]
+    for prop in properties.values():
+        if "description" in prop:
+            prop["description"] = plain_text(prop["description"])
+    order = [*required, *(name for name in properties if name not in required)]
+    schema["properties"] = {name: properties[name] for name in order}
+    for position, name in enumerate(order):
+        schema["properties"][name]["position"] = position
+    if required:
+        schema["required"] = required
+
+
 class _Model(BaseModel):
     """Base of every spec: unknown fields are errors; errors become :class:`SpecError`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, json_schema_extra=_form_schema
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -531,9 +593,15 @@ class JobSpec(_Model):
 
     kind: str
     name: Name = Field(description="Job name (a DNS-1123 label, unique per cluster).")
-    storage: Annotated[list[Name], BeforeValidator(_one_or_many)] = Field(
+    storage: Annotated[
+        list[Name],
+        BeforeValidator(_one_or_many),
+        # one name or a list of names, as the model takes them
+        WithJsonSchema({"anyOf": [{"type": "array", "items": _NAME_SCHEMA}, _NAME_SCHEMA]}),
+    ] = Field(
         default_factory=list,
-        description="Names of storage to mount at /mnt/<name>.",
+        description="Names of storage to mount at /mnt/<name> (storage defined beforehand, "
+        "or by the run's storage parameter).",
     )
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
     image: Annotated[str, AfterValidator(_image_ref)] | None = Field(
@@ -664,8 +732,29 @@ class Batch(JobSpec):
         ) -> None: ...
 
 
-AnyJob = Annotated[JuliaBatch | JuliaParBatchWorkers | Batch, Field(discriminator="kind")]
 _JOB_KINDS = {"JuliaBatch", "JuliaParBatchWorkers", "Batch"}
+
+
+class _JobUnionSchema:
+    """The union of job kinds as a form sees it: besides one member per kind (tabs in
+    Prefect's form), ``kind`` itself is required and one of the kinds, so a spec without a
+    kind is refused as "'kind' is a required property" rather than as matching several
+    kinds. Only the JSON schema changes; validation is the discriminated union's."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema["required"] = ["kind"]
+        schema["properties"] = {"kind": {"enum": ["JuliaBatch", "JuliaParBatchWorkers", "Batch"]}}
+        return schema
+
+
+AnyJob = Annotated[
+    JuliaBatch | JuliaParBatchWorkers | Batch,
+    Field(discriminator="kind"),
+    _JobUnionSchema(),
+]
 
 
 def validate_spec(data: dict[str, Any]) -> JuliaBatch | JuliaParBatchWorkers | Batch:

@@ -8,6 +8,8 @@ from typing import Any
 from prefect import flow
 
 from juliarun.builders.bundles import check_bake_bundle
+from juliarun.errors import SpecError
+from juliarun.flows._specs import job_run_name, job_spec, rejected, spec, specs
 from juliarun.flows.run_job import run_job
 from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec
 from juliarun.tasks.builds import (
@@ -68,7 +70,11 @@ def prune_storage(cluster: str = "local") -> list[str]:
     return prune_storage_task(cluster)
 
 
-@flow(name="run-pipeline", flow_run_name="{job.name}")
+@flow(
+    name="run-pipeline",
+    flow_run_name=job_run_name,
+    validate_parameters=False,  # juliarun checks the specs: see juliarun.flows._specs
+)
 def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
     job: AnyJob,
     storage: list[StorageSpec] | None = None,
@@ -80,15 +86,37 @@ def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
     timeout: float | None = None,
     bake_bundle: bool = False,
 ) -> dict[str, Any]:
-    """Specs to a finished job: the bundle (cached), the image (cached; the job runs in it),
-    then ``run_job`` with the storage, streaming the job's lines into this run's logs. The
+    """Specs to a finished job: the package bundle (cached), the image (cached; the job runs
+    in it), then run-job with the storage, streaming the job's lines into this run's logs. The
     build steps are tasks of this run (not subflows), so a re-run with nothing changed costs
     a few cached task runs.
 
-    The job mounts the bundle read-only (``pkg_bundle``), or with ``bake_bundle`` runs in the
-    image with the bundle copied in (the image's ``JULIA_DEPOT_PATH`` / ``JULIA_PROJECT`` point
-    at it): what a cluster of several nodes needs, where a bundle built on one machine is not
-    on the others."""
+    The job mounts the bundle read-only (as its pkg_bundle), or with bake_bundle runs in the
+    image with the bundle copied in (the image's JULIA_DEPOT_PATH and JULIA_PROJECT point at
+    it): what a cluster of several nodes needs, where a bundle built on one machine is not on
+    the others.
+
+    Args:
+        job: The job: pick its kind, then fill in its fields (required ones first).
+        storage: Storage to define (or update) before the job starts, each with its name,
+            kind and location; the job mounts storage by the names in its own storage field.
+        bundle: Julia packages to precompile into a bundle the job mounts (optional).
+        image: A container image to build and run the job in (optional).
+        cluster: Where the job runs: local, docker, kubernetes, or the name of a saved
+            cluster block.
+        registry: The registry the image is pushed to.
+        credentials_block: The registry credentials block, if it needs any.
+        timeout: Seconds to wait for the job to finish; empty waits as long as it runs.
+        bake_bundle: Copy the bundle into the image instead of mounting it.
+    """
+    try:
+        job = job_spec(job)
+        storage = specs(storage, StorageSpec)
+        bundle = spec(bundle, BundleSpec)
+        image = spec(image, ImageSpec)
+    except SpecError as exc:
+        return rejected(exc)  # type: ignore[no-any-return]
+    timeout = None if timeout is None else float(timeout)
     check_bake_bundle(bundle, image, bake_bundle)
     updates: dict[str, Any] = {}
     if bundle is not None:

@@ -7,7 +7,8 @@ from typing import Any
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun, State
 
-from juliarun.errors import JobFailedError, JobNotFoundError
+from juliarun.errors import JobFailedError, JobNotFoundError, SpecError
+from juliarun.flows._specs import job_run_name, job_spec, rejected, specs
 from juliarun.specs import AnyJob, StorageSpec
 from juliarun.tasks import (
     delete_job,
@@ -34,7 +35,12 @@ def _delete_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]
                 return
 
 
-@flow(name="run-job", flow_run_name="{job.name}", on_cancellation=[_delete_on_cancel])
+@flow(
+    name="run-job",
+    flow_run_name=job_run_name,
+    on_cancellation=[_delete_on_cancel],
+    validate_parameters=False,  # juliarun checks the specs: see juliarun.flows._specs
+)
 def run_job(
     job: AnyJob,
     cluster: str = "local",
@@ -42,9 +48,27 @@ def run_job(
     timeout: float | None = None,
     delete_after: bool = False,
 ) -> dict[str, Any]:
-    """Run one job to the end on ``cluster``: define and provision its storage, submit it,
+    """Run one job to the end on a cluster: define and provision its storage, submit it,
     stream its lines into this run's logs, publish a table of its workers, and fail when the
-    job fails (with its reason)."""
+    job fails (with its reason). A job the spec rules refuse fails the run with juliarun's
+    one-line message, naming each field, before anything is created.
+
+    Args:
+        job: The job: pick its kind, then fill in its fields (required ones first).
+        cluster: Where the job runs: local, docker, kubernetes, or the name of a saved
+            cluster block.
+        storage: Storage to define (or update) before the job starts, each with its name,
+            kind and location; the job mounts storage by the names in its own storage field.
+            Leave empty when the storage the job names is defined already.
+        timeout: Seconds to wait for the job to finish; empty waits as long as it runs.
+        delete_after: Delete the job (its workers and records) once it finished.
+    """
+    try:
+        job = job_spec(job)
+        storage = specs(storage, StorageSpec)
+    except SpecError as exc:
+        return rejected(exc)  # type: ignore[no-any-return]
+    timeout = None if timeout is None else float(timeout)
     if storage or job.storage:
         prepare_storage(cluster, job.storage, storage or [])
     submitted = submit_job(cluster, job)
