@@ -1,5 +1,6 @@
 """Prefect flows: the pipelines juliarun runs orchestrated."""
 
+from juliarun.flows._specs import quiet_juliarun_tracebacks
 from juliarun.flows.autoscale import cluster_autoscaler, process_autoscaler
 from juliarun.flows.builds import (
     build_image,
@@ -12,6 +13,8 @@ from juliarun.flows.builds import (
 from juliarun.flows.cluster_report import cluster_report
 from juliarun.flows.run_job import run_job
 from juliarun.flows.tenants import ensure_tenant_flow
+
+quiet_juliarun_tracebacks()
 
 __all__ = [
     "build_image",

@@ -69,3 +69,41 @@ def job_run_name() -> str:
     job = flow_run.parameters.get("job")
     name = job.get("name") if isinstance(job, Mapping) else getattr(job, "name", None)
     return name if isinstance(name, str) and name else str(flow_run.name or flow_run.flow_name)
+
+
+_ENGINE_EXIT = "Engine execution exited with unexpected exception"
+
+
+class _JuliaRunErrorsInOneLine:
+    """A filter on Prefect's run loggers: a juliarun error (a refused spec, a failed job) is
+    reported in its own words (message and hint, once in the run's state) without Python
+    tracebacks: the engine's second report of the same failure is dropped, and other records
+    keep their one-line message without the traceback."""
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        from juliarun.errors import JuliaRunError
+
+        assert isinstance(record, logging.LogRecord)
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, JuliaRunError):
+            return True
+        if record.msg == _ENGINE_EXIT:
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_FILTER = _JuliaRunErrorsInOneLine()
+
+
+def quiet_juliarun_tracebacks() -> None:
+    """Install the filter on the loggers of flow and task runs (idempotent)."""
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
