@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from juliarun.backends.local import LocalBackend
 from juliarun.deployments.serve import example_job
 from tests.integration.fixtures.prefect import RUN_JOB, _served
 from tests.integration.prefect_ui import (
@@ -321,3 +322,35 @@ def test_v2_a_failed_job_fails_the_run_with_its_reason(chrome: WebDriver, served
         "the job's reason on the run's Details tab",
     )
     assert "last lines: about to fail" in " ".join(details.split())
+
+
+def test_v2_a_refused_spec_fails_the_run_in_one_line(chrome: WebDriver, served: Served) -> None:
+    """A Batch whose program is blank passes the form (a list of one text) but not juliarun's
+    rules: the run fails before anything is created, its page says why in juliarun's one line
+    naming the field (kept as a screenshot under test-output/ when it does not), and its logs
+    say it once, with no Python traceback."""
+    job = _unique("ui-refused")
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.job_text("Name", job)
+    form.job_list("Command", [" ", "-e", 'println("never")'])
+    run_id = _submit_v2(chrome, served, form, job)
+    assert wait_for_state(chrome, ("Completed", "Failed", "Crashed")) == "Failed"
+    reason = (
+        "invalid Batch: command: the program (the first item) must not be blank "
+        "(hint: fix the named fields and submit again; nothing was created)"
+    )
+    wait_for_text(
+        chrome,
+        f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Details",
+        (reason,),
+        "juliarun's reason on the run's Details tab",
+    )
+    logs = wait_for_text(
+        chrome,
+        f"{served.ui}/v2/runs/flow-run/{run_id}?tab=Logs",
+        (f"Finished in state Failed({reason!r})",),
+        "the run's one failure line in its logs",
+    )
+    assert logs.count("must not be blank") == 1, logs
+    assert "Traceback" not in logs and "ValidationError" not in logs, logs
+    assert job not in {j.name for j in LocalBackend(served.home).jobs()}
