@@ -44,6 +44,18 @@ def wait_for(
         time.sleep(0.3)
 
 
+def open_page(driver: WebDriver, url: str, what: str, probe: Callable[[], T | None]) -> T:
+    """Open ``url`` and wait for ``probe``; a page still blank after half the wait is loaded
+    again once (on a busy machine the UI's first load now and then never renders), as a
+    person would reload it."""
+    driver.get(url)
+    try:
+        return wait_for(driver, what, probe, timeout=PAGE / 2)
+    except AssertionError:
+        driver.get(url)
+        return wait_for(driver, what, probe)
+
+
 def _xpath_text(text: str) -> str:
     return "'" + text + "'" if "'" not in text else '"' + text + '"'
 
@@ -88,9 +100,9 @@ class RunFormV2:
         from selenium.webdriver.common.by import By
 
         self.driver = driver
-        driver.get(f"{base_url}/v2/deployments/deployment/{deployment_id}/run")
-        wait_for(
+        open_page(
             driver,
+            f"{base_url}/v2/deployments/deployment/{deployment_id}/run",
             "the run form's job parameter",
             lambda: driver.find_elements(By.XPATH, "//label[normalize-space()='job']"),
         )
@@ -209,9 +221,9 @@ class RunFormV1:
         from selenium.webdriver.common.by import By
 
         self.driver = driver
-        driver.get(f"{base_url}/deployments/deployment/{deployment_id}/run")
-        wait_for(
+        open_page(
             driver,
+            f"{base_url}/deployments/deployment/{deployment_id}/run",
             "the run form's job parameter",
             lambda: driver.find_elements(By.XPATH, "//label[normalize-space()='job']"),
         )

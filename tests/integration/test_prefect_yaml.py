@@ -139,7 +139,7 @@ def test_prefect_deploy_all_then_a_worker_runs_run_job(
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
     flows = ["run-job", "run-pipeline", "cluster-report", "prune-bundles", "prune-storage"]
-    flows += ["evaluate-alerts", "tenant"]
+    flows += ["evaluate-alerts", "tenant", "build-image", "build-package-bundle", "prewarm-image"]
     with (
         temporary_settings(updates={PREFECT_API_URL: prefect_api_url}),
         get_client(sync_client=True) as client,
@@ -162,6 +162,9 @@ def test_prefect_deploy_all_then_a_worker_runs_run_job(
         "prune-storage": [timedelta(days=1)],
         "evaluate-alerts": [],
         "tenant": [],
+        "build-image": [],
+        "build-package-bundle": [],
+        "prewarm-image": [],
     }
 
     job = juliarun.Batch(

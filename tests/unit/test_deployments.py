@@ -60,3 +60,15 @@ def test_prefect_yaml_declares_what_serve_serves(served: dict[str, Any]) -> None
         assert spec["tags"][0] == "juliarun", name
     assert declared["tenant"]["entrypoint"] == "juliarun.flows.tenants.ensure_tenant_flow"
     assert load_flow_from_entrypoint(declared["tenant"]["entrypoint"]).name == "tenant"
+
+
+def test_every_flow_is_deployed(served: dict[str, Any]) -> None:
+    """Each flow juliarun exports is a deployment of prefect.yaml, and of `juliarun serve`
+    except the Kubernetes-only tenant flow."""
+    import juliarun.flows
+
+    flows = {getattr(juliarun.flows, name).name for name in juliarun.flows.__all__}
+    declared = _yaml_deployments()
+    in_yaml = {load_flow_from_entrypoint(d["entrypoint"]).name for d in declared.values()}
+    assert flows == in_yaml
+    assert flows - {"tenant"} == {d.flow_name for d in served.values()}

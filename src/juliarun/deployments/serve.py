@@ -23,6 +23,9 @@ RUN_PIPELINE = "run-pipeline"
 EVALUATE_ALERTS = "evaluate-alerts"
 PROCESS_AUTOSCALER = "process-autoscaler"
 CLUSTER_AUTOSCALER = "cluster-autoscaler"
+BUILD_IMAGE = "build-image"
+BUILD_PACKAGE_BUNDLE = "build-package-bundle"
+PREWARM_IMAGE = "prewarm-image"
 ALERTS_EVERY = timedelta(minutes=1)
 
 
@@ -73,16 +76,20 @@ def alert_parameters(cluster: str) -> dict[str, Any]:
 
 
 def deployments(cluster: str = "local") -> list[Any]:
-    """``run-job``, ``run-pipeline``, ``process-autoscaler`` and ``cluster-autoscaler``
-    (triggered from the UI or Python), ``cluster-report``
-    (every 15 minutes), ``prune-bundles`` and ``prune-storage`` (daily) and ``evaluate-alerts``
-    (every minute when JULIARUN_ALERT_RULES names rules; without rules it is only triggered by
-    hand)."""
+    """Every juliarun flow as a deployment: ``run-job``, ``run-pipeline``,
+    ``process-autoscaler``, ``cluster-autoscaler``, ``build-image``, ``build-package-bundle``
+    and ``prewarm-image`` (triggered from the UI or Python), ``cluster-report`` (every 15
+    minutes), ``prune-bundles`` and ``prune-storage`` (daily) and ``evaluate-alerts`` (every
+    minute when JULIARUN_ALERT_RULES names rules; without rules it is only triggered by hand).
+    The ``tenant`` flow is prefect.yaml's only (Kubernetes clusters)."""
     from prefect.types.entrypoint import EntrypointType
 
     from juliarun.flows import (
+        build_image,
+        build_package_bundle,
         cluster_autoscaler,
         cluster_report,
+        prewarm_image,
         process_autoscaler,
         prune_bundles,
         prune_storage,
@@ -131,6 +138,18 @@ def deployments(cluster: str = "local") -> list[Any]:
             "Keep node pools sized to what jobs reserve, with headroom, for a while.",
             None,
         ),
+        (
+            build_package_bundle,
+            BUILD_PACKAGE_BUNDLE,
+            "Precompile Julia packages into a bundle jobs mount (an unchanged spec is cached).",
+            None,
+        ),
+        (
+            prewarm_image,
+            PREWARM_IMAGE,
+            "Pull an image onto the cluster's nodes before jobs need it.",
+            None,
+        ),
     ]
     # Default parameters: the cluster served, and for the flows that take a job a working
     # example, so the UI's form opens filled in rather than empty.
@@ -152,6 +171,16 @@ def deployments(cluster: str = "local") -> list[Any]:
         )
         for flow, name, description, every in on_cluster
     ]
+    # build-image takes no cluster: it builds on the machine that runs it and pushes.
+    served.append(
+        build_image.to_deployment(
+            name=BUILD_IMAGE,
+            description="Build a container image from a spec and push it (an unchanged spec "
+            "is cached).",
+            tags=["juliarun"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    )
     served.append(
         evaluate_alerts.to_deployment(
             name=EVALUATE_ALERTS,

@@ -1,6 +1,7 @@
 """Prefect flows: the pipelines juliarun runs orchestrated."""
 
 from juliarun.flows._specs import quiet_juliarun_tracebacks
+from juliarun.flows.alerts import evaluate_alerts
 from juliarun.flows.autoscale import cluster_autoscaler, process_autoscaler
 from juliarun.flows.builds import (
     build_image,
@@ -22,6 +23,7 @@ __all__ = [
     "cluster_autoscaler",
     "cluster_report",
     "ensure_tenant_flow",
+    "evaluate_alerts",
     "prewarm_image",
     "process_autoscaler",
     "prune_bundles",
