@@ -745,8 +745,19 @@ class _JobUnionSchema:
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         schema = handler(core_schema)
+        kinds = ["JuliaBatch", "JuliaParBatchWorkers", "Batch"]
         schema["required"] = ["kind"]
-        schema["properties"] = {"kind": {"enum": ["JuliaBatch", "JuliaParBatchWorkers", "Batch"]}}
+        schema["properties"] = {"kind": {"enum": kinds}}
+        # The member of the spec's kind, applied by kind: its errors are reported as such
+        # (a field's pattern, an unknown field), not only as matching no member.
+        members: dict[str, str] = schema["discriminator"]["mapping"]  # kind -> $ref
+        schema["allOf"] = [
+            {
+                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"$ref": members[kind]},
+            }
+            for kind in kinds
+        ]
         return schema
 
 

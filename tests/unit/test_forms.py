@@ -14,7 +14,7 @@ from prefect.utilities.schema_tools.validation import ValidationError, validate
 
 from juliarun.errors import SpecError
 from juliarun.flows import run_job, run_pipeline
-from juliarun.specs import validate_spec
+from juliarun.specs import NAME_PATTERN, validate_spec
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,27 @@ def test_a_refused_spec_fails_the_run_with_juliaruns_message() -> None:
     )
     with pytest.raises(SpecError, match="command: the program"):
         run_job(job)  # type: ignore[arg-type]
+
+
+def test_an_unknown_field_is_named(schema: dict[str, Any]) -> None:
+    message = _check(schema, {"kind": "JuliaBatch", "name": "a", "scirpt": "/a.jl"})
+    assert message == (
+        "Validation failed for field 'job'. Failure reason: "
+        "Additional properties are not allowed ('scirpt' was unexpected)"
+    )
+
+
+def test_the_form_names_the_field_it_refuses(schema: dict[str, Any]) -> None:
+    """What the UI's form shows beside each field (Prefect's error tree of every error): a bad
+    name is reported at ``job.name`` with the rule, besides the union's own line."""
+    from prefect.utilities.schema_tools.validation import build_error_obj
+
+    tree = build_error_obj(validate({"job": {**BATCH, "name": "Bad_Name"}}, schema))
+    assert {e["property"] for e in tree["errors"]} == {"job"}
+    by_field = {
+        e["property"]: e["errors"]
+        for job in tree["errors"]
+        for e in job["errors"]
+        if isinstance(e, dict)
+    }
+    assert by_field == {"name": [f"'Bad_Name' does not match '{NAME_PATTERN}'"]}
