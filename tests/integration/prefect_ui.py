@@ -96,15 +96,18 @@ def type_into(element: WebElement, value: str) -> None:
 class RunFormV2:
     """The run form of a deployment in the v2 UI (``/v2/deployments/deployment/ID/run``)."""
 
-    def __init__(self, driver: WebDriver, base_url: str, deployment_id: str) -> None:
+    def __init__(
+        self, driver: WebDriver, base_url: str, deployment_id: str, parameter: str = "job"
+    ) -> None:
         from selenium.webdriver.common.by import By
 
         self.driver = driver
+        labels = f"normalize-space()='{parameter}' or normalize-space()='{parameter} (Optional)'"
         open_page(
             driver,
             f"{base_url}/v2/deployments/deployment/{deployment_id}/run",
-            "the run form's job parameter",
-            lambda: driver.find_elements(By.XPATH, "//label[normalize-space()='job']"),
+            f"the run form's {parameter} parameter",
+            lambda: driver.find_elements(By.XPATH, f"//label[{labels}]"),
         )
 
     def run_name(self) -> str:

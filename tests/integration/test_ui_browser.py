@@ -4,10 +4,11 @@ A person opens the run-job deployment's run form, fills it for a job (each kind)
 the run, waits for it to complete, reads the job's lines in the run's logs and the worker table
 artifact. Both UIs Prefect ships: v2 (the default, under /v2) and v1 (at the root).
 
-`juliarun serve` runs once for the module, on its own JULIARUN_HOME. The test server is shared
-(another `juliarun serve` may pick a run of run-job up), so the form's ``cluster`` is a
-LocalCluster block on this module's home, with a unique name: wherever the run executes, the job
-runs there. A failed test leaves its last page under test-output/ (see fixtures/browser.py)."""
+`juliarun serve` runs once for the module, on its own JULIARUN_HOME, against a Prefect server of
+the module's own (the same version as the test server): on the shared server another
+`juliarun serve` would pick this module's runs of run-job up. The form's ``cluster`` is a
+LocalCluster block on this module's home. A failed test leaves its last page under
+test-output/ (see fixtures/browser.py)."""
 
 from __future__ import annotations
 
@@ -57,12 +58,76 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
+PREFECT_SERVER = (sys.executable, "-m", "prefect", "server", "start")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def private_prefect(
+    prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A Prefect server of this module's own (the test server's version, its UI included), so
+    no other `juliarun serve` on the shared server picks this module's runs of run-job up (a
+    served deployment is run by whichever serve process polls it). Stopped by its PID."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("prefect")
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": api_url,  # the UI calls this server, not the default port's
+    }
+    env.pop("PREFECT_API_URL", None)
+    log_path = root / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [*PREFECT_SERVER, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"prefect server exited:\n{log_path.read_text()}"
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"not healthy:\n{log_path.read_text()}"
+            time.sleep(0.5)
+        yield api_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def served(
-    prefect_api_url: str, julia: str, tmp_path_factory: pytest.TempPathFactory
+    private_prefect: str, julia: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    """`juliarun serve --cluster local` on a fresh home, the storage ``code`` defined there
-    (a host directory with the Julia scripts), and a LocalCluster block naming that home."""
+    """`juliarun serve --cluster local` on a fresh home against this module's Prefect server,
+    the storage ``code`` defined there (a host directory with the Julia scripts), and a
+    LocalCluster block naming that home."""
+    prefect_api_url = private_prefect
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -354,3 +419,70 @@ def test_v2_a_refused_spec_fails_the_run_in_one_line(chrome: WebDriver, served: 
     assert logs.count("must not be blank") == 1, logs
     assert "Traceback" not in logs and "ValidationError" not in logs, logs
     assert job not in {j.name for j in LocalBackend(served.home).jobs()}
+
+
+def test_v2_the_form_refuses_a_bad_name_at_its_field(chrome: WebDriver, served: Served) -> None:
+    """``Bad_Name`` is not a DNS-1123 label: the form says so beside the Name field and stays
+    open; no run is created."""
+    from selenium.webdriver.common.by import By
+
+    from tests.integration.prefect_ui import field_group
+
+    form = RunFormV2(chrome, served.ui, served.deployment_id)
+    form.job_text("Name", "Bad_Name")
+    chrome.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
+    wait_for(
+        chrome,
+        "the Name field's error",
+        lambda: "'Bad_Name' does not match" in field_group(form.job_panel(), "Name").text,
+    )
+    time.sleep(2)  # a run would have taken the browser to the deployment's runs by now
+    assert "/run" in chrome.current_url and "tab=Runs" not in chrome.current_url
+    assert form.selected_kind() == "Batch"
+
+
+def test_v2_the_cluster_report_shows_free_capacity_as_a_picture(
+    chrome: WebDriver, served: Served
+) -> None:
+    """The cluster-report deployment's run publishes the capacity picture beside the table:
+    the artifact's page shows the PNG (decoded by the browser) and the numbers below it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: f"{served.ui}/api"}),
+        get_client(sync_client=True) as client,
+    ):
+        report = client.read_deployment_by_name("cluster-report/cluster-report")
+    form = RunFormV2(chrome, served.ui, str(report.id), parameter="cluster")
+    form.flow_text("cluster", served.cluster)
+    run_name = form.run_name()
+    form.submit()
+    run_id = open_run_from_list(chrome, (run_name,))
+    assert wait_for_state(chrome, ("Completed", "Failed", "Crashed")) == "Completed"
+    with (
+        temporary_settings(updates={PREFECT_API_URL: f"{served.ui}/api"}),
+        get_client(sync_client=True) as client,
+    ):
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    (picture,) = [a for a in artifacts if a.type == "markdown"]
+    assert picture.key is not None and picture.key.endswith("-capacity")
+    chrome.get(f"{served.ui}/v2/artifacts/artifact/{picture.id}")
+    sizes = wait_for(
+        chrome,
+        "the capacity picture, decoded",
+        lambda: [
+            width
+            for width in chrome.execute_script(
+                "return [...document.images]"
+                ".filter(i => i.src.startsWith('data:image/png;base64,'))"
+                ".map(i => i.complete ? i.naturalWidth : 0)"
+            )
+            if width
+        ],
+    )
+    assert sizes[0] >= 400
+    wait_for(chrome, "the numbers below the picture", lambda: read_table(chrome, "node"))
