@@ -270,6 +270,9 @@ def open_run_from_list(driver: WebDriver, names: tuple[str, ...]) -> str:
 
     wait_for(driver, f"a run named {' or '.join(names)} in the list", link).click()
     wait_for(driver, "the flow run page", lambda: "/runs/flow-run/" in driver.current_url)
+    # The address changes before the list is gone: until then the list's state badges (other
+    # runs' "Completed") would read as this run's.
+    wait_for(driver, "the runs list to give way to the run's page", lambda: link() is None)
     return driver.current_url.split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
 
 
