@@ -1,0 +1,51 @@
+"""The authenticating router (its own ASGI app; no Prefect): see :mod:`juliarun.router.app`.
+
+Run a replica with ``python -m juliarun.router --config router.yaml --port 8080``.
+"""
+
+from __future__ import annotations
+
+from juliarun.router.app import RouterApp, Signer
+from juliarun.router.authz import Authorizer
+from juliarun.router.config import RouterConfig, RouterError, load_config
+from juliarun.router.kube import connect
+from juliarun.router.routes import ConfigMapRoutes, FileRoutes, Route, RouteSource
+from juliarun.router.tokens import TokenValidator
+
+__all__ = [
+    "ConfigMapRoutes",
+    "FileRoutes",
+    "Route",
+    "RouteSource",
+    "RouterApp",
+    "RouterConfig",
+    "RouterError",
+    "build_app",
+    "load_config",
+    "route_source",
+]
+
+
+def route_source(config: RouterConfig) -> RouteSource:
+    """The route table ``config`` names."""
+    if config.routes.kind == "file":
+        if not config.routes.path:
+            raise RouterError("routes.path is required for a file route table")
+        return FileRoutes(config.routes.path)
+    return ConfigMapRoutes(connect(config.kubeconfig), config.routes.namespace, config.routes.name)
+
+
+def build_app(config: RouterConfig) -> RouterApp:
+    """A router replica for ``config`` (start it with an ASGI server)."""
+    kube = connect(config.kubeconfig)
+    return RouterApp(
+        validator=TokenValidator(
+            config.issuers, leeway=config.leeway, min_refresh=config.jwks_min_refresh
+        ),
+        authorizer=Authorizer(
+            kube.async_client(timeout=10), ttl=config.authz_ttl, deny_ttl=config.deny_ttl
+        ),
+        routes=route_source(config),
+        signer=Signer.from_file(config.signing_key, config.public_url, ttl=config.downstream_ttl),
+        upstream_timeout=config.upstream_timeout,
+    )

@@ -1,0 +1,441 @@
+"""The authenticating router: an ASGI app in front of users' HTTP services.
+
+Each request to ``/s/<namespace>/<name>/<path>`` is
+
+1. checked for path tricks (``..`` or ``.`` segments, encoded slashes or backslashes: 400);
+2. authenticated: a bearer ID token from a trusted issuer (401 otherwise);
+3. authorized: a SubjectAccessReview — may the user get Job ``<name>`` in ``<namespace>``
+   (403 otherwise, whether or not the route exists);
+4. routed (404 if no route), with every identity header the client sent removed (``X-Forwarded-*``,
+   ``X-Remote-*``, ``X-Auth-*``, ``Forwarded``, … in any spelling, ``_`` for ``-`` too) and the
+   client's ``Authorization`` withheld; the upstream gets ``X-Remote-User``, one
+   ``X-Remote-Group`` per group, and ``X-JuliaRun-Assertion``: a short-lived JWT signed by the
+   router whose audience is the service (``<namespace>/<name>``), verifiable with the router's
+   keys at ``/.juliarun/jwks.json``.
+
+Responses stream through as they come; websockets are relayed both ways.
+
+The router's own endpoints live under ``/.juliarun/``: ``healthz``, ``jwks.json`` and
+``routes/<namespace>/<name>`` (the version of a route this replica serves: how ``expose`` knows a
+route is live everywhere).
+
+>>> bad_path(b"/s/a/b/x/%2e%2e/y"), bad_path(b"/s/a/b/x%2Fy"), bad_path(b"/s/a/b/ok/path")
+('dot segment', 'encoded slash', None)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httpx
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from juliarun.errors import JuliaRunError
+from juliarun.router.authz import AuthorizationUnavailableError, Authorizer, Target
+from juliarun.router.routes import RouteSource, Table
+from juliarun.router.tokens import Identity, TokenRejectedError, TokenValidator
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("juliarun.router")
+
+PREFIX = "/s/"
+OWN = "/.juliarun/"
+ASSERTION_HEADER = "x-juliarun-assertion"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP - {"content-length", "host"})
+# identity headers a client must never set (compared after lowercasing and "_" → "-")
+STRIPPED_PREFIXES = (
+    "x-forwarded-",
+    "x-remote-",
+    "x-auth-",
+    "x-juliarun-",
+    "x-original-",
+    "x-real-",
+    "x-user",
+    "x-email",
+    "x-groups",
+    "x-preferred-username",
+)
+STRIPPED = frozenset({"forwarded", "authorization", "remote-user", "x-client-ip", "client-ip"})
+
+
+def bad_path(raw_path: bytes) -> str | None:
+    """Why a raw request path is refused, or ``None``."""
+    lowered = raw_path.lower()
+    if b"%2f" in lowered or b"%5c" in lowered or b"\\" in raw_path:
+        return "encoded slash"
+    if b"%00" in lowered:
+        return "NUL"
+    for segment in unquote_to_bytes(raw_path).split(b"/"):
+        if segment in (b".", b".."):
+            return "dot segment"
+    return None
+
+
+def stripped(name: str) -> bool:
+    """Whether a client-sent header is withheld from the upstream."""
+    norm = name.lower().replace("_", "-")
+    return norm in STRIPPED or norm in HOP_BY_HOP or norm.startswith(STRIPPED_PREFIXES)
+
+
+class Signer:
+    """The router's identity assertions: ES256 JWTs, cached per user and service for a third of
+    their life."""
+
+    def __init__(
+        self, key: ECKey, issuer: str, *, ttl: int = 60, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.key = key
+        self.kid = key.thumbprint()
+        self.issuer = issuer
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[tuple[str, tuple[str, ...], str], tuple[str, float]] = {}
+
+    @classmethod
+    def from_file(cls, path: str | None, issuer: str, **kwargs: Any) -> Signer:
+        if path:
+            with open(path) as f:
+                key = ECKey.import_key(json.load(f))
+        else:
+            key = ECKey.generate_key("P-256")
+        return cls(key, issuer, **kwargs)
+
+    def jwks(self) -> dict[str, Any]:
+        public = self.key.as_dict(private=False)
+        return {"keys": [{**public, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
+
+    def assertion(self, who: Identity, audience: str) -> str:
+        now = self.clock()
+        key = (who.user, who.groups, audience)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        iat = int(now)
+        exp = min(iat + self.ttl, int(who.expires))
+        claims = {
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": who.user,
+            "groups": list(who.groups),
+            "iat": iat,
+            "exp": exp,
+        }
+        token = jwt.encode({"alg": "ES256", "kid": self.kid, "typ": "JWT"}, claims, self.key)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (token, now + max(1, (exp - iat) // 3))
+        return token
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any], **headers: str) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+class RefusedError(JuliaRunError):
+    """A request the router refuses: the status it answers and why (logged)."""
+
+    def __init__(self, status: int, reason: str, **headers: str) -> None:
+        super().__init__(reason, hint="see the router's answer")
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+class RouterApp:
+    """The ASGI app of one router replica."""
+
+    def __init__(
+        self,
+        *,
+        validator: TokenValidator,
+        authorizer: Authorizer,
+        routes: RouteSource,
+        signer: Signer,
+        upstream_timeout: float = 30.0,
+    ) -> None:
+        self.validator = validator
+        self.authorizer = authorizer
+        self.routes = routes
+        self.signer = signer
+        self.table: Table = {}
+        self.ready = asyncio.Event()
+        self.upstream = httpx.AsyncClient(
+            timeout=httpx.Timeout(10, read=upstream_timeout),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+        self._follow: asyncio.Task[None] | None = None
+        self._tokens: dict[str, Identity] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _set_table(self, table: Table) -> None:
+        self.table = table
+
+    async def start(self) -> None:
+        self._follow = asyncio.create_task(
+            self.routes.follow(self._set_table, ready=self.ready.set)
+        )
+        await asyncio.wait_for(self.ready.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+        await self.upstream.aclose()
+        await self.validator.aclose()
+        await self.authorizer.http.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "websocket":
+            await self.websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # reported to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the checks -----------------------------------------------------------------------------
+
+    async def identify(self, headers: list[tuple[bytes, bytes]]) -> Identity:
+        values = [v for k, v in headers if k.lower() == b"authorization"]
+        if len(values) != 1:
+            raise RefusedError(401, "no credentials", www_authenticate="Bearer")
+        scheme, _, token = values[0].decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise RefusedError(401, "not a bearer token", www_authenticate="Bearer")
+        hit = self._tokens.get(token)
+        if hit is not None and hit.expires + self.validator.leeway >= self.validator.clock():
+            return hit
+        try:
+            who = await self.validator.validate(token)
+        except TokenRejectedError as exc:
+            raise RefusedError(
+                401, str(exc), www_authenticate='Bearer error="invalid_token"'
+            ) from exc
+        if len(self._tokens) > 10000:
+            self._tokens.clear()
+        self._tokens[token] = who
+        return who
+
+    async def check(self, scope: Scope) -> tuple[Identity, str, str, str]:
+        """(identity, namespace, name, rest of the raw path) of an allowed request."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw_path.split(b"?", 1)[0]
+        why = bad_path(raw_path)
+        if why is not None:
+            raise RefusedError(400, f"path refused: {why}")
+        path = raw_path.decode("latin-1")
+        if not path.startswith(PREFIX):
+            raise RefusedError(404, "not a service path")
+        parts = path[len(PREFIX) :].split("/", 2)
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise RefusedError(404, "not a service path")
+        namespace, name = parts[0], parts[1]
+        rest = "/" + (parts[2] if len(parts) > 2 else "")
+        who = await self.identify(scope["headers"])
+        route = self.table.get(f"{namespace}.{name}")
+        job = route.owner_job if route is not None else name
+        try:
+            allowed = await self.authorizer.allowed(who, Target(namespace, job))
+        except AuthorizationUnavailableError as exc:
+            log.warning("authorization unavailable: %s", exc)
+            raise RefusedError(503, "authorization unavailable") from exc
+        if not allowed:
+            raise RefusedError(403, f"{who.user} may not reach {namespace}/{name}")
+        if route is None:
+            raise RefusedError(404, f"no service {namespace}/{name}")
+        return who, namespace, name, rest
+
+    def downstream_headers(
+        self, scope: Scope, who: Identity, namespace: str, name: str
+    ) -> list[tuple[bytes, bytes]]:
+        out = [(k, v) for k, v in scope["headers"] if not stripped(k.decode("latin-1"))]
+        client = scope.get("client")
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        out += [
+            (b"x-remote-user", who.user.encode()),
+            *((b"x-remote-group", g.encode()) for g in who.groups),
+            (ASSERTION_HEADER.encode(), self.signer.assertion(who, f"{namespace}/{name}").encode()),
+            (b"x-forwarded-for", (client[0] if client else "").encode()),
+            (b"x-forwarded-proto", scope.get("scheme", "http").encode()),
+            (b"x-forwarded-host", host),
+            (b"x-forwarded-prefix", f"{PREFIX}{namespace}/{name}".encode()),
+        ]
+        return out
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    async def own(self, scope: Scope, send: Send) -> None:
+        path: str = scope["path"]
+        if path == OWN + "healthz":
+            await _respond(send, 200, {"ok": True, "routes": len(self.table)})
+        elif path == OWN + "jwks.json":
+            await _respond(send, 200, self.signer.jwks())
+        elif path.startswith(OWN + "routes/"):
+            key = ".".join(path[len(OWN + "routes/") :].split("/", 1))
+            route = self.table.get(key)
+            if route is None:
+                await _respond(send, 404, {"error": "no such route"})
+            else:
+                await _respond(send, 200, {"version": route.version})
+        else:
+            await _respond(send, 404, {"error": "not found"})
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"].startswith(OWN):
+            await self.own(scope, send)
+            return
+        try:
+            who, namespace, name, rest = await self.check(scope)
+        except RefusedError as exc:
+            log.info("refused %s %s: %s", scope["method"], scope["path"], exc.reason)
+            await _respond(send, exc.status, {"error": exc.reason}, **exc.headers)
+            return
+        route = self.table[f"{namespace}.{name}"]
+        query = scope.get("query_string") or b""
+        url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
+        headers = self.downstream_headers(scope, who, namespace, name)
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+
+        async def body() -> Any:
+            while True:
+                message = await receive()
+                chunk = message.get("body", b"")
+                if chunk:
+                    yield chunk
+                if not message.get("more_body"):
+                    return
+
+        content = body() if has_body else None
+        request = self.upstream.build_request(
+            scope["method"], url, headers=headers, content=content
+        )
+        try:
+            response = await self.upstream.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("upstream %s: %s", url, exc)
+            await _respond(send, 502, {"error": "upstream unavailable"})
+            return
+        try:
+            out = [(k, v) for k, v in response.headers.raw if k.lower() not in RESPONSE_DROPPED]
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": out}
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except httpx.HTTPError as exc:
+            log.warning("upstream %s broke off: %s", url, exc)
+        finally:
+            await response.aclose()
+
+    # -- websockets -----------------------------------------------------------------------------
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, WebSocketException
+
+        await receive()  # websocket.connect
+        try:
+            who, namespace, name, rest = await self.check(scope)
+        except RefusedError as exc:
+            log.info("refused websocket %s: %s", scope["path"], exc.reason)
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        route = self.table[f"{namespace}.{name}"]
+        query = scope.get("query_string") or b""
+        url = "ws" + route.upstream[4:] + rest + ("?" + query.decode("latin-1") if query else "")
+        skip = {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in self.downstream_headers(scope, who, namespace, name)
+            if k not in skip and k != b"sec-websocket-protocol"
+        ]
+        try:
+            upstream = await connect(
+                url, additional_headers=headers, subprotocols=scope.get("subprotocols") or None
+            )
+        except (OSError, WebSocketException) as exc:
+            log.warning("upstream websocket %s: %s", url, exc)
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+        async def client_to_upstream() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    await upstream.close()
+                    return
+                data: str | bytes = message.get("bytes") or message.get("text") or ""
+                await upstream.send(data)
+
+        async def upstream_to_client() -> None:
+            try:
+                async for data in upstream:
+                    if isinstance(data, bytes):
+                        await send({"type": "websocket.send", "bytes": data})
+                    else:
+                        await send({"type": "websocket.send", "text": data})
+            except ConnectionClosed:
+                pass
+            await send({"type": "websocket.close", "code": 1000})
+
+        tasks = [
+            asyncio.create_task(client_to_upstream()),
+            asyncio.create_task(upstream_to_client()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await upstream.close()
