@@ -19,7 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from juliarun.backends.base import ClusterStatus, CollectResult, JobStatus, NodeReadiness
+from juliarun.backends.base import (
+    ClusterStatus,
+    CollectResult,
+    JobStatus,
+    NodeReadiness,
+    ServiceEndpoint,
+)
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
@@ -434,6 +440,31 @@ class KubernetesBackend:
         return collector.run(stop=stop)
 
     # -- the cluster view (see .clusterview) -------------------------------------------------
+
+    def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
+        """The pod IP of the job's first running worker (the router reaches pods directly:
+        no Service object, no kube-proxy in between)."""
+        self.routes.get_job(name)  # JobNotFoundError, and learns the namespace
+        deadline = self.clock() + timeout
+        while True:
+            running = sorted(
+                (
+                    p
+                    for p in self.routes.job_pods(name)
+                    if (p.get("status") or {}).get("podIP")
+                    and (p.get("status") or {}).get("phase") == "Running"
+                ),
+                key=lambda p: p["metadata"]["name"],
+            )
+            if running:
+                ip = running[0]["status"]["podIP"]
+                return ServiceEndpoint(self.routes.ns_of(name), f"http://{ip}:{port}")
+            if self.clock() >= deadline:
+                raise BackendError(
+                    f"job {name!r} has no running worker to serve port {port} after {timeout} s",
+                    hint=f"juliarun.status(ctx, {name!r}, verbose=True) says why",
+                )
+            self.sleep(self.poll_interval)
 
     def cluster_status(self) -> ClusterStatus:
         return self.view.status()
