@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
         ws="websockets",
         http="h11",
+        # the client address is the peer's: never taken from a client-sent X-Forwarded-For
+        proxy_headers=False,
+        server_header=False,
     )
 
 
