@@ -123,6 +123,12 @@ class EchoHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
     def _answer(self) -> None:
         if self.path.startswith("/stream"):
             self.send_response(200)
@@ -148,8 +154,6 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
 
 
 @contextmanager

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -108,7 +107,7 @@ def _b64(data: bytes) -> str:
 
 
 def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    header = json.loads(base64.urlsafe_b64decode(token.split(".", maxsplit=1)[0] + "=="))
     return header, claims(token)
 
 
