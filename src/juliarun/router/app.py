@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 from joserfc import jwt
@@ -159,6 +159,22 @@ async def _respond(send: Send, status: int, body: dict[str, Any], **headers: str
     raw += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data})
+
+
+async def _listening(upstream: str, timeout: float = 0.5) -> bool:
+    """Whether the upstream accepts a TCP connection (the service is up)."""
+    parts = urlsplit(upstream)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, port), timeout=timeout
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class RefusedError(JuliaRunError):
@@ -325,7 +341,8 @@ class RouterApp:
             if route is None:
                 await _respond(send, 404, {"error": "no such route"})
             else:
-                await _respond(send, 200, {"version": route.version})
+                up = await _listening(route.upstream)
+                await _respond(send, 200, {"version": route.version, "upstream_up": up})
         else:
             await _respond(send, 404, {"error": "not found"})
 

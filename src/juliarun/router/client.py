@@ -73,7 +73,8 @@ class RouterClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> str:
-        """Write ``route`` and return its URL once every replica serves this version of it."""
+        """Write ``route`` and return its URL once every replica serves this version of it and
+        reaches its upstream."""
         self.routes.put(route)
         deadline = clock() + timeout
         waiting = list(self.replicas)
@@ -84,7 +85,8 @@ class RouterClient:
                         resp = http.get(
                             f"{replica}/.juliarun/routes/{route.namespace}/{route.name}"
                         )
-                        if resp.status_code == 200 and resp.json().get("version") == route.version:
+                        state = resp.json() if resp.status_code == 200 else {}
+                        if state.get("version") == route.version and state.get("upstream_up"):
                             waiting.remove(replica)
                     except httpx.HTTPError:
                         pass
@@ -93,8 +95,9 @@ class RouterClient:
                 if clock() >= deadline:
                     raise RouterError(
                         f"route {route.namespace}/{route.name} is not live on "
-                        f"{', '.join(waiting)} after {timeout} s",
-                        hint="check that those router replicas run and can read the route table",
+                        f"{', '.join(waiting)} after {timeout} s (or its upstream does not answer)",
+                        hint="check that the service listens on its port, and that those router "
+                        "replicas run and can read the route table",
                     )
                 sleep(0.005)
         return self.service_url(route)
