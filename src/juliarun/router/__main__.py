@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         lifespan="on",
         ws="websockets",
-        http="h11",
+        http="auto",  # httptools (and uvloop) when installed: HTTP/1.0 keep-alive, faster
+        loop="auto",
         # the client address is the peer's: never taken from a client-sent X-Forwarded-For
         proxy_headers=False,
         server_header=False,
