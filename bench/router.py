@@ -27,11 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from juliarun.backends.kubernetes import KubeClient, api_client  # noqa: E402
-from juliarun.backends.kubernetes import tenants as tn  # noqa: E402
-from juliarun.router import FileRoutes, Route  # noqa: E402
-from juliarun.specs import TenantSpec  # noqa: E402
-from tests.integration.router_env import free_port, router_config, start_router  # noqa: E402
+from tests.integration.router_env import free_port, router_config, start_router
+
+from juliarun.backends.kubernetes import KubeClient, api_client
+from juliarun.backends.kubernetes import tenants as tn
+from juliarun.router import FileRoutes, Route
+from juliarun.specs import TenantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECONFIG = os.environ.get("JULIARUN_KUBECONFIG") or str(

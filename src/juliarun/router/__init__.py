@@ -10,6 +10,7 @@ from juliarun.router.authz import Authorizer
 from juliarun.router.config import RouterConfig, RouterError, load_config
 from juliarun.router.kube import connect
 from juliarun.router.routes import ConfigMapRoutes, FileRoutes, Route, RouteSource
+from juliarun.router.session import Sessions
 from juliarun.router.tokens import TokenValidator
 
 __all__ = [
@@ -38,14 +39,25 @@ def route_source(config: RouterConfig) -> RouteSource:
 def build_app(config: RouterConfig) -> RouterApp:
     """A router replica for ``config`` (start it with an ASGI server)."""
     kube = connect(config.kubeconfig)
+    validator = TokenValidator(
+        config.issuers, leeway=config.leeway, min_refresh=config.jwks_min_refresh
+    )
+    signer = Signer.from_file(config.signing_key, config.public_url, ttl=config.downstream_ttl)
+    sessions = None
+    if config.session is not None:
+        if config.session.issuer not in validator.issuers:
+            raise RouterError(
+                f"session.issuer {config.session.issuer!r} is not one of the trusted issuers",
+                hint="sign browsers in with one of the issuers the router trusts",
+            )
+        sessions = Sessions(config.session, validator, signer.key, config.public_url)
     return RouterApp(
-        validator=TokenValidator(
-            config.issuers, leeway=config.leeway, min_refresh=config.jwks_min_refresh
-        ),
+        validator=validator,
         authorizer=Authorizer(
             kube.async_client(timeout=10), ttl=config.authz_ttl, deny_ttl=config.deny_ttl
         ),
         routes=route_source(config),
-        signer=Signer.from_file(config.signing_key, config.public_url, ttl=config.downstream_ttl),
+        signer=signer,
         upstream_timeout=config.upstream_timeout,
+        sessions=sessions,
     )

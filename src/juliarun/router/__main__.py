@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
-        ws="websockets",
+        ws="websockets-sansio",
         http="auto",  # httptools (and uvloop) when installed: HTTP/1.0 keep-alive, faster
         loop="auto",
         # the client address is the peer's: never taken from a client-sent X-Forwarded-For

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 import httpx
 from joserfc import jwt
@@ -41,6 +41,13 @@ from joserfc.jwk import ECKey
 from juliarun.errors import JuliaRunError
 from juliarun.router.authz import AuthorizationUnavailableError, Authorizer, Target
 from juliarun.router.routes import RouteSource, Table
+from juliarun.router.session import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SessionError,
+    Sessions,
+    safe_return,
+)
 from juliarun.router.tokens import Identity, TokenRejectedError, TokenValidator
 
 Scope = MutableMapping[str, Any]
@@ -161,6 +168,39 @@ async def _respond(send: Send, status: int, body: dict[str, Any], **headers: str
     await send({"type": "http.response.body", "body": data})
 
 
+LOGIN = {"www_authenticate": 'Bearer, Cookie realm="juliarun"'}
+
+
+def cookies(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's cookies (the first of each name)."""
+    found: dict[str, str] = {}
+    for k, v in headers:
+        if k.lower() == b"cookie":
+            for part in v.decode("latin-1").split(";"):
+                name, _, value = part.strip().partition("=")
+                found.setdefault(name, value)
+    return found
+
+
+def cookie(name: str, value: str, max_age: int) -> str:
+    """A ``Set-Cookie`` value: host-only, secure, not for scripts, not sent cross-site."""
+    return f"{name}={value}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax"
+
+
+def wants_page(scope: Scope) -> bool:
+    """A browser navigating (GET, accepting HTML): sent to sign in rather than given a 401."""
+    accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
+    return scope["method"] == "GET" and b"text/html" in accept
+
+
+async def _redirect(send: Send, location: str, *set_cookies: str) -> None:
+    headers = [(b"location", location.encode()), (b"content-length", b"0")]
+    headers += [(b"set-cookie", c.encode()) for c in set_cookies]
+    headers.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": 302, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def _listening(upstream: str, timeout: float = 0.5) -> bool:
     """Whether the upstream accepts a TCP connection (the service is up)."""
     parts = urlsplit(upstream)
@@ -198,7 +238,9 @@ class RouterApp:
         routes: RouteSource,
         signer: Signer,
         upstream_timeout: float = 30.0,
+        sessions: Sessions | None = None,
     ) -> None:
+        self.sessions = sessions
         self.validator = validator
         self.authorizer = authorizer
         self.routes = routes
@@ -232,6 +274,8 @@ class RouterApp:
         await self.upstream.aclose()
         await self.validator.aclose()
         await self.authorizer.http.aclose()
+        if self.sessions is not None:
+            await self.sessions.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -261,6 +305,14 @@ class RouterApp:
 
     async def identify(self, headers: list[tuple[bytes, bytes]]) -> Identity:
         values = [v for k, v in headers if k.lower() == b"authorization"]
+        if not values and self.sessions is not None:
+            cookie = cookies(headers).get(SESSION_COOKIE)
+            if cookie:
+                try:
+                    return self.sessions.identity(cookie)
+                except SessionError as exc:
+                    raise RefusedError(401, f"session: {exc.message}", **LOGIN) from exc
+            raise RefusedError(401, "no credentials", **LOGIN)
         if len(values) != 1:
             raise RefusedError(401, "no credentials", www_authenticate="Bearer")
         scheme, _, token = values[0].decode("latin-1").partition(" ")
@@ -313,7 +365,16 @@ class RouterApp:
     def downstream_headers(
         self, scope: Scope, who: Identity, namespace: str, name: str
     ) -> list[tuple[bytes, bytes]]:
-        out = [(k, v) for k, v in scope["headers"] if not stripped(k.decode("latin-1"))]
+        out = []
+        for k, v in scope["headers"]:
+            if stripped(k.decode("latin-1")):
+                continue
+            if k == b"cookie":
+                kept = [c for c in v.split(b";") if not c.strip().startswith(b"__Host-juliarun")]
+                if kept:
+                    out.append((k, b";".join(kept).strip()))
+                continue
+            out.append((k, v))
         client = scope.get("client")
         host = next((v for k, v in scope["headers"] if k == b"host"), b"")
         out += [
@@ -347,6 +408,12 @@ class RouterApp:
             await _respond(send, 404, {"error": "not found"})
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.sessions is not None and scope["path"] in (
+            self.sessions.callback_path,
+            OWN + "login",
+        ):
+            await self.sign_in(scope, send)
+            return
         if scope["path"].startswith(OWN):
             await self.own(scope, send)
             return
@@ -354,6 +421,11 @@ class RouterApp:
             who, namespace, name, rest = await self.check(scope)
         except RefusedError as exc:
             log.info("refused %s %s: %s", scope["method"], scope["path"], exc.reason)
+            if exc.headers == LOGIN and wants_page(scope):
+                raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+                query = (scope.get("query_string") or b"").decode("latin-1")
+                await self.start_sign_in(send, raw + ("?" + query if query else ""))
+                return
             await _respond(send, exc.status, {"error": exc.reason}, **exc.headers)
             return
         route = self.table[f"{namespace}.{name}"]
@@ -393,6 +465,41 @@ class RouterApp:
             log.warning("upstream %s broke off: %s", url, exc)
         finally:
             await response.aclose()
+
+    # -- browser sign-in --------------------------------------------------------------------
+
+    async def start_sign_in(self, send: Send, return_to: str) -> None:
+        assert self.sessions is not None
+        target = safe_return(return_to)
+        if target is None:
+            await _respond(send, 400, {"error": "not a local page to return to"})
+            return
+        url, pending = await self.sessions.start(target)
+        await _redirect(send, url, cookie(LOGIN_COOKIE, pending, 600))
+
+    async def sign_in(self, scope: Scope, send: Send) -> None:
+        assert self.sessions is not None
+        query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
+        if scope["path"] == OWN + "login":
+            await self.start_sign_in(send, (query.get("rd") or ["/"])[0])
+            return
+        pending = cookies(scope["headers"]).get(LOGIN_COOKIE)
+        code, state = (query.get("code") or [""])[0], (query.get("state") or [""])[0]
+        if not pending or not code or not state:
+            await _respond(send, 400, {"error": "no sign-in pending"})
+            return
+        try:
+            session, return_to, max_age = await self.sessions.finish(code, state, pending)
+        except (SessionError, httpx.HTTPError) as exc:
+            log.warning("sign-in refused: %s", exc)
+            await _respond(send, 400, {"error": "sign-in refused"})
+            return
+        await _redirect(
+            send,
+            return_to,
+            cookie(SESSION_COOKIE, session, max_age),
+            cookie(LOGIN_COOKIE, "", 0),
+        )
 
     # -- websockets -----------------------------------------------------------------------------
 

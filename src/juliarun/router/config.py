@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from juliarun.errors import ConfigError, JuliaRunError
 from juliarun.specs import Name, _Model
@@ -69,6 +69,20 @@ class RouteTableConfig(_Model):
     name: Name = Field("juliarun-routes", description="The ConfigMap's name.")
 
 
+class SessionConfig(_Model):
+    """Sign-in for browsers, through one trusted issuer."""
+
+    issuer: str = Field(description="The issuer users sign in with (one of the trusted ones).")
+    client_id: str = Field(description="The router's client at that issuer.")
+    client_secret: SecretStr = Field(description="Its secret.")
+    redirect_uri: str = Field(description="Registered redirect; its path is the callback.")
+    scope: str = Field("openid profile email", description="Scopes asked for.")
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="How the client authenticates at the token endpoint."
+    )
+    lifetime: int = Field(8 * 3600, ge=60, le=7 * 86400, description="Longest session (s).")
+
+
 class RouterConfig(_Model):
     """Everything a router replica needs."""
 
@@ -91,6 +105,9 @@ class RouterConfig(_Model):
     )
     downstream_ttl: int = Field(60, ge=5, le=3600, description="Life of the downstream token.")
     upstream_timeout: float = Field(30.0, gt=0, le=3600, description="Upstream read timeout.")
+    session: SessionConfig | None = Field(
+        None, description="Browser sign-in (authorization code + cookie); None: bearer only."
+    )
 
 
 def authentication_config_issuers(text: str, *, ca_pem: str | None = None) -> list[IssuerConfig]:

@@ -166,6 +166,13 @@ class TokenValidator:
 
     async def validate(self, token: str) -> Identity:
         """The bearer's identity, or :class:`TokenRejectedError`."""
+        return (await self.validate_claims(token))[0]
+
+    async def validate_claims(
+        self, token: str, *, audience: str | None = None
+    ) -> tuple[Identity, dict[str, Any]]:
+        """The bearer's identity and the token's claims; ``audience`` (instead of the issuer's
+        audiences) for the router's own sign-in client."""
         header = _header(token)
         alg = header.get("alg")
         if alg not in ALGORITHMS:
@@ -181,16 +188,21 @@ class TokenValidator:
         except (JoseError, ValueError) as exc:
             raise TokenRejectedError(f"bad signature: {exc}") from exc
         claims = json.loads(signed.payload)
-        return self._identity(issuer, claims)
+        if not isinstance(claims, dict):
+            raise TokenRejectedError("claims are not an object")
+        audiences = [audience] if audience else issuer.audiences
+        return self._identity(issuer, claims, audiences), claims
 
-    def _identity(self, issuer: IssuerConfig, claims: dict[str, Any]) -> Identity:
+    def _identity(
+        self, issuer: IssuerConfig, claims: dict[str, Any], audiences: list[str]
+    ) -> Identity:
         now = self.clock()
         if claims.get("iss") != issuer.url:
             raise TokenRejectedError("issuer mismatch")
         aud = claims.get("aud")
         auds = [aud] if isinstance(aud, str) else list(aud or [])
-        if not set(auds) & set(issuer.audiences):
-            raise TokenRejectedError(f"audience {auds} is not one of {issuer.audiences}")
+        if not set(auds) & set(audiences):
+            raise TokenRejectedError(f"audience {auds} is not one of {audiences}")
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or now > exp + self.leeway:
             raise TokenRejectedError("token expired")
