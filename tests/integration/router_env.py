@@ -179,3 +179,50 @@ def raw_request(port: int, target: str, token: str | None = None) -> int:
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         first = s.makefile("rb").readline().decode()
     return int(first.split()[1])
+
+
+ROUTER_PACKAGES = [
+    *("httpx", "joserfc", "pydantic", "pydantic-settings", "pyyaml", "uvicorn", "websockets"),
+    *("httptools", "uvloop", "rich", "click", "python-dotenv"),
+]
+
+
+def router_image(base_image: str, registry: str) -> str:
+    """The router's image (src/juliarun/router/Dockerfile), built once per source version and
+    pushed to the test registry; the wheels come from ``pip download`` on this machine."""
+    import hashlib
+    import shutil
+
+    src = ROOT / "src" / "juliarun"
+    digest = hashlib.sha256(base_image.encode())
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(src)).encode() + path.read_bytes())
+    ref = f"{registry}/juliarun/router:{digest.hexdigest()[:12]}"
+    found = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, check=False)
+    if found.returncode == 0:
+        subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
+        return ref
+    cache = Path.home() / ".cache" / "juliarun" / "router-build"
+    wheels = cache / "wheels"
+    if not any(wheels.glob("*.whl")):
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
+             "--only-binary=:all:", "--python-version", "3.11",
+             "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
+             "--platform", "manylinux_2_28_x86_64", "--platform", "any", *ROUTER_PACKAGES],
+            check=True,
+        )  # fmt: skip
+    context = cache / "context"
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir(parents=True)
+    shutil.copytree(src, context / "juliarun", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(wheels, context / "wheels")
+    subprocess.run(
+        ["docker", "build", "-q", "-f", str(context / "juliarun/router/Dockerfile"),
+         "--build-arg", f"BASE={base_image}", "-t", ref, str(context)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
+    return ref

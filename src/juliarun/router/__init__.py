@@ -33,12 +33,13 @@ def route_source(config: RouterConfig) -> RouteSource:
         if not config.routes.path:
             raise RouterError("routes.path is required for a file route table")
         return FileRoutes(config.routes.path)
-    return ConfigMapRoutes(connect(config.kubeconfig), config.routes.namespace, config.routes.name)
+    conn = connect(config.kubeconfig, server=config.kube_server)
+    return ConfigMapRoutes(conn, config.routes.namespace, config.routes.name)
 
 
-def build_app(config: RouterConfig) -> RouterApp:
+def build_app(config: RouterConfig, *, replica: str = "") -> RouterApp:
     """A router replica for ``config`` (start it with an ASGI server)."""
-    kube = connect(config.kubeconfig)
+    kube = connect(config.kubeconfig, server=config.kube_server)
     validator = TokenValidator(
         config.issuers, leeway=config.leeway, min_refresh=config.jwks_min_refresh
     )
@@ -60,4 +61,5 @@ def build_app(config: RouterConfig) -> RouterApp:
         signer=signer,
         upstream_timeout=config.upstream_timeout,
         sessions=sessions,
+        replica=replica,
     )

@@ -239,7 +239,9 @@ class RouterApp:
         signer: Signer,
         upstream_timeout: float = 30.0,
         sessions: Sessions | None = None,
+        replica: str = "",
     ) -> None:
+        self.replica = replica
         self.sessions = sessions
         self.validator = validator
         self.authorizer = authorizer
@@ -393,7 +395,9 @@ class RouterApp:
     async def own(self, scope: Scope, send: Send) -> None:
         path: str = scope["path"]
         if path == OWN + "healthz":
-            await _respond(send, 200, {"ok": True, "routes": len(self.table)})
+            await _respond(
+                send, 200, {"ok": True, "routes": len(self.table), "replica": self.replica}
+            )
         elif path == OWN + "jwks.json":
             await _respond(send, 200, self.signer.jwks())
         elif path.startswith(OWN + "routes/"):
@@ -403,7 +407,8 @@ class RouterApp:
                 await _respond(send, 404, {"error": "no such route"})
             else:
                 up = await _listening(route.upstream)
-                await _respond(send, 200, {"version": route.version, "upstream_up": up})
+                state = {"version": route.version, "upstream_up": up, "replica": self.replica}
+                await _respond(send, 200, state)
         else:
             await _respond(send, 404, {"error": "not found"})
 

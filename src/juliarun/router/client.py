@@ -31,6 +31,9 @@ class RouterClientSettings(BaseSettings):
     replicas: str = Field("", description="Comma-separated replica base URLs (default: url).")
     routes: str = Field(description="file:<path> or configmap:<namespace>/<name>.")
     kubeconfig: str | None = Field(None, description="Kubeconfig for a configmap route table.")
+    expect_replicas: int = Field(
+        0, ge=0, le=100, description="Replicas sharing the address (0: each has its own URL)."
+    )
 
     def replica_urls(self) -> list[str]:
         urls = [u.strip().rstrip("/") for u in self.replicas.split(",") if u.strip()]
@@ -56,11 +59,17 @@ class RouterClient:
     url: str
     replicas: tuple[str, ...]
     routes: RouteSource
+    expect_replicas: int = 0  # > 0: replicas share the address; wait for that many to answer
 
     @classmethod
     def from_env(cls) -> RouterClient:
         settings = RouterClientSettings()
-        return cls(settings.url.rstrip("/"), tuple(settings.replica_urls()), settings.source())
+        return cls(
+            settings.url.rstrip("/"),
+            tuple(settings.replica_urls()),
+            settings.source(),
+            settings.expect_replicas,
+        )
 
     def service_url(self, route: Route) -> str:
         return f"{self.url}/s/{route.namespace}/{route.name}/"
@@ -70,36 +79,40 @@ class RouterClient:
         route: Route,
         *,
         timeout: float = 10.0,
+        expect_replicas: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> str:
         """Write ``route`` and return its URL once every replica serves this version of it and
-        reaches its upstream."""
+        reaches its upstream. ``expect_replicas`` > 0: the replicas share one address
+        (SO_REUSEPORT); ask it on fresh connections until that many distinct replicas answered."""
+        expect = self.expect_replicas if expect_replicas is None else expect_replicas
         self.routes.put(route)
         deadline = clock() + timeout
         waiting = list(self.replicas)
-        with httpx.Client(timeout=2) as http:
-            while waiting:
-                for replica in list(waiting):
-                    try:
-                        resp = http.get(
-                            f"{replica}/.juliarun/routes/{route.namespace}/{route.name}"
-                        )
-                        state = resp.json() if resp.status_code == 200 else {}
-                        if state.get("version") == route.version and state.get("upstream_up"):
-                            waiting.remove(replica)
-                    except httpx.HTTPError:
-                        pass
-                if not waiting:
-                    break
-                if clock() >= deadline:
-                    raise RouterError(
-                        f"route {route.namespace}/{route.name} is not live on "
-                        f"{', '.join(waiting)} after {timeout} s (or its upstream does not answer)",
-                        hint="check that the service listens on its port, and that those router "
-                        "replicas run and can read the route table",
-                    )
-                sleep(0.005)
+        seen: set[str] = set()
+        path = f"/.juliarun/routes/{route.namespace}/{route.name}"
+        while waiting:
+            for replica in list(waiting):
+                try:  # a fresh connection each time: shared-port replicas answer in turn
+                    resp = httpx.get(replica + path, timeout=2, headers={"Connection": "close"})
+                    state = resp.json() if resp.status_code == 200 else {}
+                except (httpx.HTTPError, ValueError):
+                    state = {}
+                if state.get("version") == route.version and state.get("upstream_up"):
+                    seen.add(f"{replica} {state.get('replica')}")
+                    if expect <= 0 or len(seen) >= expect:
+                        waiting.remove(replica)
+            if not waiting:
+                break
+            if clock() >= deadline:
+                raise RouterError(
+                    f"route {route.namespace}/{route.name} is not live on "
+                    f"{', '.join(waiting)} after {timeout} s (or its upstream does not answer)",
+                    hint="check that the service listens on its port, and that those router "
+                    "replicas run and can read the route table",
+                )
+            sleep(0.005)
         return self.service_url(route)
 
     def unregister(self, namespace: str, name: str) -> bool:

@@ -90,6 +90,9 @@ class RouterConfig(_Model):
     kubeconfig: str | None = Field(
         None, description="Kubeconfig of the router's own credentials (None: in-cluster)."
     )
+    kube_server: str | None = Field(
+        None, description="In a pod: the apiserver's address (default: the kubernetes Service)."
+    )
     routes: RouteTableConfig = Field(
         default_factory=RouteTableConfig, description="The route table."
     )

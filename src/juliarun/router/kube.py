@@ -78,18 +78,21 @@ def from_kubeconfig(path: str | Path) -> KubeConn:
     return KubeConn(cluster["server"].rstrip("/"), ctx, user.get("token"))
 
 
-def in_cluster() -> KubeConn:
-    """The pod's service account."""
+def in_cluster(server: str | None = None) -> KubeConn:
+    """The pod's service account (at ``server``, default the ``kubernetes`` Service)."""
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     port = os.environ.get("KUBERNETES_SERVICE_PORT")
-    if not host or not (IN_CLUSTER / "token").is_file():
+    if not (host or server) or not (IN_CLUSTER / "token").is_file():
         raise ConfigError(
             "not running in a pod and no kubeconfig given",
             hint="set the router's kubeconfig in its config file",
         )
     ctx = ssl.create_default_context(cafile=str(IN_CLUSTER / "ca.crt"))
-    return KubeConn(f"https://{host}:{port}", ctx, (IN_CLUSTER / "token").read_text().strip())
+    token = (IN_CLUSTER / "token").read_text().strip()
+    return KubeConn((server or f"https://{host}:{port}").rstrip("/"), ctx, token)
 
 
-def connect(kubeconfig: str | None) -> KubeConn:
-    return from_kubeconfig(kubeconfig) if kubeconfig else in_cluster()
+def connect(kubeconfig: str | None, *, server: str | None = None) -> KubeConn:
+    """From ``kubeconfig``, else in-cluster (``server`` overrides the in-cluster address: a
+    host-network pod on a cluster without kube-proxy reaches the apiserver directly)."""
+    return from_kubeconfig(kubeconfig) if kubeconfig else in_cluster(server)
