@@ -132,8 +132,7 @@ def test_a_julia_job_on_the_cluster_is_exposed_through_two_router_replicas(
                 resp = http.get(svc.url + "hi")
                 health = http.get(url + "/.juliarun/healthz").json()
             assert resp.status_code == 200, resp.text
-            assert resp.text.startswith(f"hello oidc1:{alice} from web-0-")
-            assert resp.text.endswith(" /hi\n")
+            assert resp.text == f"hello oidc1:{alice} from web-0 /hi\n"  # the job's worker 0
             answered_by.add(health["replica"])
         assert len(answered_by) == 2
         bob_token = oidc_issuers.token(bob, issuer="2")
@@ -186,13 +185,15 @@ def test_a_router_replica_killed_under_load_loses_no_route(
             )
             assert killed.status_code == 200
         killed_at = len(results)
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while len(results) - killed_at < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
         stop.set()
         for t in threads:
             t.join()
         after = results[killed_at:]
         print(f"{len(results)} requests, {len(after)} after the kill, failures: {after.count(0)}")
-        assert len(after) > 20
+        assert len(after) >= 40
         # only requests in flight on the killed replica's connections may fail (one per client)
         assert [s for s in results if s not in (0, 200)] == []
         assert after.count(0) <= len(threads)
