@@ -160,6 +160,19 @@ def test_the_owner_reaches_the_service_with_its_identity_and_nothing_spoofed(
     assert 0 < token.claims["exp"] - token.claims["iat"] <= 60
 
 
+def test_a_request_body_is_passed_on_with_its_length(setup: Setup, alice_token: str) -> None:
+    resp = httpx.post(
+        f"{setup.router.url}/s/{setup.a}/echo/form",
+        content=b"a=1&b=2",
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
+    assert resp.status_code == 200, resp.text
+    seen = resp.json()
+    assert (seen["method"], seen["body"]) == ("POST", "a=1&b=2")
+    assert seen["headers"]["content-length"] == ["7"]
+    assert "transfer-encoding" not in seen["headers"]
+
+
 def test_a_group_member_of_the_second_issuer_reaches_its_tenant_only(
     setup: Setup, bob_token: str, alice_token: str
 ) -> None:

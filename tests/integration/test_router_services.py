@@ -38,7 +38,8 @@ pytestmark = [pytest.mark.kubernetes, pytest.mark.oidc]
 SERVE_JL = """
 include(ENV["JULIARUN_JL"])
 JuliaRun.serve(parse(Int, ENV["PORT"])) do req
-    "hello $(JuliaRun.user(req)) $(join(JuliaRun.groups(req), ",")) $(req.method) $(req.target)\\n"
+    "hello $(JuliaRun.user(req)) $(join(JuliaRun.groups(req), ",")) $(req.method) $(req.target)" *
+        (isempty(req.body) ? "" : " $(String(req.body))") * "\\n"
 end
 """
 
@@ -115,6 +116,8 @@ def test_a_julia_service_is_exposed_to_its_tenant_only(
         resp = httpx.get(svc.url + "hello?x=1", headers=bearer(alice), timeout=10)
         assert resp.status_code == 200, resp.text
         assert resp.text == f"hello oidc1:{tenants.alice} oidc1:staff GET /hello?x=1\n"
+        posted = httpx.post(svc.url + "data", content=b"x=1&y=2", headers=bearer(alice))
+        assert posted.text == f"hello oidc1:{tenants.alice} oidc1:staff POST /data x=1&y=2\n"
         assert httpx.get(svc.url, headers=bearer(bob), timeout=10).status_code == 403
         assert httpx.get(svc.url, timeout=10).status_code == 401
         assert svc.close() is True

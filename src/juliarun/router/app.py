@@ -71,10 +71,9 @@ HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "host",
-        "content-length",
     }
 )
-RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP - {"content-length", "host"})
+RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP - {"host"})
 # identity headers a client must never set (compared after lowercasing and "_" → "-")
 STRIPPED_PREFIXES = (
     "x-forwarded-",
@@ -105,7 +104,8 @@ def bad_path(raw_path: bytes) -> str | None:
 
 
 def stripped(name: str) -> bool:
-    """Whether a client-sent header is withheld from the upstream."""
+    """Whether a client-sent header is withheld from the upstream (``Content-Length`` is kept:
+    a body is streamed on with its length, not re-chunked, which HTTP/1.0-style services need)."""
     norm = name.lower().replace("_", "-")
     return norm in STRIPPED or norm in HOP_BY_HOP or norm.startswith(STRIPPED_PREFIXES)
 
