@@ -1,7 +1,8 @@
-"""The router on the test cluster: a Deployment of two replicas (host network, one shared port)
-on the real node, sharing the route table kept in a ConfigMap; a Julia job on the cluster serving
-HTTP with ``JuliaRun.serve``, exposed with ``juliarun.expose``, reached by its tenant's member
-and refused to another tenant's; a replica pod killed under load loses no route.
+"""The router on the test cluster (its image built from src/juliarun/router/Dockerfile with the
+Docker engine and pushed to the test registry): a Deployment of two replicas (host network, one
+shared port) on the real node, sharing the route table kept in a ConfigMap; a Julia job on the
+cluster serving HTTP with ``JuliaRun.serve``, exposed with ``juliarun.expose``, reached by its
+tenant's member and refused to another tenant's; a replica pod killed under load loses no route.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.integration.fixtures.kubernetes import kubeconfig_path
 from tests.integration.fixtures.oidc import OIDCIssuers
 from tests.integration.router_env import echo_server, free_port, router_image
 
-pytestmark = [pytest.mark.kubernetes, pytest.mark.oidc, pytest.mark.julia]
+pytestmark = [pytest.mark.kubernetes, pytest.mark.oidc, pytest.mark.julia, pytest.mark.docker]
 
 SERVE_JL = """
 include(ENV["JULIARUN_JL"])

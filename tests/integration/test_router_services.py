@@ -77,6 +77,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.julia
 def test_a_julia_service_is_exposed_to_its_tenant_only(
     julia: str,
     juliarun_home: Path,
