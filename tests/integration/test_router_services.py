@@ -130,6 +130,49 @@ def test_a_julia_service_is_exposed_to_its_tenant_only(
         router.stop()
 
 
+@pytest.mark.docker
+@pytest.mark.julia
+def test_a_julia_service_in_a_docker_container_is_exposed_to_its_tenant_only(
+    julia_image: str,
+    juliarun_home: Path,
+    tmp_path: Path,
+    tenants: Tenants,
+    oidc_issuers: OIDCIssuers,
+) -> None:
+    alice = oidc_issuers.token(tenants.alice, issuer="1")
+    bob = oidc_issuers.token(tenants.bob, issuer="2")
+    routes = FileRoutes(tmp_path / "routes.json")
+    router = start_router(
+        router_config(
+            tmp_path,
+            routes={"kind": "file", "path": str(routes.path)},
+            kubeconfig=str(kubeconfig_path()),
+        )
+    )
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "serve.jl").write_text(SERVE_JL)
+    ctx = juliarun.init("docker")
+    job = juliarun.JuliaBatch(
+        "dweb", "/mnt/code/serve.jl", "code", tenant=tenants.a, env={"PORT": "8000"}
+    )
+    try:
+        juliarun.define_storage(ctx, name="code", kind="host", path=str(code))
+        juliarun.submit(ctx, job)
+        svc = juliarun.expose(
+            ctx, job, port=8000, router=RouterClient(router.url, (router.url,), routes)
+        )
+        assert svc.upstream.startswith("http://") and svc.upstream.endswith(":8000")
+        assert not svc.upstream.startswith("http://127.")  # the container's own address
+        resp = httpx.get(svc.url + "x", headers=bearer(alice), timeout=10)
+        assert resp.text == f"hello oidc1:{tenants.alice}  GET /x\n"
+        assert httpx.get(svc.url, headers=bearer(bob), timeout=10).status_code == 403
+    finally:
+        juliarun.delete(ctx, job, force=True)
+        ctx.close()
+        router.stop()
+
+
 @pytest.fixture
 def route_namespace(tenants: Tenants) -> Iterator[str]:
     name = f"router-rt-{uuid.uuid4().hex[:6]}"

@@ -18,7 +18,13 @@ import docker
 import docker.errors
 import requests
 
-from juliarun.backends.base import ClusterStatus, Component, NodeReadiness, NodeStatus
+from juliarun.backends.base import (
+    ClusterStatus,
+    Component,
+    NodeReadiness,
+    NodeStatus,
+    ServiceEndpoint,
+)
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.docker import storage as docker_storage
 from juliarun.backends.docker.engine import (
@@ -39,7 +45,7 @@ from juliarun.backends.docker.runtime import JULIARUN_JL
 from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
-from juliarun.errors import BackendError, ConfigError, SpecError
+from juliarun.errors import BackendError, ConfigError, JobNotFoundError, SpecError
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 DEFAULT_IMAGE = "julia:1.10"
@@ -293,6 +299,31 @@ class DockerBackend(SupervisedBackend):
                 default=image == self.image,
             ),
         )
+
+    def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
+        """The address of the job's worker 0 on the engine's network (reached from this machine,
+        where the router runs as a local process)."""
+        spec = next((j for j in self.jobs() if j.name == name), None)
+        if spec is None:
+            raise JobNotFoundError(name, self.cluster)
+        deadline = self.clock() + timeout
+        while True:
+            try:
+                container = self.client.containers.get(self.names.container(f"{name}-0"))
+                container.reload()
+            except docker.errors.NotFound:
+                container = None
+            if container is not None and container.status == "running":
+                networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+                ip = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), "")
+                if ip:
+                    return ServiceEndpoint(spec.tenant, f"http://{ip}:{port}")
+            if self.clock() >= deadline:
+                raise BackendError(
+                    f"job {name!r} has no running worker with an address after {timeout} s",
+                    hint=f"juliarun.status(ctx, {name!r}, verbose=True) says why",
+                )
+            self.sleep(0.2)
 
     def cluster_status(self) -> ClusterStatus:
         components: list[Component] = []
