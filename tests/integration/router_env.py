@@ -189,7 +189,7 @@ def raw_request(port: int, target: str, token: str | None = None) -> int:
 
 ROUTER_PACKAGES = [
     *("httpx", "joserfc", "pydantic", "pydantic-settings", "pyyaml", "uvicorn", "websockets"),
-    *("httptools", "uvloop", "rich", "click", "python-dotenv"),
+    *("httptools", "uvloop", "rich", "click", "python-dotenv", "aiohttp"),
 ]
 
 
@@ -210,7 +210,7 @@ def router_image(base_image: str, registry: str) -> str:
         subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
         return ref
     cache = Path.home() / ".cache" / "juliarun" / "router-build"
-    wheels = cache / "wheels"
+    wheels = cache / f"wheels-{hashlib.sha256(' '.join(ROUTER_PACKAGES).encode()).hexdigest()[:8]}"
     if not any(wheels.glob("*.whl")):
         wheels.mkdir(parents=True, exist_ok=True)
         subprocess.run(

@@ -34,9 +34,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
+import aiohttp
 import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey
+from multidict import CIMultiDict
+from yarl import URL
 
 from juliarun.errors import JuliaRunError
 from juliarun.router.authz import AuthorizationUnavailableError, Authorizer, Target
@@ -249,11 +252,8 @@ class RouterApp:
         self.signer = signer
         self.table: Table = {}
         self.ready = asyncio.Event()
-        self.upstream = httpx.AsyncClient(
-            timeout=httpx.Timeout(10, read=upstream_timeout),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-            follow_redirects=False,
-        )
+        self.upstream_timeout = upstream_timeout
+        self._upstream: aiohttp.ClientSession | None = None
         self._follow: asyncio.Task[None] | None = None
         self._tokens: dict[str, Identity] = {}
 
@@ -261,6 +261,22 @@ class RouterApp:
 
     def _set_table(self, table: Table) -> None:
         self.table = table
+
+    @property
+    def upstream(self) -> aiohttp.ClientSession:
+        """The client to the services (aiohttp: its pool stays fast under concurrency). Made
+        in the server's event loop, at the first use."""
+        if self._upstream is None:
+            self._upstream = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=10, sock_read=self.upstream_timeout
+                ),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            )
+        return self._upstream
 
     async def start(self) -> None:
         self._follow = asyncio.create_task(
@@ -273,7 +289,8 @@ class RouterApp:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow
-        await self.upstream.aclose()
+        if self._upstream is not None:
+            await self._upstream.close()
         await self.validator.aclose()
         await self.authorizer.http.aclose()
         if self.sessions is not None:
@@ -448,28 +465,28 @@ class RouterApp:
                 if not message.get("more_body"):
                     return
 
-        content = body() if has_body else None
-        request = self.upstream.build_request(
-            scope["method"], url, headers=headers, content=content
-        )
         try:
-            response = await self.upstream.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self.upstream.request(
+                scope["method"],
+                URL(url, encoded=True),  # the path exactly as checked, not re-quoted
+                headers=CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers),
+                data=body() if has_body else None,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream %s: %s", url, exc)
             await _respond(send, 502, {"error": "upstream unavailable"})
             return
         try:
-            out = [(k, v) for k, v in response.headers.raw if k.lower() not in RESPONSE_DROPPED]
-            await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": out}
-            )
-            async for chunk in response.aiter_raw():
+            out = [(k, v) for k, v in response.raw_headers if k.lower() not in RESPONSE_DROPPED]
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            async for chunk in response.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream %s broke off: %s", url, exc)
         finally:
-            await response.aclose()
+            response.release()
 
     # -- browser sign-in --------------------------------------------------------------------
 
