@@ -144,4 +144,5 @@ class KubernetesCluster(Cluster):
             burst=self.burst,
             kill_grace=self.kill_grace,
             poll_interval=settings.poll_interval,
+            broker_image=settings.broker_image(),
         )

@@ -35,11 +35,14 @@ from juliarun.backends.docker.engine import (
     image_registry,
     scope,
 )
+from juliarun.backends.docker.queues import DockerQueues
 from juliarun.backends.docker.runtime import JULIARUN_JL
 from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, ConfigError, SpecError
+from juliarun.queues.base import Queue
+from juliarun.queues.image import BrokerImage, ensure_broker_image
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 DEFAULT_IMAGE = "julia:1.10"
@@ -69,6 +72,7 @@ class DockerBackend(SupervisedBackend):
         metric_store: Mapping[str, Any] | None = None,
         max_workers: int = 64,
         kill_grace: float = 10.0,
+        broker_image: BrokerImage | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -88,6 +92,24 @@ class DockerBackend(SupervisedBackend):
         self.labels = dict(labels or {})
         self.names = Names(scope(self.home.resolve(), cluster))
         self._client: docker.DockerClient | None = None
+        self.broker_image = broker_image or BrokerImage()
+        self.queues = DockerQueues(
+            lambda: self.client,
+            self.names,
+            self.home,
+            cluster,
+            lambda: ensure_broker_image(self.broker_image, self.client),
+            clock=clock,
+            sleep=sleep,
+        )
+
+    def start_queue(self, name: str) -> Queue:
+        """A container of juliarun's broker image on this engine (see
+        :mod:`juliarun.backends.docker.queues`); the image is built once if missing."""
+        return self.queues.start(name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        return self.queues.delete(name, force=force)
 
     @property
     def client(self) -> docker.DockerClient:

@@ -32,6 +32,7 @@ from juliarun.backends.kubernetes.evidence import JobInspector
 from juliarun.backends.kubernetes.placement import PlacementController
 from juliarun.backends.kubernetes.podlogs import PodLogs
 from juliarun.backends.kubernetes.prewarm import prewarm
+from juliarun.backends.kubernetes.queues import KubernetesQueues
 from juliarun.backends.kubernetes.routes import JobRoutes
 from juliarun.backends.kubernetes.volumes import Volumes, bundle_paths
 from juliarun.errors import (
@@ -44,6 +45,8 @@ from juliarun.errors import (
 )
 from juliarun.logs.base import LogLine, LogStore
 from juliarun.metrics.base import MetricStore
+from juliarun.queues.base import Queue
+from juliarun.queues.image import BrokerImage, ensure_broker_image
 from juliarun.specs import JobSpec, StorageSpec, validate_spec
 
 QUOTA_TTL = 10.0  # seconds a namespace's ResourceQuotas are reused by the submit check
@@ -84,6 +87,8 @@ class KubernetesBackend:
         kill_grace: float = 10.0,
         poll_interval: float = 0.5,
         create_namespace: bool = True,
+        broker_image: BrokerImage | None = None,
+        drain_timeout: float = 120.0,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -114,6 +119,15 @@ class KubernetesBackend:
             self.client, namespace, cluster=cluster, kind=self.kind, logger=self.log
         )
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self.broker_image = broker_image or BrokerImage()
+        self.drain_timeout = drain_timeout
+        self.queues = KubernetesQueues(
+            self.client,
+            namespace,
+            lambda: ensure_broker_image(self.broker_image),
+            clock=clock,
+            sleep=sleep,
+        )
         if create_namespace:
             self.ensure_namespace()
 
@@ -380,6 +394,17 @@ class KubernetesBackend:
             raise BackendError(f"job {name!r} has already {current.phase}; it cannot be scaled")
         self.client.merge_patch(self.routes.jobs_path(name), mf.scale_patch(workers))
         return self.status(name)
+
+    # -- queues (see .queues) ---------------------------------------------------------------
+
+    def start_queue(self, name: str) -> Queue:
+        """A RabbitMQ pod, Service and Secret in the backend's namespace (see
+        :mod:`juliarun.backends.kubernetes.queues`); the broker image is built once if the
+        registry does not have it."""
+        return self.queues.start(name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        return self.queues.delete(name, force=force)
 
     # -- output (see .podlogs, .collector) ---------------------------------------------------
 

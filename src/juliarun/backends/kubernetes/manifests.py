@@ -99,6 +99,32 @@ def git_init_container(name: str, url: str, commit: str, image: str) -> dict[str
     }
 
 
+QUEUE_SECRET_ENV = "JULIARUN_QUEUE_SECRET"
+
+
+def queue_secret_env(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A job given a Kubernetes queue's ``env`` names the Secret of its broker
+    (``JULIARUN_QUEUE_SECRET``): its pods read the user and password from that Secret, so the
+    password is never in the Job object.
+
+    >>> [e["name"] for e in queue_secret_env({"JULIARUN_QUEUE_SECRET": "juliarun-queue-mq"})]
+    ['JULIARUN_QUEUE_USER', 'JULIARUN_QUEUE_PASSWORD']
+    >>> queue_secret_env({})
+    []
+    """
+    secret = env.get(QUEUE_SECRET_ENV)
+    if not secret:
+        return []
+    return [
+        {
+            "name": f"JULIARUN_QUEUE_{key.upper()}",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+        }
+        for key in ("user", "password")
+        if f"JULIARUN_QUEUE_{key.upper()}" not in env
+    ]
+
+
 def julia_helpers() -> str:
     """The source of ``JuliaRun.jl`` (projected into every pod at ``$JULIARUN_JL``)."""
     from importlib.resources import files
@@ -355,6 +381,7 @@ def job_manifest(
             {"name": "JULIA_PROJECT", "value": f"{root}/env"},
         ]
     env += [{"name": k, "value": v} for k, v in sorted(job.env.items())]
+    env += queue_secret_env(job.env)
     # The helpers travel as a pod annotation projected by the downward API: no ConfigMap.
     volumes.append(
         {
