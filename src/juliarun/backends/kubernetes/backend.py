@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 from juliarun.backends.base import ClusterStatus, CollectResult, JobStatus, NodeReadiness
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.kubernetes import diagnosis as dx
+from juliarun.backends.kubernetes import drain, nodes
 from juliarun.backends.kubernetes import manifests as mf
-from juliarun.backends.kubernetes import nodes
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.backends.kubernetes.clusterview import ClusterView
@@ -392,7 +392,25 @@ class KubernetesBackend:
         current = dx.diagnose(job, []).status
         if current.done:
             raise BackendError(f"job {name!r} has already {current.phase}; it cannot be scaled")
-        self.client.merge_patch(self.routes.jobs_path(name), mf.scale_patch(workers))
+        current_count = int(job["spec"].get("completions") or 0)
+        path = self.routes.jobs_path(name)
+        # Indexes a drain finished (a scaler stopped between the drain and the new count) are
+        # completed: drop them first, so the count means running workers again.
+        floor = drain.completed_floor((job.get("status") or {}).get("completedIndexes"))
+        if floor is not None and 0 < floor < current_count and workers > floor:
+            self.client.merge_patch(path, mf.scale_patch(floor))
+        if 0 < workers < current_count:
+            drain.drain(
+                self.client.api_client,
+                self.routes.ns_of(name),
+                lambda: self.routes.job_pods(name),
+                workers,
+                timeout=self.drain_timeout,
+                log=self.log,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+        self.client.merge_patch(path, mf.scale_patch(workers))
         return self.status(name)
 
     # -- queues (see .queues) ---------------------------------------------------------------

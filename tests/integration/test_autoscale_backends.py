@@ -1,0 +1,77 @@
+"""The seed's process-autoscaler session on Docker and on Kubernetes: ``start_queue`` (a broker
+container / a broker pod with a Service and a Secret), ``JuliaParBatchWorkers(nworkers=1)`` of
+real Julia workers consuming it, ``WorkQueueMetric`` → ``AverageMetric`` → ``BoundedMetric(1,
+10)``, a ``JobScaler``, bursts of work, then ``delete`` of the workers and the queue. The workers
+rise to at least 5 and come back to 1, and every message is processed exactly once (counted by
+id): scale-down drains the workers that go (on Kubernetes, the highest indexes, asked to stop
+before the count is lowered), so nothing is redelivered."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+
+from juliarun import api
+from juliarun.demo_autoscale import run
+
+
+def session(ctx: api.Context) -> tuple[dict[str, int], str]:
+    out = io.StringIO()
+    counts = run(
+        out,
+        ctx=ctx,
+        bursts=2,
+        per_burst=30,
+        work_seconds=0.3,
+        interval=1.0,
+        window=3.0,
+        scale_down_after=4.0,
+        timeout=480.0,
+        cpu="50m",
+        memory="300Mi",
+    )
+    return counts, out.getvalue()
+
+
+def check(counts: dict[str, int], text: str) -> None:
+    assert counts["published"] == 60
+    assert (counts["processed"], counts["distinct"]) == (60, 60)  # each id exactly once
+    assert counts["most_workers"] >= 5
+    assert counts["final_workers"] == 1
+    changes = [int(n) for n in re.findall(r"^changing scale of workers to (\d+)$", text, re.M)]
+    assert max(changes) == counts["most_workers"] and changes[-1] == 1
+    assert "60 results for 60 messages: 60 distinct, 0 processed more than once" in text
+
+
+@pytest.mark.docker
+def test_the_session_on_docker_scales_up_and_back_and_loses_nothing(
+    docker_client: Any, julia_image: str, juliarun_home: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JULIARUN_JULIA_IMAGE", julia_image)
+    with api.init("docker") as ctx:
+        try:
+            counts, text = session(ctx)
+        finally:
+            ctx.backend.delete_queue("mq", force=True)  # type: ignore[attr-defined]
+        check(counts, text)
+        # the broker container went with the queue
+        label = "juliarun.io/queue=mq"
+        scope = f"juliarun.io/scope={ctx.backend.names.scope}"  # type: ignore[attr-defined]
+        left = docker_client.containers.list(all=True, filters={"label": [label, scope]})
+        assert left == []
+
+
+@pytest.mark.kubernetes
+def test_the_session_on_kubernetes_scales_up_and_back_and_loses_nothing(
+    kube_ctx: api.Context, kube_core: Any, kube_namespace: str
+) -> None:
+    counts, text = session(kube_ctx)
+    check(counts, text)
+    # delete(ctx, queue) removed the broker's pod, Service and Secret
+    selector = "juliarun.io/queue=mq"
+    assert kube_core.list_namespaced_pod(kube_namespace, label_selector=selector).items == []
+    assert kube_core.list_namespaced_service(kube_namespace, label_selector=selector).items == []
+    assert kube_core.list_namespaced_secret(kube_namespace, label_selector=selector).items == []
