@@ -46,6 +46,7 @@ from typing import Any
 
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.backends.kubernetes.manifests import JOB_LABEL, MANAGED_BY
+from juliarun.errors import BackendError
 
 GROUP = "juliarun.io"
 VERSION = "v1"
@@ -334,6 +335,7 @@ class WorkersSync:
         self.count = count
         self.interval = interval
         self.changes: list[int] = []
+        self.times: list[float] = []  # time.time() of each change
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"juliarun-hpa-{name}", daemon=True)
 
@@ -344,6 +346,7 @@ class WorkersSync:
         current = self.count(self.name)
         if wanted != current and wanted > 0:
             log.info("changing scale of %s to %d", self.name, wanted)
+            self.times.append(time.time())
             self.scale(self.name, wanted)
             self.changes.append(wanted)
             current = self.count(self.name)
@@ -478,7 +481,19 @@ class HPA:
                 "versionPriority": 100,
             },
         }
-        self._create("/apis/apiregistration.k8s.io/v1/apiservices", apiservice)
+        try:
+            self.client.post("/apis/apiregistration.k8s.io/v1/apiservices", apiservice)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+            if not self._ours():  # one adapter per API group: never take another's over
+                self.stop()
+                raise BackendError(
+                    f"the cluster already has an {APISERVICE} APIService, served by another "
+                    "adapter",
+                    hint=f"kubectl get apiservice {APISERVICE} -o yaml; remove it or use that "
+                    "adapter's metrics",
+                ) from exc
         self.sync = WorkersSync(
             self.client,
             ns,
@@ -500,12 +515,21 @@ class HPA:
                 return
             time.sleep(0.2)
 
+    def _ours(self) -> bool:
+        current = self.client.get_or_none(
+            f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE}"
+        )
+        service = ((current or {}).get("spec") or {}).get("service") or {}
+        return (service.get("namespace"), service.get("name")) == (self.namespace, SERVICE)
+
     def stop(self) -> None:
-        """Remove the HPA, the metrics API and the workers object; stop serving and syncing."""
+        """Remove the HPA, the metrics API (when it is this one's) and the workers object;
+        stop serving and syncing."""
         ns = self.namespace
+        apiservice = f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE}"
         for path in (
             ns_path(ns, "horizontalpodautoscalers", self.name, group="autoscaling/v2"),
-            f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE}",
+            *([apiservice] if self._ours() else []),
             ns_path(ns, "services", SERVICE),
             ns_path(ns, "endpoints", SERVICE),
             ns_path(ns, PLURAL, self.name, group=f"{GROUP}/{VERSION}"),
