@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import time
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from juliarun import api
-from juliarun.backends.kubernetes.hpa import HPA
-from juliarun.demo_autoscale import run, write_worker
+from juliarun.demo_autoscale import run
 from juliarun.specs import JuliaParBatchWorkers, StorageSpec
 
 
@@ -89,69 +85,3 @@ def test_the_session_on_kubernetes_scales_up_and_back_and_loses_nothing(
     assert kube_core.list_namespaced_pod(kube_namespace, label_selector=selector).items == []
     assert kube_core.list_namespaced_service(kube_namespace, label_selector=selector).items == []
     assert kube_core.list_namespaced_secret(kube_namespace, label_selector=selector).items == []
-
-
-@pytest.mark.kubernetes
-def test_the_cluster_hpa_scales_the_workers_from_the_backlog_juliarun_publishes(
-    kube_ctx: api.Context, kube_namespace: str
-) -> None:
-    """The HPA option: the real HPA controller reads the queue's backlog from juliarun's
-    external-metrics API and scales the workers' ``JuliaWorkers`` object; juliarun carries the
-    count to the Job (draining on the way down). Up on a burst, back to 1 once the queue is
-    empty (scale-down window 0), every message processed exactly once."""
-    ctx = kube_ctx
-    root = ctx.settings.home / "hpa"
-    write_worker(root)
-    api.define_storage(ctx, name="juliarun", kind="host", path=str(root))
-    queue = api.start_queue(ctx, name="mq")
-    for name in ("work", "done"):
-        queue.declare(name)
-    workers = JuliaParBatchWorkers(
-        "workers",
-        "/mnt/juliarun/scaler/worker.jl",
-        "juliarun",
-        nworkers=1,
-        cpu="50m",
-        memory="300Mi",
-        restart="OnFailure",
-        env={**queue.env, "WORK_SECONDS": "1.5"},
-    )
-    api.submit(ctx, workers)
-    host = os.environ.get("JULIARUN_KUBE_HOST_IP", "")
-    assert host, "JULIARUN_KUBE_HOST_IP (the node's address of this machine) is not set"
-    hpa = HPA(
-        ctx.backend,
-        "workers",
-        "work",
-        lambda: queue.stats("work").backlog,
-        per_worker=5,
-        min_workers=1,
-        max_workers=6,
-        scale_down_window=0,
-        host=host,
-    )
-    hpa.start()
-    seen: list[int] = []
-
-    def workers_now() -> int:
-        n = api.status(ctx, workers).desired_workers
-        seen.append(n)
-        return n
-
-    try:
-        queue.publish("work", [f"m-{i}" for i in range(40)])
-        deadline = time.monotonic() + 180
-        while workers_now() < 3:
-            assert time.monotonic() < deadline, f"the HPA did not scale up: {seen[-5:]}"
-            time.sleep(1)
-        while queue.stats("work").backlog or queue.depth("work") or workers_now() > 1:
-            assert time.monotonic() < deadline + 120, f"not back to 1: {seen[-5:]}"
-            time.sleep(1)
-        assert hpa.server is not None and hpa.server.requests > 0  # the HPA asked juliarun
-        assert hpa.sync is not None and max(hpa.sync.changes) >= 3 and hpa.sync.changes[-1] == 1
-    finally:
-        hpa.stop()
-    results = Counter(body.decode() for body in queue.take("done"))
-    assert len(results) == 40 and set(results.values()) == {1}  # each id exactly once
-    api.delete(ctx, workers, force=True)
-    api.delete(ctx, queue, force=True)
