@@ -52,7 +52,8 @@ def run(
     memory: str = "1Gi",
 ) -> dict[str, int]:
     """Run the demo (on ``ctx``, default the embedded default); returns the counts it checked
-    (``published``, ``processed``, ``distinct``, ``most_workers``, ``final_workers``)."""
+    (``published``, ``processed``, ``distinct``, ``most_workers``, ``final_workers``,
+    ``redelivered``: messages the broker delivered again)."""
     out = out or sys.stdout
 
     def say(text: str) -> None:
@@ -125,6 +126,7 @@ def run(
     finally:
         handle.stop()
     results = [body.decode() for body in queue.take("done")]
+    redelivered = queue.stats("work").redelivered
     counts = Counter(results)
     most = max([d.desired for d in scaler.decisions] + [1])
     final = api.status(ctx, workers).desired_workers
@@ -144,4 +146,5 @@ def run(
         "distinct": len(counts),
         "most_workers": most,
         "final_workers": final,
+        "redelivered": redelivered,
     }

@@ -5,6 +5,8 @@ the broker image."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
@@ -29,6 +31,39 @@ def test_the_drain_reads_indexes_and_live_pods() -> None:
     pod["metadata"]["deletionTimestamp"] = "2026-12-04T00:00:00Z"
     assert not drain.live(pod)
     assert not drain.live({"metadata": {}, "status": {"phase": "Succeeded"}})
+    pod["status"]["containerStatuses"] = [{"name": "main", "restartCount": 2}]
+    assert drain.restart_count(pod) == 2 and drain.restart_count({"status": {}}) == 0
+
+
+def test_the_drain_signals_only_a_worker_that_catches_sigterm() -> None:
+    """The exec'd script, run here against real processes (``/proc/1`` replaced by theirs):
+    one that installed a SIGTERM handler is asked and stops cleanly, one that did not is left
+    alone."""
+    catcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    plain = subprocess.Popen(["sleep", "60"])
+    try:
+        assert catcher.stdout is not None and catcher.stdout.readline() == b"ready\n"
+        for proc, said in ((catcher, "asked"), (plain, "starting")):
+            script = drain.STOP_SCRIPT.replace("/proc/1/", f"/proc/{proc.pid}/").replace(
+                "kill -TERM 1", f"kill -TERM {proc.pid}"
+            )
+            out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+            assert out.stdout.strip() == said
+        assert catcher.wait(timeout=10) == 0
+        assert plain.poll() is None  # not signalled
+    finally:
+        for proc in (catcher, plain):
+            proc.kill()
+            proc.wait()
 
 
 def test_the_broker_password_is_only_in_the_secret_and_jobs_read_it_from_there() -> None:

@@ -28,7 +28,16 @@ from typing import Any
 
 from juliarun.backends.kubernetes.diagnosis import INDEX_LABEL
 
-STOP_COMMAND = ["sh", "-c", "kill -TERM 1"]
+# SIGTERM only a worker that handles it: bit 15 (0x4000) of the first process's caught-signals
+# mask is set once ``JuliaRun.consume`` (``stop_on_sigterm``) has installed its handler. A
+# worker still starting has taken no message, and Julia's default for SIGTERM is to exit 143
+# (a failure): it is left for the count change to remove.
+STOP_SCRIPT = (
+    "cgt=$(awk '/^SigCgt:/ {print $2}' /proc/1/status); "
+    "if [ $(( 0x$cgt & 0x4000 )) -ne 0 ]; then kill -TERM 1 && echo asked; "
+    "else echo starting; fi"
+)
+STOP_COMMAND = ["sh", "-c", STOP_SCRIPT]
 
 
 def completed_floor(completed: str | None) -> int | None:
@@ -52,6 +61,15 @@ def live(pod: dict[str, Any]) -> bool:
     return phase in ("Pending", "Running") and not pod["metadata"].get("deletionTimestamp")
 
 
+def restart_count(pod: dict[str, Any]) -> int:
+    """Restarts of the pod's ``main`` container (a worker that exited and was started again
+    under ``restart="OnFailure"`` is no longer the one asked to stop)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == "main":
+            return int(status.get("restartCount") or 0)
+    return 0
+
+
 def drain(
     api_client: Any,
     namespace: str,
@@ -69,6 +87,7 @@ def drain(
     from kubernetes.stream import stream
 
     going = [p for p in pods() if pod_index(p) >= keep and live(p)]
+    restarts = {p["metadata"]["name"]: restart_count(p) for p in going}
     asked: list[str] = []
     # ``stream`` swaps the request method of the ApiClient it is given while it runs: an
     # ApiClient of its own (same configuration) keeps the backend's requests off the websocket.
@@ -76,12 +95,16 @@ def drain(
     try:
         asked = _ask(k8s.CoreV1Api(exec_client), stream, namespace, going, log)
     finally:
-        exec_client.close()
+        exec_client.close()  # type: ignore[no-untyped-call]
     if not asked:
         return asked
     deadline = clock() + timeout
     while clock() < deadline:
-        still = {p["metadata"]["name"] for p in pods() if live(p)} & set(asked)
+        still = {
+            p["metadata"]["name"]
+            for p in pods()
+            if live(p) and restart_count(p) <= restarts.get(p["metadata"]["name"], 0)
+        } & set(asked)
         if not still:
             break
         sleep(0.5)
@@ -99,7 +122,7 @@ def _ask(
         if (pod.get("status") or {}).get("phase") != "Running":
             continue  # not started: nothing in flight, the count change removes it
         try:
-            stream(
+            said = stream(
                 core.connect_get_namespaced_pod_exec,
                 name,
                 namespace,
@@ -111,7 +134,10 @@ def _ask(
                 tty=False,
                 _request_timeout=10,
             )
-            asked.append(name)
+            if "asked" in str(said):
+                asked.append(name)
+            else:
+                log.info("worker pod %s is still starting: the count change removes it", name)
         except Exception as exc:  # the kubelet's SIGTERM (lowering the count) is the fallback
             log.warning("cannot ask worker pod %s to stop: %s", name, exc)
     return asked
