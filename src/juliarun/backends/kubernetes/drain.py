@@ -135,6 +135,7 @@ def _ask(
                 _request_timeout=10,
             )
             if "asked" in str(said):
+                log.info("asked worker pod %s to stop after its message in hand", name)
                 asked.append(name)
             else:
                 log.info("worker pod %s is still starting: the count change removes it", name)

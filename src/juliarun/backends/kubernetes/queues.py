@@ -153,7 +153,10 @@ class KubernetesQueues:
         if secret is None:
             return None
         data: Mapping[str, str] = secret.get("data") or {}
-        decode = lambda key: base64.b64decode(data.get(key, "")).decode()  # noqa: E731
+
+        def decode(key: str) -> str:
+            return base64.b64decode(data.get(key, "")).decode()
+
         return decode("user"), decode("password")
 
     def start(self, name: str, *, timeout: float = 300.0) -> RabbitMQQueue:
