@@ -4,7 +4,7 @@ real Julia workers consuming it, ``WorkQueueMetric`` → ``AverageMetric`` → `
 10)``, a ``JobScaler``, bursts of work, then ``delete`` of the workers and the queue. The workers
 rise to at least 5 and come back to 1, and every message is processed exactly once (counted by
 id): scale-down drains the workers that go (on Kubernetes, the highest indexes, asked to stop
-before the count is lowered), so nothing is redelivered."""
+before the count is lowered), so no message is processed twice."""
 
 from __future__ import annotations
 
