@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any
 
-from prefect import flow
 from pydantic import Field
 
+from juliarun.flows._flow import flow
 from juliarun.scaling.planner import Headroom
 from juliarun.specs import NodePool
 from juliarun.tasks.clusterscale import publish_pool_sizes, run_cluster_scaler
