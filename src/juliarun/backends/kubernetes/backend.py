@@ -30,6 +30,11 @@ from juliarun.backends.kubernetes.clusterview import ClusterView
 from juliarun.backends.kubernetes.collector import KubernetesCollector
 from juliarun.backends.kubernetes.evidence import JobInspector
 from juliarun.backends.kubernetes.placement import PlacementController
+from juliarun.backends.kubernetes.podautoscaler import (
+    MetricsHost,
+    PodAutoscalerAttachment,
+    attach_pod_autoscaler,
+)
 from juliarun.backends.kubernetes.podlogs import PodLogs
 from juliarun.backends.kubernetes.prewarm import prewarm
 from juliarun.backends.kubernetes.routes import JobRoutes
@@ -114,6 +119,7 @@ class KubernetesBackend:
             self.client, namespace, cluster=cluster, kind=self.kind, logger=self.log
         )
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._metrics_host: MetricsHost | None = None
         if create_namespace:
             self.ensure_namespace()
 
@@ -381,6 +387,46 @@ class KubernetesBackend:
         self.client.merge_patch(self.routes.jobs_path(name), mf.scale_patch(workers))
         return self.status(name)
 
+    def pod_autoscaler(
+        self,
+        name: str,
+        read: Callable[[], float],
+        *,
+        target: float,
+        minimum: int,
+        maximum: int,
+        scale_down_window: int = 300,
+        interval: float = 1.0,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> PodAutoscalerAttachment:
+        """Let the cluster's HorizontalPodAutoscaler scale job ``name``'s workers from
+        ``read`` (served as an external metric; see :mod:`.podautoscaler`)."""
+        job = self.routes.get_job(name)
+        kind = (job["metadata"].get("labels") or {}).get(mf.KIND_LABEL, "Job")
+        if kind != "JuliaParBatchWorkers":
+            raise SpecError(kind, [("workers", "only JuliaParBatchWorkers jobs can be scaled")])
+        if self._metrics_host is None:
+            self._metrics_host = MetricsHost(
+                self.client, self.namespace, clock=self.clock, sleep=self.sleep
+            )
+        return attach_pod_autoscaler(
+            self.client,
+            self._metrics_host,
+            job["metadata"]["namespace"],
+            name,
+            read=read,
+            workers=lambda: self.status(name).desired_workers,
+            scale=lambda n: self.scale(name, n),
+            target=target,
+            minimum=minimum,
+            maximum=maximum,
+            scale_down_window=scale_down_window,
+            interval=interval,
+            on_change=on_change,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+
     # -- output (see .podlogs, .collector) ---------------------------------------------------
 
     def logs(
@@ -439,6 +485,8 @@ class KubernetesBackend:
         return self.view.status()
 
     def close(self) -> None:
+        if self._metrics_host is not None:
+            self._metrics_host.close()
         self.client.close()
 
 
