@@ -58,11 +58,11 @@ _k8s_node_ip() {
 
 # _k8s_cert NAME SUBJECT EXTENSIONS : key + certificate signed by the test CA.
 _k8s_cert() {
-  local name=$1 subj=$2 ext=$3
+  local name=$1 subj=$2 ext=$3 ca=${4:-ca}
   openssl genrsa -out "$K8S_PKI/$name.key" 2048 2>/dev/null || return 1
   openssl req -new -key "$K8S_PKI/$name.key" -subj "$subj" -out "$K8S_PKI/$name.csr" 2>/dev/null || return 1
   printf '%b\n' "$ext" > "$K8S_PKI/$name.ext"
-  openssl x509 -req -in "$K8S_PKI/$name.csr" -CA "$K8S_PKI/ca.crt" -CAkey "$K8S_PKI/ca.key" \
+  openssl x509 -req -in "$K8S_PKI/$name.csr" -CA "$K8S_PKI/$ca.crt" -CAkey "$K8S_PKI/$ca.key" \
     -CAcreateserial -days 3650 -sha256 -extfile "$K8S_PKI/$name.ext" -out "$K8S_PKI/$name.crt" 2>/dev/null || return 1
   rm -f "$K8S_PKI/$name.csr"
 }
@@ -122,12 +122,7 @@ _k8s_pki() {
     openssl req -x509 -new -nodes -key "$K8S_PKI/front-proxy-ca.key" -subj "/CN=juliarun-front-proxy-ca" -days 3650 -sha256 \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
       -out "$K8S_PKI/front-proxy-ca.crt" 2>/dev/null || return 1
-    openssl genrsa -out "$K8S_PKI/front-proxy-client.key" 2048 2>/dev/null || return 1
-    openssl req -new -key "$K8S_PKI/front-proxy-client.key" -subj "/CN=front-proxy-client" -out "$K8S_PKI/front-proxy-client.csr" 2>/dev/null || return 1
-    printf '%b\n' "$_k8s_client_ext" > "$K8S_PKI/front-proxy-client.ext"
-    openssl x509 -req -in "$K8S_PKI/front-proxy-client.csr" -CA "$K8S_PKI/front-proxy-ca.crt" -CAkey "$K8S_PKI/front-proxy-ca.key" \
-      -CAcreateserial -days 3650 -sha256 -extfile "$K8S_PKI/front-proxy-client.ext" -out "$K8S_PKI/front-proxy-client.crt" 2>/dev/null || return 1
-    rm -f "$K8S_PKI/front-proxy-client.csr"
+    _k8s_cert front-proxy-client "/CN=front-proxy-client" "$_k8s_client_ext" front-proxy-ca || return 1
   fi
   # Serving certificates carry the node address: re-issue them when it changes.
   if [ "$(cat "$K8S_PKI/node-ip" 2>/dev/null)" != "$node_ip" ] || [ ! -s "$K8S_PKI/apiserver.crt" ] || [ ! -s "$K8S_PKI/kubelet.crt" ]; then
