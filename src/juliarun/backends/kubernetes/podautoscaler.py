@@ -421,7 +421,20 @@ def register_metrics_api(
     client: KubeClient, namespace: str, server: MetricsAPIServer, address: str
 ) -> None:
     """Point the cluster's ``external.metrics.k8s.io`` at ``server`` (reachable at
-    ``address``): a selector-less Service, its EndpointSlice and the APIService."""
+    ``address``): a selector-less Service, its EndpointSlice and the APIService. Another
+    adapter's APIService (KEDA's, prometheus-adapter's) is never taken over."""
+    existing = client.get_or_none(f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE_NAME}")
+    owner = ((existing or {}).get("metadata", {}).get("labels") or {}).get(
+        "app.kubernetes.io/managed-by"
+    )
+    if existing is not None and owner != MANAGED_BY:
+        service = (existing.get("spec") or {}).get("service") or {}
+        where = f"{service.get('namespace', '?')}/{service.get('name', '?')}"
+        raise ConfigError(
+            f"the cluster's external metrics API ({APISERVICE_NAME}) is served by another "
+            f"adapter ({where}); juliarun will not take it over",
+            hint="use JobScaler, or serve juliarun's metric through that adapter",
+        )
     labels = {"app.kubernetes.io/managed-by": MANAGED_BY}
     service = {
         "apiVersion": "v1",
@@ -633,8 +646,12 @@ class MetricsHost:
                 self._close()
 
     def _close(self) -> None:
+        apiservice = f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE_NAME}"
+        current = self.client.get_or_none(apiservice)
+        spec = ((current or {}).get("spec") or {}).get("service") or {}
+        ours = spec.get("namespace") == self.namespace and spec.get("name") == SERVICE_NAME
         paths = [
-            f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE_NAME}",
+            *([apiservice] if ours else []),  # another process may have taken it over since
             ns_path(self.namespace, "services", SERVICE_NAME),
             ns_path(self.namespace, "endpointslices", SERVICE_NAME, group="discovery.k8s.io/v1"),
         ]
