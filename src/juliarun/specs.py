@@ -928,7 +928,7 @@ class BundleSpec(_Model):
 POOL_LABEL = "juliarun.io/pool"
 NODE_TYPE_LABEL = "juliarun.io/node-type"  # the default node-type map's label and taint key
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
-ProviderKind = Literal["kwok", "aws"]
+ProviderKind = Literal["kwok", "aws", "azure", "gcp"]
 
 
 class NodeTaint(_Model):
@@ -970,7 +970,9 @@ class NodePool(_Model):
     price: float = Field(0.0, ge=0, description="Price per node-hour (to prefer cheaper pools).")
     spot: bool = Field(False, description="Nodes may be taken back by the provider at any time.")
     provider: ProviderKind = Field(
-        "kwok", description="Who makes the nodes: kwok (simulated, on the cluster) or aws."
+        "kwok",
+        description="Who makes the nodes: kwok (simulated, on the cluster), aws (EC2 Fleet), "
+        "azure (VMs of a Flexible VM scale set) or gcp (a managed instance group).",
     )
     provider_options: dict[str, str] = Field(
         default_factory=dict,
