@@ -553,6 +553,12 @@ class JobSpec(_Model):
         3, ge=0, le=100, description="Restarts allowed per worker before the job fails."
     )
     tenant: Name = Field("default", description="Tenant (namespace) the job belongs to.")
+    interruptible: bool = Field(
+        True,
+        description="False: the job must not be interrupted: the cluster autoscaler never "
+        "removes a node its workers run on (pods labelled juliarun.io/interruptible=false "
+        "and annotated cluster-autoscaler.kubernetes.io/safe-to-evict=false).",
+    )
 
     def __init__(self, *args: Any, **data: Any) -> None:
         if len(args) > len(self.positional):
