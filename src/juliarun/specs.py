@@ -983,7 +983,7 @@ class NodePool(_Model):
     provider_options: dict[str, str] = Field(
         default_factory=dict,
         description="Provider settings: for aws launch_template (required), region, subnet, "
-        "instance_type, endpoint.",
+        "instance_type, endpoint; for azure and gcp see juliarun.providers.azure / .gcp.",
     )
 
     @model_validator(mode="after")
