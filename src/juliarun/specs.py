@@ -553,6 +553,12 @@ class JobSpec(_Model):
         3, ge=0, le=100, description="Restarts allowed per worker before the job fails."
     )
     tenant: Name = Field("default", description="Tenant (namespace) the job belongs to.")
+    interruptible: bool = Field(
+        True,
+        description="False: the job must not be interrupted: the cluster autoscaler never "
+        "removes a node its workers run on (pods labelled juliarun.io/interruptible=false "
+        "and annotated cluster-autoscaler.kubernetes.io/safe-to-evict=false).",
+    )
 
     def __init__(self, *args: Any, **data: Any) -> None:
         if len(args) > len(self.positional):
@@ -928,7 +934,7 @@ class BundleSpec(_Model):
 POOL_LABEL = "juliarun.io/pool"
 NODE_TYPE_LABEL = "juliarun.io/node-type"  # the default node-type map's label and taint key
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
-ProviderKind = Literal["kwok", "aws"]
+ProviderKind = Literal["kwok", "aws", "azure", "gcp"]
 
 
 class NodeTaint(_Model):
@@ -970,12 +976,14 @@ class NodePool(_Model):
     price: float = Field(0.0, ge=0, description="Price per node-hour (to prefer cheaper pools).")
     spot: bool = Field(False, description="Nodes may be taken back by the provider at any time.")
     provider: ProviderKind = Field(
-        "kwok", description="Who makes the nodes: kwok (simulated, on the cluster) or aws."
+        "kwok",
+        description="Who makes the nodes: kwok (simulated, on the cluster), aws (EC2 Fleet), "
+        "azure (VMs of a Flexible VM scale set) or gcp (a managed instance group).",
     )
     provider_options: dict[str, str] = Field(
         default_factory=dict,
         description="Provider settings: for aws launch_template (required), region, subnet, "
-        "instance_type, endpoint.",
+        "instance_type, endpoint; for azure and gcp see juliarun.providers.azure / .gcp.",
     )
 
     @model_validator(mode="after")

@@ -1,8 +1,9 @@
-"""Prefect blocks: saved cluster and storage configuration."""
+"""Prefect blocks: saved cluster, storage and node-pool configuration."""
 
 from typing import Any
 
 from juliarun.blocks.cluster import Cluster, LocalCluster, load_cluster
+from juliarun.blocks.nodepool import NodePoolBlock, load_pools
 from juliarun.blocks.storage import Storage
 from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 
@@ -13,8 +14,10 @@ __all__ = [
     "InfluxMetrics",
     "KubernetesCluster",
     "LocalCluster",
+    "NodePoolBlock",
     "Storage",
     "load_cluster",
+    "load_pools",
 ]
 
 
