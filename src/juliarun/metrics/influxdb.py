@@ -337,8 +337,7 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 f"InfluxDB at {self.url} cannot query {q.name!r}: {_short(exc)}",
                 hint="InfluxDB refused the token: check it (InfluxDB 1.8: 'user:password')"
                 if refused
-                else "check that InfluxDB is up (`scripts/testenv up influxdb`) and the bucket"
-                f" {self.bucket!r} exists",
+                else f"check that InfluxDB is up and the bucket {self.bucket!r} exists",
             ) from exc
         firsts: dict[tuple[str, ...], int] = {}
         values: list[tuple[tuple[str, ...], int | None, float]] = []
