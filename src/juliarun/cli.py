@@ -7,8 +7,9 @@ import contextlib
 import functools
 import logging
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -955,23 +956,23 @@ def explain(
         typer.Argument(help="JuliaBatch, JuliaParBatchWorkers, Batch, Storage, Image or Bundle."),
     ],
 ) -> None:
-    """A spec kind's fields (type, default, description; * marks the required ones) and an
-    example spec file."""
+    """A spec kind's fields (type, default and description; * marks the required ones) and
+    an example spec file."""
     from juliarun.explain import example, fields, model_of
 
     model = model_of(kind)
     console = Console()
-    doc = " ".join((model.__doc__ or "").split(">>>")[0].split())
+    doc = " ".join((model.__doc__ or "").split(">>>")[0].split()).replace("``", "`")
     console.print(f"[bold]{model.__name__}[/bold]: {escape(doc)}", highlight=False)
-    table = Table("field", "type", "default", "description", box=None, pad_edge=False)
+    console.print("\nfields (* required):", highlight=False)
     for row in fields(kind):
-        table.add_row(
-            escape(row.name + (" *" if row.required else "")),
-            escape(row.type),
-            escape(row.default),
-            escape(row.description),
+        default = f", default {row.default}" if row.default else ""
+        star = " *" if row.required else ""
+        console.print(
+            f"  [bold]{escape(row.name)}[/bold]{star} ({escape(row.type)}{escape(default)})",
+            highlight=False,
         )
-    console.print(table)
+        console.print(f"      {escape(row.description)}", highlight=False)
     found = example(kind)
     if found is not None:
         path, text = found
@@ -991,9 +992,65 @@ def serve(
     process-autoscaler and cluster-autoscaler (triggered from the UI or Python), cluster-report
     (every 15 minutes), prune-bundles and prune-storage (daily), evaluate-alerts (every minute
     when JULIARUN_ALERT_RULES names rules)."""
-    from juliarun.deployments.serve import serve as serve_flows
+    import os
 
-    serve_flows(cluster, api_url)
+    from juliarun.deployments.serve import serve as serve_flows
+    from juliarun.deployments.serve import start_server
+    from juliarun.settings import load_settings
+
+    url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
+    with stop_at_once_when_gone(url):
+        serve_flows(cluster, url)
+
+
+@contextlib.contextmanager
+def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
+    """Ctrl-C while the Prefect server at ``api_url`` is gone stops at once.
+
+    Stopping gracefully, Prefect's runner pauses each deployment's schedule and waits for the
+    flow runs in progress, which report their end; with the server gone every one of those
+    calls retries it with growing pauses (PREFECT_CLIENT_MAX_RETRIES), for over a minute. So
+    on Ctrl-C the server is asked once: when it answers, the graceful stop goes on; when it
+    does not, the flow-run processes are ended, one line says what was left, and the process
+    exits (130) without reporting to a server that is not there. Their jobs keep running."""
+    import os
+    import signal
+
+    import psutil
+
+    from juliarun.deployments.serve import healthy
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if healthy(api_url, timeout=2):
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        # The flow-run processes (direct children); the jobs they started run on detached
+        # supervisors of their own and are left running, as after `juliarun submit`.
+        runs = psutil.Process().children(recursive=False)
+        for child in runs:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(runs, timeout=5)
+        where = api_url.removesuffix("/api")
+        err.print(
+            f"error: the Prefect server at {where} does not answer: stopped at once, without "
+            f"pausing the schedules; flow runs in progress ended unreported: {len(runs)} (their "
+            "jobs keep running: `juliarun list`)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ KINDS: dict[str, type[BaseModel]] = {
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+_OWN = {"kind": "The kind of spec: this one (the key that selects it in a spec file)."}
+
+
 @dataclass(frozen=True)
 class FieldRow:
     """One field: its dotted name, type, whether it is required, default and description."""
@@ -131,12 +134,12 @@ def fields(kind: str) -> list[FieldRow]:
                     type_name(info.annotation),
                     info.is_required(),
                     _default(info),
-                    " ".join((info.description or "").split()),
+                    " ".join((info.description or _OWN.get(name, "")).split()),
                 )
             )
 
     walk(model, "")
-    return sorted(rows, key=lambda row: not row.required)
+    return sorted(rows, key=lambda row: (row.name != "kind", not row.required))
 
 
 def example(kind: str, root: Path = EXAMPLES) -> tuple[Path, str] | None:

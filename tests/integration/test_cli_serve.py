@@ -19,6 +19,13 @@ pytestmark = [pytest.mark.prefect_server]
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
+RUN_JOB = """
+from prefect.deployments import run_deployment
+job = {"kind": "Batch", "name": "sleeper", "command": ["sh", "-c", "echo up; sleep 120"]}
+run_deployment("run-job/run-job", parameters={"job": job}, timeout=0)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -41,6 +48,8 @@ def _wait(check: object, what: str, timeout: float, log: Path) -> None:
 
 
 def test_ctrl_c_after_the_server_died_stops_at_once(tmp_path: Path) -> None:
+    """Before: 72s here (the runner pauses schedules and waits for the run, each call retrying
+    the dead server); after: about 2s."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -88,9 +97,23 @@ def test_ctrl_c_after_the_server_died_stops_at_once(tmp_path: Path) -> None:
             120,
             serve_log,
         )
+        # a run of run-job in progress when the server dies
+        subprocess.run(
+            [sys.executable, "-c", RUN_JOB],
+            env={**env, "PREFECT_API_URL": url},
+            check=True,
+            timeout=60,
+        )
+        _wait(
+            lambda: "sleeper-0 | up" in serve_log.read_text(errors="replace"),
+            "the run did not start",
+            120,
+            serve_log,
+        )
+        time.sleep(3)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
-        time.sleep(float(os.environ.get("CLI_SERVE_DELAY", "15")))  # serve notices: retries
+        time.sleep(3)  # serve and the run notice: they retry
         started = time.monotonic()
         serve.send_signal(signal.SIGINT)
         try:
@@ -101,9 +124,18 @@ def test_ctrl_c_after_the_server_died_stops_at_once(tmp_path: Path) -> None:
         text = serve_log.read_text(errors="replace")
         print(f"serve stopped {took:.1f}s after Ctrl-C (exit {code})")
         assert took < 20, f"stopping took {took:.0f}s:\n{text[-3000:]}"
-        keep = tmp_path.parent / "kept-serve.log"
-        keep.write_text(text)
+        assert code == 130, text[-3000:]
+        from juliarun.backends.local import LocalBackend
+
+        backend = LocalBackend(tmp_path / "home")
+        assert backend.status("sleeper").phase == "running"  # the job was left running
+        where = url.removesuffix("/api")
+        assert f"error: the Prefect server at {where} does not answer: stopped at once" in text
     finally:
+        from juliarun.backends.local import LocalBackend
+
+        for job in LocalBackend(tmp_path / "home").jobs():
+            LocalBackend(tmp_path / "home").delete(job.name, force=True)
         for proc in (serve, server):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

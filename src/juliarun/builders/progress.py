@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from juliarun.builders.bundles import STEP
+from juliarun.logs.base import printable
 
 __all__ = ["BuildProgress", "Step", "StepTracker", "log_progress", "parse_step"]
 
@@ -133,16 +134,17 @@ class _LogProgress:
         self.log = log
 
     def step_started(self, step: Step) -> None:
-        self.log(f"{step.label()}: {step.title}")
+        self.log(f"{step.label()}: {printable(step.title)}")
 
     def step_done(self, step: Step, seconds: float) -> None:
         self.log(f"{step.label()} done in {seconds:.1f}s")
 
     def line(self, text: str) -> None:
-        self.log(f"  | {text}")
+        self.log(f"  | {printable(text)}")
 
 
 def log_progress(log: Callable[[str], None]) -> BuildProgress:
     """A :class:`BuildProgress` writing each step and line as one message to ``log``
-    (e.g. ``get_run_logger().info``); wrap it in a :class:`StepTracker` for a builder."""
+    (e.g. ``get_run_logger().info``), control characters shown as ``\\xNN``; wrap it in a
+    :class:`StepTracker` for a builder's ``on_line``."""
     return _LogProgress(log)
