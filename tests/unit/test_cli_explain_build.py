@@ -4,6 +4,7 @@ the flows share (steps read from a builder's output, timed by an injected clock)
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from rich.console import Console
@@ -130,3 +131,23 @@ def test_the_terminal_view_folds_lines_under_the_step(terminal: bool) -> None:
             "  | line 3 \\x1b[2J",
             "bundle b: step 1/2 done in 2.0s",
         ]
+
+
+def test_every_command_of_the_readme_reference_exists() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
+    checked = 0
+    for line in section.splitlines():
+        words = line.split("#", 1)[0].split()
+        assert words[0] == "juliarun", line
+        path = []
+        for word in words[1:]:
+            if not re.fullmatch(r"[a-z]+", word):
+                break
+            path.append(word)
+        result = runner.invoke(app, [*path, "-h"])
+        assert result.exit_code == 0 and f"Usage: juliarun {' '.join(path)}" in result.stdout, line
+        checked += 1
+    assert checked == len(section.splitlines()) >= 18
