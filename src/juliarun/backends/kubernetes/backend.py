@@ -493,6 +493,5 @@ class KubernetesBackend:
 def not_configured(reason: str) -> ConfigError:
     return ConfigError(
         f"the kubernetes backend is not configured: {reason}",
-        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, e.g. "
-        'eval "$(scripts/testenv env)"',
+        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to the cluster's kubeconfig file",
     )
