@@ -3,6 +3,7 @@
 from typing import Any
 
 from juliarun.blocks.cluster import Cluster, LocalCluster, load_cluster
+from juliarun.blocks.oidc import OIDCCredentials
 from juliarun.blocks.storage import Storage
 from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 
@@ -13,6 +14,7 @@ __all__ = [
     "InfluxMetrics",
     "KubernetesCluster",
     "LocalCluster",
+    "OIDCCredentials",
     "Storage",
     "load_cluster",
 ]
