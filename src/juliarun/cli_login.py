@@ -57,6 +57,8 @@ def resolve_client(issuer: str | None, client_id: str | None, ca: str | None = N
                 f"no OIDCCredentials block {issuer!r}",
                 hint="pass the issuer URL, or save the block first",
             ) from exc
+        if not isinstance(block, OIDCCredentials):
+            raise ConfigError(f"{issuer!r} is not an OIDCCredentials block")
         return block.client()
     client = settings.client(issuer)
     update: dict[str, object] = {}
@@ -81,7 +83,7 @@ def _describe(tokens: TokenSet) -> dict[str, object]:
     }
 
 
-def login(
+def login(  # noqa: PLR0917
     issuer: IssuerOpt = None,
     client_id: ClientOpt = None,
     ca: Annotated[str | None, typer.Option("--ca", help="CA bundle for the issuer.")] = None,
@@ -117,7 +119,9 @@ def login(
             def open_url(url: str) -> None:
                 opened = False if no_browser else webbrowser.open(url)
                 if not opened:
-                    err.print("Open this URL in a browser on this machine to sign in:", markup=False)
+                    err.print(
+                        "Open this URL in a browser on this machine to sign in:", markup=False
+                    )
                 err.print(url, markup=False, soft_wrap=True)
                 sys.stderr.flush()
 

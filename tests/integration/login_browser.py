@@ -46,7 +46,7 @@ class HeadlessBrowser:
             raise AssertionError(f"sign-in stopped at {url}: {resp.status_code} {resp.text[:300]}")
         raise AssertionError("too many redirects")
 
-    def opener(self, user: str, groups: Sequence[str] = (), **extra: str) -> "Opener":
+    def opener(self, user: str, groups: Sequence[str] = (), **extra: str) -> Opener:
         """An ``open_url`` for ``login_browser``: signs in from another thread, as a browser
         does while the command waits."""
         return Opener(self, user, list(groups), extra)
@@ -56,7 +56,9 @@ class HeadlessBrowser:
 
 
 class Opener:
-    def __init__(self, browser: HeadlessBrowser, user: str, groups: list[str], extra: dict[str, str]):
+    def __init__(
+        self, browser: HeadlessBrowser, user: str, groups: list[str], extra: dict[str, str]
+    ):
         self.browser, self.user, self.groups, self.extra = browser, user, groups, extra
         self.status: int | None = None
 

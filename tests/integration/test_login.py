@@ -10,9 +10,9 @@ login app, naming the test user in ``login_hint``.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -185,12 +185,14 @@ def test_device_grant_signs_in_on_a_machine_without_a_browser(
 
     def show(code: DeviceCode) -> None:
         shown.append(code)
+
         # the person, elsewhere, a moment later: enters the code and signs in as dave
         def approve() -> None:
             time.sleep(1.5)
-            http.get(code.verification_uri, params={
-                "user_code": code.user_code, "login_hint": hint("dave", ["team-d"])
-            }).raise_for_status()
+            http.get(
+                code.verification_uri,
+                params={"user_code": code.user_code, "login_hint": hint("dave", ["team-d"])},
+            ).raise_for_status()
 
         threading.Thread(target=approve, daemon=True).start()
 

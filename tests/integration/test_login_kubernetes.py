@@ -265,5 +265,3 @@ def test_a_cluster_context_without_a_sign_in_says_to_log_in(
     with pytest.raises(NotSignedInError) as err:
         block.connect("nobody")
     assert err.value.hint.startswith(f"run `juliarun login --issuer {oidc_issuers.issuer_url('1')}")
-
-

@@ -77,8 +77,10 @@ class OIDCClient(_Model):
         return value
 
     def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else (
-            ssl.create_default_context()
+        return (
+            ssl.create_default_context(cafile=self.ca_file)
+            if self.ca_file
+            else (ssl.create_default_context())
         )
 
     def http(self) -> httpx.Client:
@@ -188,7 +190,7 @@ def _public_key(jwk: Mapping[str, Any]) -> Any:
     return None
 
 
-def verify_id_token(  # noqa: PLR0913
+def verify_id_token(
     token: str,
     jwks: Mapping[str, Any],
     *,
@@ -212,7 +214,8 @@ def verify_id_token(  # noqa: PLR0913
     keys = [
         k
         for k in jwks.get("keys") or []
-        if k.get("kty") == kty and k.get("use", "sig") == "sig"
+        if k.get("kty") == kty
+        and k.get("use", "sig") == "sig"
         and ("kid" not in header or k.get("kid") == header["kid"])
     ]
     if not keys:
@@ -353,7 +356,9 @@ class Issuer:
         except ValueError:
             data = {}
         if resp.status_code != 200 or not isinstance(data, dict) or "error" in data:
-            raise OAuthError(self.client.issuer, resp.status_code, data if isinstance(data, dict) else {})
+            raise OAuthError(
+                self.client.issuer, resp.status_code, data if isinstance(data, dict) else {}
+            )
         return data
 
     def token_set(
@@ -403,7 +408,11 @@ class Issuer:
         try:
             resp = self.http.post(
                 url,
-                data={"token": token, "token_type_hint": "refresh_token", **self.client.auth_form()},
+                data={
+                    "token": token,
+                    "token_type_hint": "refresh_token",
+                    **self.client.auth_form(),
+                },
             )
         except httpx.HTTPError:
             return False
@@ -457,9 +466,12 @@ class _CallbackHandler(BaseHTTPRequestHandler):
             return
         answer = parse_qs(parts.query)
         ok = "code" in answer
-        message = "Signed in." if ok else "The sign-in failed: " + (
-            answer.get("error_description") or answer.get("error") or ["no code"]
-        )[0]
+        message = (
+            "Signed in."
+            if ok
+            else "The sign-in failed: "
+            + (answer.get("error_description") or answer.get("error") or ["no code"])[0]
+        )
         body = _DONE_PAGE.format(message=html.escape(message)).encode()
         self.send_response(200 if ok else 400)
         self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -469,7 +481,7 @@ class _CallbackHandler(BaseHTTPRequestHandler):
         self.server.answer = answer
         self.server.arrived.set()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
@@ -527,7 +539,8 @@ def login_browser(
         if "error" in answer:
             detail = (answer.get("error_description") or [""])[0]
             raise AuthError(
-                f"the sign-in was refused: {answer['error'][0]}" + (f": {detail}" if detail else ""),
+                f"the sign-in was refused: {answer['error'][0]}"
+                + (f": {detail}" if detail else ""),
                 issuer=client.issuer,
             )
         tokens = iss.token_request(
@@ -564,7 +577,7 @@ class DeviceCode:
     device_code: str = field(repr=False)
 
 
-def login_device(  # noqa: PLR0913
+def login_device(
     client: OIDCClient,
     show: Callable[[DeviceCode], object],
     *,
@@ -589,7 +602,11 @@ def login_device(  # noqa: PLR0913
             )
         except httpx.HTTPError as exc:
             raise AuthError(f"cannot reach {url}: {exc}", issuer=client.issuer) from exc
-        body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+        body = (
+            resp.json()
+            if resp.headers.get("content-type", "").startswith("application/json")
+            else {}
+        )
         if resp.status_code != 200 or "device_code" not in body:
             raise OAuthError(client.issuer, resp.status_code, body)
         code = DeviceCode(
@@ -606,7 +623,9 @@ def login_device(  # noqa: PLR0913
         while True:
             sleep(interval)
             try:
-                answer = iss.token_request({"grant_type": DEVICE_GRANT, "device_code": code.device_code})
+                answer = iss.token_request(
+                    {"grant_type": DEVICE_GRANT, "device_code": code.device_code}
+                )
             except OAuthError as exc:
                 if exc.error == "authorization_pending":
                     pass
@@ -616,8 +635,7 @@ def login_device(  # noqa: PLR0913
                     raise
                 if clock() >= deadline:
                     raise AuthError(
-                        f"nobody signed in with code {code.user_code} within "
-                        f"{code.expires_in:g}s",
+                        f"nobody signed in with code {code.user_code} within {code.expires_in:g}s",
                         issuer=client.issuer,
                         hint="run `juliarun login --device` again",
                     ) from exc

@@ -1,6 +1,6 @@
 """Sign-in defaults from ``JULIARUN_OIDC_*`` environment variables.
 
->>> s = OIDCSettings(issuer="https://id.example.org", client_id="juliarun-cli", scopes="openid groups")
+>>> s = OIDCSettings(issuer="https://id.example.org", scopes="openid groups")
 >>> s.client().scopes, s.kubernetes
 (['openid', 'groups'], False)
 """

@@ -98,5 +98,5 @@ def bearer_api_client(
 
     conf.api_key = {"authorization": token()}
     conf.api_key_prefix = {"authorization": "Bearer"}
-    conf.refresh_api_key_hook = refresh
+    conf.refresh_api_key_hook = refresh  # type: ignore[assignment]  # typed as None there
     return ApiClient(configuration=conf)
