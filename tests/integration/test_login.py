@@ -259,6 +259,49 @@ def test_hydra_refreshes_rotates_and_the_cache_follows(
     assert "the session expired (invalid_grant)" in str(expired.value)
 
 
+def test_concurrent_refreshes_refresh_once_and_keep_the_session(
+    oidc_issuers: OIDCIssuers, browser: HeadlessBrowser, tmp_path: Path
+) -> None:
+    """Four token sources on one cache (as four processes would be) find the token about to
+    expire at once: the cache's lock lets one refresh at hydra and the others read its tokens
+    (hydra rotates refresh tokens, and a spent one presented again may cost the session).
+
+    Their clocks run 1.5 s short of hydra's hour minus the 30 s leeway: the token signed in 3 s
+    ago is due, one refreshed now is not."""
+    client = issuer_client(oidc_issuers, "1")
+    first = login_browser(client, browser.opener("gina"), timeout=60)
+    cache = TokenCache(tmp_path)
+    cache.save(first)
+    time.sleep(3)
+    ahead = first.expires_at - first.issued_at - 30 - 1.5
+    sources = [TokenSource(client, cache, clock=lambda: time.time() + ahead) for _ in range(4)]
+    got: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(sources))
+
+    def use(source: TokenSource) -> None:
+        start.wait()
+        try:
+            got.append(source.id_token())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sum(s.refreshes for s in sources) == 1
+    assert len(set(got)) == 1 and got[0] != first.id_token
+    # the session lives on: the next refresh (later still) is accepted
+    saved = cache.load(client.issuer, client.client_id)
+    assert saved is not None
+    later = TokenSource(client, cache, clock=lambda: saved.expires_at - 10)
+    assert later.id_token() not in (first.id_token, got[0])
+    assert later.refreshes == 1
+
+
 def test_a_token_cache_others_can_read_is_refused(
     oidc_issuers: OIDCIssuers, browser: HeadlessBrowser, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ refreshing it with the refresh token when it is about to expire.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from juliarun.auth.errors import AuthError, NotSignedInError
@@ -90,6 +91,20 @@ class TokenCache:
             return []
         return [self._read(p) for p in sorted(self.dir.glob("*.json"))]
 
+    @contextlib.contextmanager
+    def locked(self, issuer: str, client_id: str) -> Iterator[None]:
+        """Hold the session's lock (a ``flock`` on a file beside it): one refresh at a time,
+        across threads and processes. Issuers that rotate refresh tokens (hydra) refuse a spent
+        one (and may revoke the whole session for it), so refreshes must not race."""
+        self._ensure_dir()
+        lock = self.path(issuer, client_id).with_suffix(".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def delete(self, issuer: str, client_id: str) -> bool:
         try:
             self.path(issuer, client_id).unlink()
@@ -101,7 +116,9 @@ class TokenCache:
 class TokenSource:
     """A valid ID token for ``client`` from ``cache``: refreshed with the refresh token (and
     the refreshed tokens saved) once less than ``leeway`` seconds (at most half its lifetime)
-    remain. Thread-safe; ``clock`` gives epoch seconds."""
+    remain. One refresh at a time across threads and processes (the cache's lock; whoever
+    waited reads the refreshed tokens instead of refreshing again); ``clock`` gives epoch
+    seconds."""
 
     def __init__(
         self,
@@ -117,12 +134,23 @@ class TokenSource:
         self.clock = clock
         self.refreshes = 0
         self._lock = threading.Lock()
+        self._last: TokenSet | None = None
+
+    def _cached(self) -> TokenSet:
+        current = self.cache.load(self.client.issuer, self.client.client_id)
+        if current is None:
+            raise NotSignedInError(self.client.issuer, self.client.client_id)
+        return current
 
     def tokens(self) -> TokenSet:
-        with self._lock:
-            current = self.cache.load(self.client.issuer, self.client.client_id)
-            if current is None:
-                raise NotSignedInError(self.client.issuer, self.client.client_id)
+        last = self._last
+        if last is not None and last.fresh(self.clock(), self.leeway):
+            return last
+        current = self._last = self._cached()
+        if current.fresh(self.clock(), self.leeway):
+            return current
+        with self._lock, self.cache.locked(self.client.issuer, self.client.client_id):
+            current = self._last = self._cached()  # another may have refreshed it meanwhile
             if current.fresh(self.clock(), self.leeway):
                 return current
             issuer = Issuer(self.client, clock=self.clock)
@@ -140,6 +168,7 @@ class TokenSource:
                 issuer.close()
             self.cache.save(fresh)
             self.refreshes += 1
+            self._last = fresh
             return fresh
 
     def id_token(self) -> str:
