@@ -11,6 +11,7 @@ Each test uses its own tenants and JULIARUN_HOMEs; the tenants' namespaces are d
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -265,3 +266,90 @@ def test_a_cluster_context_without_a_sign_in_says_to_log_in(
     with pytest.raises(NotSignedInError) as err:
         block.connect("nobody")
     assert err.value.hint.startswith(f"run `juliarun login --issuer {oidc_issuers.issuer_url('1')}")
+
+
+@pytest.mark.prefect_server
+def test_saved_blocks_sign_in_by_name_and_act_as_the_user(
+    admin: KubeClient,
+    tenants: tuple[str, str, str],
+    oidc_issuers: OIDCIssuers,
+    prefect_api_url: str,
+    tmp_path: Path,
+) -> None:
+    """An OIDCCredentials block saved on the Prefect server: ``juliarun login --issuer <block>``
+    signs in with it, and ``juliarun.init(<saved cluster block>)`` referencing it acts as that
+    user: their tenant answers, the other refuses."""
+    a, b, run = tenants
+    group = f"team-s-{run}"
+    tn.ensure_tenant(admin, TenantSpec(name=a, users=[{"name": f"oidc2:{group}", "kind": "Group"}]))
+    tn.ensure_tenant(admin, TenantSpec(name=b))
+    home = tmp_path / "home"
+    creds_name, cluster_name, other_name = (
+        f"login-issuer2-{run}",
+        f"login-{a}",
+        f"login-{b}",
+    )
+    creds = credentials(issuer_client(oidc_issuers, "2"))
+    creds.save(creds_name)
+    try:
+        saved = OIDCCredentials.load(creds_name)
+        assert isinstance(saved, OIDCCredentials)
+        for name, namespace in ((cluster_name, a), (other_name, b)):
+            KubernetesCluster(
+                kubeconfig=cluster_only_kubeconfig(),
+                namespace=namespace,
+                oidc=saved,
+                home=str(home),
+            ).save(name)
+
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+            "JULIARUN_HOME": str(home),
+        }
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "juliarun.cli_login",
+                "login",
+                "--issuer",
+                creds_name,
+                "--no-browser",
+                "--timeout",
+                "60",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        proc.stderr.readline()
+        url = proc.stderr.readline().strip()
+        assert url.startswith(creds.issuer + "/authorize?")
+        browser = HeadlessBrowser(oidc_issuers.ca)
+        try:
+            assert browser.sign_in(url, f"sam-{run}", [group]) == 200
+        finally:
+            browser.close()
+        out, errs = proc.communicate(timeout=60)
+        assert proc.returncode == 0, errs
+        assert out.startswith(f"signed in as sam-{run} at {creds.issuer} ")
+
+        ctx = juliarun.init(cluster_name)
+        other = juliarun.init(other_name)
+        try:
+            assert juliarun.list(ctx) == []
+            with pytest.raises(PermissionDeniedError) as denied:
+                juliarun.list(other)
+            assert (denied.value.user, denied.value.namespace) == (f"oidc2:sam-{run}", b)
+        finally:
+            ctx.close()
+            other.close()
+    finally:
+        for name in (cluster_name, other_name):
+            with contextlib.suppress(Exception):
+                KubernetesCluster.delete(name)
+        with contextlib.suppress(Exception):
+            OIDCCredentials.delete(creds_name)
