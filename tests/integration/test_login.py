@@ -219,6 +219,46 @@ def test_device_grant_signs_in_on_a_machine_without_a_browser(
         http.close()
 
 
+def test_login_device_from_the_command_line(oidc_issuers: OIDCIssuers, tmp_path: Path) -> None:
+    client = device_issuer(oidc_issuers)
+    assert client.client_secret is not None
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "JULIARUN_HOME": str(tmp_path),
+        "JULIARUN_OIDC_CA": str(oidc_issuers.ca),
+        "JULIARUN_OIDC_ISSUER": client.issuer,
+        "JULIARUN_OIDC_CLIENT_ID": client.client_id,
+        "JULIARUN_OIDC_CLIENT_SECRET": client.client_secret.get_secret_value(),
+        "JULIARUN_OIDC_SCOPES": "openid profile email groups",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "juliarun.cli_login", "login", "--device"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    assert proc.stderr.readline() == f"To sign in, open {client.issuer}/device\n"
+    prompt = proc.stderr.readline()
+    assert prompt.startswith("and enter the code: ")
+    code = prompt.split(": ", 1)[1].strip()
+    ctx = ssl.create_default_context(cafile=str(oidc_issuers.ca))
+    approved = httpx.get(
+        f"{client.issuer}/device",
+        params={"user_code": code, "login_hint": hint("hana", ["team-h"])},
+        verify=ctx,
+        timeout=15,
+    )
+    assert approved.status_code == 200
+    out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errs
+    path = TokenCache(tmp_path).path(client.issuer, client.client_id)
+    assert out == f"signed in as hana at {client.issuer} (tokens in {path})\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
 def test_device_grant_at_an_issuer_without_it_says_so(oidc_issuers: OIDCIssuers) -> None:
     with pytest.raises(AuthError) as err:
         login_device(issuer_client(oidc_issuers, "1"), lambda code: None)
