@@ -158,6 +158,27 @@ def test_a_refused_sign_in_is_a_clear_error(oidc_issuers: OIDCIssuers, tmp_path:
     assert not (home / "auth").exists() or list((home / "auth").glob("*.json")) == []
 
 
+def test_a_forged_redirect_to_the_loopback_is_ignored(
+    oidc_issuers: OIDCIssuers, browser: HeadlessBrowser
+) -> None:
+    """A page that knows the loopback port sends the browser there with its own code (login
+    CSRF): the state does not match, so it is turned away and the real sign-in still ends it."""
+    client = issuer_client(oidc_issuers, "1")
+    forged: list[httpx.Response] = []
+    real = browser.opener("ivy", ["team-i"])
+
+    def open_url(url: str) -> None:
+        redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+        forged.append(httpx.get(redirect, params={"code": "attacker", "state": "guess"}))
+        real(url)
+
+    tokens = login_browser(client, open_url, timeout=60)
+    assert forged[0].status_code == 400
+    assert "the state does not match" in forged[0].text
+    assert tokens.claims["sub"] == "ivy"
+    assert browser.errors == []
+
+
 def device_issuer(issuers: OIDCIssuers) -> OIDCClient:
     """Issuer 2 (``JULIARUN_OIDC_DEVICE_ISSUER`` may name another build of it), once it
     offers the device grant."""

@@ -106,8 +106,11 @@ class TokenCache:
             os.close(fd)  # releases the lock
 
     def delete(self, issuer: str, client_id: str) -> bool:
+        """Forget the session; ``False`` when there was none."""
+        path = self.path(issuer, client_id)
+        path.with_suffix(".lock").unlink(missing_ok=True)
         try:
-            self.path(issuer, client_id).unlink()
+            path.unlink()
         except FileNotFoundError:
             return False
         return True

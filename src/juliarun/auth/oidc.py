@@ -454,10 +454,20 @@ _DONE_PAGE = (
 class _Loopback(HTTPServer):
     answer: dict[str, list[str]] | None = None
     arrived: threading.Event
+    state: str
 
 
 class _CallbackHandler(BaseHTTPRequestHandler):
     server: _Loopback
+
+    def _page(self, status: int, message: str) -> None:
+        body = _DONE_PAGE.format(message=html.escape(message)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -465,19 +475,15 @@ class _CallbackHandler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         answer = parse_qs(parts.query)
-        ok = "code" in answer
-        message = (
-            "Signed in."
-            if ok
-            else "The sign-in failed: "
-            + (answer.get("error_description") or answer.get("error") or ["no code"])[0]
-        )
-        body = _DONE_PAGE.format(message=html.escape(message)).encode()
-        self.send_response(200 if ok else 400)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if answer.get("state") != [self.server.state]:
+            # not the sign-in this command started (a forged or stale redirect): ignored
+            self._page(400, "This sign-in was not started here (the state does not match).")
+            return
+        if "code" in answer:
+            self._page(200, "Signed in.")
+        else:
+            why = (answer.get("error_description") or answer.get("error") or ["no code"])[0]
+            self._page(400, f"The sign-in failed: {why}")
         self.server.answer = answer
         self.server.arrived.set()
 
@@ -508,12 +514,13 @@ def login_browser(
     iss = issuer or Issuer(client)
     server = _Loopback(("127.0.0.1", port), _CallbackHandler)
     server.arrived = threading.Event()
+    server.state = secrets.token_urlsafe(16)
     thread = threading.Thread(target=server.serve_forever, name="juliarun-login", daemon=True)
     thread.start()
     try:
         redirect = f"http://127.0.0.1:{server.server_address[1]}{CALLBACK_PATH}"
         verifier, challenge = pkce_pair()
-        state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        state, nonce = server.state, secrets.token_urlsafe(16)
         params = {
             "response_type": "code",
             "client_id": client.client_id,
@@ -534,9 +541,7 @@ def login_browser(
                 hint="open the printed URL in a browser on this machine, or use --device",
             )
         answer = server.answer or {}
-        if answer.get("state") != [state]:
-            raise AuthError("the sign-in came back with another state", issuer=client.issuer)
-        if "error" in answer:
+        if "error" in answer or "code" not in answer:
             detail = (answer.get("error_description") or [""])[0]
             raise AuthError(
                 f"the sign-in was refused: {answer['error'][0]}"
