@@ -196,3 +196,32 @@ def test_settings_name_the_issuer_or_say_how(monkeypatch: pytest.MonkeyPatch) ->
     settings = OIDCSettings()
     assert settings.kubernetes
     assert settings.client().model_dump()["scopes"] == ["openid", "groups"]
+
+
+def test_the_commands_fail_with_one_error_line_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from juliarun.cli_login import app
+
+    for var in ("ISSUER", "CLIENT_ID", "SCOPES", "CA", "KUBERNETES", "CLIENT_SECRET"):
+        monkeypatch.delenv(f"JULIARUN_OIDC_{var}", raising=False)
+    monkeypatch.setenv("JULIARUN_HOME", str(tmp_path))
+    runner = CliRunner()
+    done = runner.invoke(app, ["whoami"])
+    assert (done.exit_code, done.output) == (1, "not signed in (run `juliarun login`)\n")
+    done = runner.invoke(app, ["login", "--no-browser"])
+    assert done.exit_code == 1
+    assert done.output.splitlines() == [
+        "error: no OpenID Connect issuer given",
+        "hint: pass --issuer URL, or set JULIARUN_OIDC_ISSUER",
+    ]
+    done = runner.invoke(app, ["login", "--issuer", "http://id.example.org", "--no-browser"])
+    assert done.exit_code == 1
+    assert done.output.splitlines()[0].startswith(
+        "error: invalid OIDCClient: issuer: must be an https:// URL"
+    )
+    done = runner.invoke(app, ["logout", "--issuer", ISSUER])
+    assert (done.exit_code, done.output) == (0, f"not signed in at {ISSUER}\n")
+    assert not (tmp_path / "auth").exists()
