@@ -158,12 +158,49 @@ def logout(issuer: IssuerOpt = None, client_id: ClientOpt = None) -> None:
     typer.echo(f"signed out of {client.issuer}")
 
 
+def kube_identity(cluster: str) -> tuple[str, list[str]]:
+    """Who the Kubernetes apiserver of ``cluster`` (``kubernetes`` or a saved cluster block)
+    says these credentials are."""
+    from juliarun.backends.kubernetes import KubeClient
+    from juliarun.backends.kubernetes.tenants import who_am_i
+    from juliarun.blocks.cluster import DEFAULT_CLUSTERS, default_cluster, load_cluster
+    from juliarun.blocks.kubernetes import KubernetesCluster
+
+    block = default_cluster(cluster) if cluster in DEFAULT_CLUSTERS else load_cluster(cluster)
+    if not isinstance(block, KubernetesCluster):
+        raise ConfigError(
+            f"cluster {cluster!r} is not a Kubernetes cluster; only an apiserver knows its users",
+            hint="pass --cluster kubernetes or a saved Kubernetes cluster block",
+        )
+    client = KubeClient(block.make_api_client(block.settings().home))
+    try:
+        return who_am_i(client)
+    finally:
+        client.close()
+
+
 def whoami(
     issuer: IssuerOpt = None,
     client_id: ClientOpt = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            "-c",
+            help="Also ask this Kubernetes cluster (kubernetes or a block name) who you are: "
+            "the user and group names its tenants bind.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Who you are signed in as: each cached session (or the one named) and its groups."""
+    if cluster:
+        try:
+            user, groups = kube_identity(cluster)
+        except JuliaRunError as exc:
+            raise _fail(exc) from None
+        typer.echo(f"kubernetes ({cluster}): {user}; groups: {', '.join(groups) or '-'}")
+        return
     try:
         cache = TokenCache(load_settings().home)
         if issuer or client_id:
@@ -186,9 +223,9 @@ def whoami(
         state = "valid" if tokens.expires_at > now else "expired"
         if state == "expired" and tokens.refresh_token:
             state += ", refreshed on next use"
-        groups = ", ".join(str(g) for g in row["groups"]) or "-"  # type: ignore[attr-defined]
+        listed = ", ".join(str(g) for g in tokens.claims.get("groups") or []) or "-"
         typer.echo(
-            f"{row['name']} at {row['issuer']} (client {row['client_id']}); groups: {groups}; "
+            f"{row['name']} at {row['issuer']} (client {row['client_id']}); groups: {listed}; "
             f"ID token {state} until {row['expires']}"
         )
 

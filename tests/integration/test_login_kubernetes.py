@@ -337,6 +337,20 @@ def test_saved_blocks_sign_in_by_name_and_act_as_the_user(
         assert proc.returncode == 0, errs
         assert out.startswith(f"signed in as sam-{run} at {creds.issuer} ")
 
+        who = subprocess.run(
+            [sys.executable, "-m", "juliarun.cli_login", "whoami", "--cluster", cluster_name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (who.returncode, who.stdout) == (
+            0,
+            f"kubernetes ({cluster_name}): oidc2:sam-{run}; groups: oidc2:{group}, "
+            "system:authenticated\n",
+        ), who.stderr
+
         ctx = juliarun.init(cluster_name)
         other = juliarun.init(other_name)
         try:
