@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 import juliarun
+from juliarun import cli_login
 from juliarun.api import Context
 from juliarun.auth import OIDCClient, TokenCache, login_browser
 from juliarun.backends.kubernetes import KubeClient, api_client
@@ -337,19 +339,14 @@ def test_saved_blocks_sign_in_by_name_and_act_as_the_user(
         assert proc.returncode == 0, errs
         assert out.startswith(f"signed in as sam-{run} at {creds.issuer} ")
 
-        who = subprocess.run(
-            [sys.executable, "-m", "juliarun.cli_login", "whoami", "--cluster", cluster_name],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        who = CliRunner().invoke(
+            cli_login.app, ["whoami", "--cluster", cluster_name], env={"JULIARUN_HOME": str(home)}
         )
-        assert (who.returncode, who.stdout) == (
+        assert (who.exit_code, who.output) == (
             0,
             f"kubernetes ({cluster_name}): oidc2:sam-{run}; groups: oidc2:{group}, "
             "system:authenticated\n",
-        ), who.stderr
+        )
 
         ctx = juliarun.init(cluster_name)
         other = juliarun.init(other_name)
