@@ -23,6 +23,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from juliarun import api
+from juliarun.cli_login import register as register_login
 from juliarun.errors import JuliaRunError, SpecError
 from juliarun.logs import LogLine, LogQuery
 from juliarun.logs.base import Stream, printable
@@ -857,6 +858,7 @@ build_app = typer.Typer(
     context_settings=HELP,
 )
 app.add_typer(build_app, name="build")
+register_login(app)  # juliarun login / logout / whoami (juliarun.cli_login)
 
 
 def _spec_data(path: Path, kind: str) -> dict[str, Any]:

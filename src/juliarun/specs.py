@@ -33,6 +33,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -729,16 +730,40 @@ class ContainerDefaults(_Model):
 
 class TenantUser(_Model):
     """A user or group of the tenant and its role: ``edit`` submits, lists and deletes jobs and
-    reads pods and logs; ``view`` only reads."""
+    reads pods and logs; ``view`` only reads.
+
+    Members are named as the apiserver knows them: a client certificate's CN (user) or O
+    (group), or a signed-in person's user or group with their issuer's prefix (``oidc1:alice``,
+    ``oidc1:team-a``). Kubernetes' own ``system:`` names are refused: binding
+    ``system:authenticated`` would admit everyone any issuer signs in.
+
+    >>> TenantUser(name="oidc2:team-b", kind="Group").name
+    'oidc2:team-b'
+    >>> TenantUser(name="system:authenticated", kind="Group")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid TenantUser: name: 'system:authenticated' is a Kubernetes...
+    """
 
     name: str = Field(
         min_length=1,
         max_length=253,
         pattern=r"^[^\s/]+$",
-        description="User name (a client certificate's CN) or group name (its O).",
+        description="User or group as the apiserver names it: a client certificate's CN or O, "
+        "or an OIDC user or group with its issuer's prefix (e.g. oidc1:team-a).",
     )
     kind: Literal["User", "Group"] = Field("User", description="User or Group.")
     role: Literal["edit", "view"] = Field("edit", description="edit or view.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_system(cls, value: str) -> str:
+        if value.lower().startswith("system:"):
+            raise ValueError(
+                f"{value!r} is a Kubernetes system name (system:authenticated is everyone signed "
+                "in); name the tenant's own users and groups"
+            )
+        return value
 
 
 class TenantSpec(_Model):

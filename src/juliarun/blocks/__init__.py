@@ -4,6 +4,7 @@ from typing import Any
 
 from juliarun.blocks.cluster import Cluster, LocalCluster, load_cluster
 from juliarun.blocks.nodepool import NodePoolBlock, load_pools
+from juliarun.blocks.oidc import OIDCCredentials
 from juliarun.blocks.storage import Storage
 from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 
@@ -15,6 +16,7 @@ __all__ = [
     "KubernetesCluster",
     "LocalCluster",
     "NodePoolBlock",
+    "OIDCCredentials",
     "Storage",
     "load_cluster",
     "load_pools",
