@@ -33,6 +33,7 @@ from juliarun.backends.docker.engine import (
     ensure_image,
     gpu_runtimes,
     image_registry,
+    root_cause,
     scope,
 )
 from juliarun.backends.docker.queues import DockerQueues
@@ -123,7 +124,7 @@ class DockerBackend(SupervisedBackend):
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise BackendError(
                 f"the Docker engine at {self.engine.endpoint} does not answer: {exc}",
-                hint="start it (scripts/testenv up docker) or set DOCKER_HOST",
+                hint="start the Docker engine, or set DOCKER_HOST to where it listens",
             ) from exc
         return info
 
@@ -335,7 +336,8 @@ class DockerBackend(SupervisedBackend):
             ConfigError,
         ) as exc:
             info = {}
-            components.append(Component("docker-engine", False, str(exc)))
+            reason = exc.message if isinstance(exc, ConfigError) else root_cause(exc)
+            components.append(Component("docker-engine", False, reason))
         registry = image_registry(self.image)
         reachable, detail = _registry_reachable(registry)
         components += [

@@ -30,6 +30,11 @@ from juliarun.backends.kubernetes.clusterview import ClusterView
 from juliarun.backends.kubernetes.collector import KubernetesCollector
 from juliarun.backends.kubernetes.evidence import JobInspector
 from juliarun.backends.kubernetes.placement import PlacementController
+from juliarun.backends.kubernetes.podautoscaler import (
+    MetricsHost,
+    PodAutoscalerAttachment,
+    attach_pod_autoscaler,
+)
 from juliarun.backends.kubernetes.podlogs import PodLogs
 from juliarun.backends.kubernetes.prewarm import prewarm
 from juliarun.backends.kubernetes.queues import KubernetesQueues
@@ -128,6 +133,7 @@ class KubernetesBackend:
             clock=clock,
             sleep=sleep,
         )
+        self._metrics_host: MetricsHost | None = None
         if create_namespace:
             self.ensure_namespace()
 
@@ -424,6 +430,48 @@ class KubernetesBackend:
     def delete_queue(self, name: str, *, force: bool = False) -> bool:
         return self.queues.delete(name, force=force)
 
+    # -- the Kubernetes HPA option (see .podautoscaler) -------------------------------------
+
+    def pod_autoscaler(
+        self,
+        name: str,
+        read: Callable[[], float],
+        *,
+        target: float,
+        minimum: int,
+        maximum: int,
+        scale_down_window: int = 300,
+        interval: float = 1.0,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> PodAutoscalerAttachment:
+        """Let the cluster's HorizontalPodAutoscaler scale job ``name``'s workers from
+        ``read`` (served as an external metric; see :mod:`.podautoscaler`)."""
+        job = self.routes.get_job(name)
+        kind = (job["metadata"].get("labels") or {}).get(mf.KIND_LABEL, "Job")
+        if kind != "JuliaParBatchWorkers":
+            raise SpecError(kind, [("workers", "only JuliaParBatchWorkers jobs can be scaled")])
+        if self._metrics_host is None:
+            self._metrics_host = MetricsHost(
+                self.client, self.namespace, clock=self.clock, sleep=self.sleep
+            )
+        return attach_pod_autoscaler(
+            self.client,
+            self._metrics_host,
+            job["metadata"]["namespace"],
+            name,
+            read=read,
+            workers=lambda: self.status(name).desired_workers,
+            scale=lambda n: self.scale(name, n),
+            target=target,
+            minimum=minimum,
+            maximum=maximum,
+            scale_down_window=scale_down_window,
+            interval=interval,
+            on_change=on_change,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+
     # -- output (see .podlogs, .collector) ---------------------------------------------------
 
     def logs(
@@ -482,12 +530,13 @@ class KubernetesBackend:
         return self.view.status()
 
     def close(self) -> None:
+        if self._metrics_host is not None:
+            self._metrics_host.close()
         self.client.close()
 
 
 def not_configured(reason: str) -> ConfigError:
     return ConfigError(
         f"the kubernetes backend is not configured: {reason}",
-        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, e.g. "
-        'eval "$(scripts/testenv env)"',
+        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to the cluster's kubeconfig file",
     )

@@ -36,6 +36,8 @@ JOB_LABEL = "juliarun.io/job"
 TENANT_LABEL = "juliarun.io/tenant"
 KIND_LABEL = "juliarun.io/kind"
 NODE_TYPE_LABEL = "juliarun.io/node-type"
+INTERRUPTIBLE_LABEL = "juliarun.io/interruptible"  # "false": never remove the pod's node
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 PLACEMENT_GATE = "juliarun.io/placement"  # pods wait for juliarun's placement controller
 PLACEMENT_ANNOTATION = "juliarun.io/placement"  # on a Job: where it was placed, or why it waits
 SPEC_HASH = "juliarun.io/spec-hash"
@@ -193,6 +195,30 @@ def ownership_labels(job: JobSpec) -> dict[str, str]:
     if job.resources.node_type:
         labels[NODE_TYPE_LABEL] = job.resources.node_type
     return labels
+
+
+def pod_labels(job: JobSpec, labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels of the job's pods: ``labels``, and ``juliarun.io/interruptible: "false"``
+    for a job that must not be interrupted (the cluster autoscaler keeps its nodes)."""
+    out = dict(labels)
+    if not job.interruptible:
+        out[INTERRUPTIBLE_LABEL] = "false"
+    return out
+
+
+def pod_annotations(job: JobSpec) -> dict[str, str]:
+    """The annotations of the job's pods: the Julia helpers, and for a job that must not be
+    interrupted ``cluster-autoscaler.kubernetes.io/safe-to-evict: "false"`` (which the
+    Kubernetes cluster-autoscaler honours too).
+
+    >>> from juliarun.specs import Batch
+    >>> pod_annotations(Batch("b", command=["true"], interruptible=False))[SAFE_TO_EVICT]
+    'false'
+    """
+    out = {JULIA_HELPERS: julia_helpers()}
+    if not job.interruptible:
+        out[SAFE_TO_EVICT] = "false"
+    return out
 
 
 def selector(name: str | None = None) -> str:
@@ -439,8 +465,8 @@ def job_manifest(
         else job.backoff_limit,
         "template": {
             "metadata": {
-                "labels": dict(labels),
-                "annotations": {JULIA_HELPERS: julia_helpers()},
+                "labels": pod_labels(job, labels),
+                "annotations": pod_annotations(job),
             },
             "spec": pod_spec,
         },
