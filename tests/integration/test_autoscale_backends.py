@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from juliarun import api
-from juliarun.demo_autoscale import run
+from juliarun.demo_autoscale import run, write_worker
 from juliarun.specs import JuliaParBatchWorkers, StorageSpec
 
 
@@ -87,3 +89,84 @@ def test_the_session_on_kubernetes_scales_up_and_back_and_loses_nothing(
     assert kube_core.list_namespaced_pod(kube_namespace, label_selector=selector).items == []
     assert kube_core.list_namespaced_service(kube_namespace, label_selector=selector).items == []
     assert kube_core.list_namespaced_secret(kube_namespace, label_selector=selector).items == []
+
+
+@pytest.mark.kubernetes
+def test_a_restarted_broker_pod_loses_no_message_and_workers_reconnect(
+    kube_ctx: api.Context, kube_core: Any, kube_namespace: str
+) -> None:
+    """The broker's container is stopped mid-run (SIGTERM to its first process) and the kubelet
+    starts it again in the same pod: the durable queue and its persistent messages are on the
+    pod's ``emptyDir``, the Service's address does not change, the worker reconnects, and every
+    message is processed (at most the one in hand when the broker went away twice)."""
+    from kubernetes import client as k8s
+    from kubernetes.stream import stream
+
+    ctx = kube_ctx
+    root = ctx.settings.home / "restart"
+    write_worker(root)
+    api.define_storage(ctx, name="juliarun", kind="host", path=str(root))
+    queue = api.start_queue(ctx, name="mq")
+    for name in ("work", "done"):
+        queue.declare(name)
+    ids = [f"m-{i}" for i in range(20)]
+    queue.publish("work", ids)
+    workers = JuliaParBatchWorkers(
+        "workers",
+        "/mnt/juliarun/scaler/worker.jl",
+        "juliarun",
+        nworkers=1,
+        cpu="50m",
+        memory="300Mi",
+        restart="OnFailure",
+        env={**queue.env, "WORK_SECONDS": "1.0"},
+    )
+    api.submit(ctx, workers)
+
+    def wait(check: Any, seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.5)
+
+    wait(lambda: queue.depth("done") >= 3, 180, "3 results before the restart")
+    queue.close()
+    exec_client = k8s.ApiClient(kube_core.api_client.configuration)
+    try:
+        stream(
+            k8s.CoreV1Api(exec_client).connect_get_namespaced_pod_exec,
+            "juliarun-queue-mq",
+            kube_namespace,
+            container="broker",
+            command=["sh", "-c", "kill -TERM 1"],
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+        )
+    finally:
+        exec_client.close()
+
+    def restarted() -> bool:
+        pod = kube_core.read_namespaced_pod("juliarun-queue-mq", kube_namespace)
+        [status] = pod.status.container_statuses
+        return bool(status.restart_count >= 1 and status.ready)
+
+    wait(restarted, 120, "the broker container to restart")
+    again = api.start_queue(ctx, name="mq")  # the same broker, found running
+    assert 3 <= len(peek_done(again)) < 20  # the restart came mid-run
+    assert again.url == queue.url
+    wait(lambda: len({b for b in peek_done(again)}) == 20, 180, "all 20 ids after the restart")
+    results = Counter(body.decode() for body in again.take("done"))
+    assert set(results) == set(ids)  # nothing lost
+    assert sum(results.values()) - 20 <= 1  # at most the message in hand, twice
+    api.delete(ctx, workers, force=True)
+    api.delete(ctx, again, force=True)
+
+
+def peek_done(queue: Any) -> list[bytes]:
+    """The results so far, put back (taken and published again)."""
+    bodies: list[bytes] = queue.take("done")
+    if bodies:
+        queue.publish("done", bodies)
+    return bodies
