@@ -56,4 +56,4 @@ def webdav_app(root: Path, *, read_only: bool, mount_path: str) -> Any:
         "verbose": 0,
     }
     logging.getLogger("wsgidav").setLevel(logging.WARNING)
-    return WSGIMiddleware(WsgiDAVApp(config))  # type: ignore[arg-type]
+    return WSGIMiddleware(WsgiDAVApp(config))
