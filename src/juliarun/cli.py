@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import functools
@@ -1001,8 +1002,18 @@ def serve(
     from juliarun.settings import load_settings
 
     url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
-    with stop_at_once_when_gone(url):
+    # Ctrl-C with the server up is a graceful stop, ending in CancelledError (see below).
+    with stop_at_once_when_gone(url), contextlib.suppress(asyncio.CancelledError):
         serve_flows(cluster, url)
+
+
+def _main_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    """The task of Prefect's runner (``Runner.start``) on ``loop``, if it runs."""
+    for task in asyncio.all_tasks(loop):
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_qualname == "Runner.start":
+            return task
+    return None
 
 
 @contextlib.contextmanager
@@ -1012,9 +1023,10 @@ def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
     Stopping gracefully, Prefect's runner pauses each deployment's schedule and waits for the
     flow runs in progress, which report their end; with the server gone every one of those
     calls retries it with growing pauses (PREFECT_CLIENT_MAX_RETRIES), for over a minute. So
-    on Ctrl-C the server is asked once: when it answers, the graceful stop goes on; when it
-    does not, the flow-run processes are ended, one line says what was left, and the process
-    exits (130) without reporting to a server that is not there. Their jobs keep running."""
+    on Ctrl-C the server is asked once: when it answers, the graceful stop goes on as asyncio
+    would start it (the runner's task is cancelled; a second Ctrl-C interrupts); when it does
+    not, the flow-run processes are ended, one line says what was left, and the process exits
+    (130) without reporting to a server that is not there. Their jobs keep running."""
     import os
     import signal
 
@@ -1023,11 +1035,22 @@ def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
     from juliarun.deployments.serve import healthy
 
     previous = signal.getsignal(signal.SIGINT)
+    interrupts = 0
 
     def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
         if healthy(api_url, timeout=2):
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not serving yet (registering the deployments)
+                raise KeyboardInterrupt from None
+            main = _main_task(loop)
+            if interrupts > 1 or main is None or main.done():
+                raise KeyboardInterrupt
+            main.cancel()  # what asyncio.run's own handler does on a first Ctrl-C
+            loop.call_soon_threadsafe(lambda: None)
+            return
         # The flow-run processes (direct children); the jobs they started run on detached
         # supervisors of their own and are left running, as after `juliarun submit`.
         runs = psutil.Process().children(recursive=False)

@@ -372,8 +372,7 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
         self._check_open()
         self.flush()
         flux = (
-            'import "influxdata/influxdb/v1"\n'
-            f"v1.measurements(bucket: {flux_string(self.bucket)})"
+            f'import "influxdata/influxdb/v1"\nv1.measurements(bucket: {flux_string(self.bucket)})'
         )
         try:
             tables = self._query_api.query(flux, org=self.org)
@@ -382,7 +381,9 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 f"InfluxDB at {self.url} cannot list the metric names: {_short(exc)}",
                 hint=f"check that InfluxDB is up and the bucket {self.bucket!r} exists",
             ) from exc
-        return sorted({str(record.get_value()) for table in tables for record in table.records})
+        return sorted(
+            {str(record.values.get("_value")) for table in tables for record in table.records}
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
