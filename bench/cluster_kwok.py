@@ -6,7 +6,8 @@ over-provisioned before the jobs come (the floor: job controller + scheduler + k
 wait for).
 
     PYTHONPATH=src .venv/bin/python bench/cluster_kwok.py [--pods 500] [--jobs 10]
-        [--variants fixed scaler off] [--interval 2] [--off-wait 45]
+        [--variants fixed scaler off [fixed-gated scaler-gated off-gated]] [--interval 2]
+        [--off-wait 45]
 
 Needs ``scripts/testenv up kubernetes kwok``. Every variant has its own namespace
 (``cluster-kb-<id>-<variant>``) and node pool (``cluster-<id>-<variant>``: 4 cpu / 16Gi nodes
@@ -14,8 +15,12 @@ of type highcpu, min 2, max 100); its pods ask 500m / 1Gi (8 per node) and selec
 variants never share nodes. Namespaces and nodes are deleted at the end, also on failure.
 
 The clock starts when the last job is submitted (``t=0``); ``created`` is when all pods exist
-(the job controller's share, the same in every variant), ``running`` when all run. Wall-clock
-numbers are printed, never asserted.
+(the job controller's share, the same in every variant), ``running`` when all run; ``after
+created`` is the time from all pods pending to all running. ``-gated`` variants run the jobs
+with juliarun's placement (``JULIARUN_KUBE_PLACEMENT=juliarun``: every pod gated until its
+whole job fits) and start the autoscaler (or, without one, the placement controller) only once
+all pods exist: a clean start from N pending pods, nothing running before. Wall-clock numbers
+are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -140,10 +145,13 @@ class Bench:
     def run(self, variant: str) -> Result:
         pool = self.pool(variant)
         need = math.ceil(self.args.pods / PER_NODE)
-        before = math.ceil(need * 1.25) if variant == "fixed" else MIN_NODES
+        fixed = variant.removesuffix("-gated") == "fixed"
+        before = math.ceil(need * 1.25) if fixed else MIN_NODES
         os.environ["JULIARUN_KUBECONFIG"] = KUBECONFIG
         with self.namespace(variant) as ns:
             os.environ["JULIARUN_KUBE_NAMESPACE"] = ns
+            if variant.endswith("-gated"):
+                os.environ["JULIARUN_KUBE_PLACEMENT"] = "juliarun"
             ctx = api.init("kubernetes")
             provider = KwokProvider(ctx.backend.client)
             try:
@@ -159,22 +167,28 @@ class Bench:
                 ctx.close()
 
     def _measure(self, variant: str, ctx: Any, pool: NodePool, ns: str, before: int) -> Result:
+        gated = variant.endswith("-gated")
+        base = variant.removesuffix("-gated")
+        ends: list[float] = []
         scaler = None
-        if variant == "scaler":
+        if base == "scaler":
             scaler = ClusterScaler(
                 ctx,
                 [pool],
                 interval=self.args.interval,
                 unneeded_after=timedelta(minutes=30),
+                on_step=lambda _: ends.append(time.monotonic()),
             )
+        # gated jobs wait for juliarun's placement: the scaler's loop places them, or else the
+        # placement controller alone
+        placer = ctx.backend.placement_controller(interval=1.0) if gated and not scaler else None
         jobs = self.jobs(pool)
         for job in jobs:
             api.submit(ctx, job)
         t0 = time.monotonic()
-        if scaler is not None:
-            scaler.start()
         out = Result(variant, self.args.pods, before)
-        give_up = t0 + (self.args.off_wait if variant == "off" else self.args.timeout)
+        started = False
+        give_up = t0 + (self.args.off_wait if base == "off" else self.args.timeout)
         try:
             while time.monotonic() < give_up:
                 pods = self.core.list_namespaced_pod(ns).items
@@ -182,7 +196,13 @@ class Bench:
                 out.running = sum(1 for p in pods if p.status.phase == "Running")
                 if out.created is None and len(pods) >= self.args.pods:
                     out.created = now
-                if out.first_node_ready is None and variant == "scaler":
+                # ungated: the autoscaler runs as the jobs come; gated: from 500 pending pods
+                if not started and (not gated or out.created is not None):
+                    for controller in (scaler, placer):
+                        if controller is not None:
+                            controller.start()
+                    started = True
+                if out.first_node_ready is None and scaler is not None:
                     new = [
                         n
                         for n in self.pool_nodes(pool)
@@ -195,17 +215,17 @@ class Bench:
                     break
                 time.sleep(0.5)
         finally:
+            for controller in (scaler, placer):
+                if controller is not None:
+                    controller.stop()
             if scaler is not None:
-                scaler.stop()
                 out.loops = len(scaler.steps)
                 out.added = sum(len(v) for s in scaler.steps for v in s.added.values())
             for job in jobs:
                 api.delete(ctx, job, force=True)
+            os.environ.pop("JULIARUN_KUBE_PLACEMENT", None)
         out.nodes_after = len(self.pool_nodes(pool))
-        if scaler is not None:
-            out.loop_ms = [
-                (b.at - a.at).total_seconds() * 1000 for a, b in itertools.pairwise(scaler.steps)
-            ]
+        out.loop_ms = [(b - a) * 1000 for a, b in itertools.pairwise(ends)]
         return out
 
 
@@ -235,24 +255,29 @@ def main() -> None:
         started = time.monotonic()
         results.append(bench.run(variant))
         print(f"  {variant}: done in {time.monotonic() - started:.0f}s (with set-up and clean-up)")
-    base = next((r for r in results if r.variant == "fixed" and r.running_at), None)
+    fixed = {r.variant.removeprefix("fixed"): r for r in results if r.variant.startswith("fixed")}
     print()
     print(
-        f"{'variant':8} | {'nodes before':>12} {'after':>5} | {'all created':>11} "
+        f"{'variant':12} | {'nodes before':>12} {'after':>5} | {'all created':>11} "
         f"{'all running':>11} {'after created':>13} {'running':>9} | {'vs fixed':>8} | scaler"
     )
     for r in results:
-        ratio = f"x{r.running_at / base.running_at:6.2f}" if base and r.running_at else f"{'-':>7}"
+        base = fixed.get("-gated" if r.variant.endswith("-gated") else "")
+        ratio = (
+            f"x{r.running_at / base.running_at:6.2f}"
+            if base and base.running_at and r.running_at
+            else f"{'-':>7}"
+        )
         extra = ""
-        if r.variant == "scaler":
-            gap = statistics.median(r.loop_ms) if r.loop_ms else 0.0
+        if r.variant.startswith("scaler"):
+            gap = statistics.median(r.loop_ms) / 1000 if r.loop_ms else args.interval
             extra = (
-                f"{r.loops} loops (every {gap / 1000:.1f}s), {r.added} nodes added, first new "
-                f"node ready {fmt(r.first_node_ready).strip()}"
+                f"{r.loops} loops (one takes ~{max(gap - args.interval, 0):.1f}s), {r.added} "
+                f"nodes added, first new node ready {fmt(r.first_node_ready).strip()}"
             )
         after = r.running_at - r.created if r.running_at is not None and r.created else None
         print(
-            f"{r.variant:8} | {r.nodes_before:>12} {r.nodes_after:>5} | {fmt(r.created):>11} "
+            f"{r.variant:12} | {r.nodes_before:>12} {r.nodes_after:>5} | {fmt(r.created):>11} "
             f"{fmt(r.running_at):>11} {fmt(after):>13} {r.running:>4}/{r.pods:<4} | {ratio:>8} | "
             f"{extra}"
         )
