@@ -27,7 +27,7 @@ from juliarun.backends.base import ClusterStatus, JobStatus
 from juliarun.clusterscaler import ClusterScaler
 from juliarun.errors import JuliaRunError
 from juliarun.queues import Queue, QueueStats
-from juliarun.scaler import JobScaler
+from juliarun.scaler import JobScaler, PodAutoscaler
 from juliarun.scaling.metrics import (
     AverageMetric,
     BoundedMetric,
@@ -70,6 +70,7 @@ __all__ = [
     "JuliaParBatchWorkers",
     "JuliaRunError",
     "NodePool",
+    "PodAutoscaler",
     "Queue",
     "QueueStats",
     "Resources",

@@ -18,7 +18,7 @@ import juliarun
 
 SRC = Path(juliarun.__file__).parent
 PREFECT_LAYERS = ("deployments", "flows", "tasks", "blocks")
-FACADE = ("__init__", "api", "cli", "demo", "demo_autoscale", "demo_cluster", "hooks")
+FACADE = ("__init__", "api", "cli", "cli_login", "demo", "demo_autoscale", "demo_cluster", "hooks")
 
 
 def module_name(path: Path) -> str:

@@ -406,6 +406,27 @@ class ServiceHost(Protocol):
 
 
 @runtime_checkable
+class PodAutoscalerHost(Protocol):
+    """A backend whose own pod autoscaler can scale a job's workers from a metric juliarun
+    serves (Kubernetes: the HorizontalPodAutoscaler and an external-metrics API)."""
+
+    def pod_autoscaler(
+        self,
+        name: str,
+        read: Callable[[], float],
+        *,
+        target: float,
+        minimum: int,
+        maximum: int,
+        scale_down_window: int = 300,
+        interval: float = 1.0,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Attach the cluster's autoscaler to job ``name``; a handle with ``stop()``."""
+        ...
+
+
+@runtime_checkable
 class NodeOperator(Protocol):
     """A backend whose nodes the cluster autoscaler can add and remove (Kubernetes)."""
 

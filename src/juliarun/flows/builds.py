@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from juliarun.builders.bundles import check_bake_bundle
+from juliarun.flows._flow import flow
 from juliarun.flows.run_job import run_job
 from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec
 from juliarun.tasks.builds import (

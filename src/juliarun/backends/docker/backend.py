@@ -39,13 +39,17 @@ from juliarun.backends.docker.engine import (
     ensure_image,
     gpu_runtimes,
     image_registry,
+    root_cause,
     scope,
 )
+from juliarun.backends.docker.queues import DockerQueues
 from juliarun.backends.docker.runtime import JULIARUN_JL
 from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, ConfigError, JobNotFoundError, SpecError
+from juliarun.queues.base import Queue
+from juliarun.queues.image import BrokerImage, ensure_broker_image
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 DEFAULT_IMAGE = "julia:1.10"
@@ -75,6 +79,7 @@ class DockerBackend(SupervisedBackend):
         metric_store: Mapping[str, Any] | None = None,
         max_workers: int = 64,
         kill_grace: float = 10.0,
+        broker_image: BrokerImage | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -94,6 +99,24 @@ class DockerBackend(SupervisedBackend):
         self.labels = dict(labels or {})
         self.names = Names(scope(self.home.resolve(), cluster))
         self._client: docker.DockerClient | None = None
+        self.broker_image = broker_image or BrokerImage()
+        self.queues = DockerQueues(
+            lambda: self.client,
+            self.names,
+            self.home,
+            cluster,
+            lambda: ensure_broker_image(self.broker_image, self.client),
+            clock=clock,
+            sleep=sleep,
+        )
+
+    def start_queue(self, name: str) -> Queue:
+        """A container of juliarun's broker image on this engine (see
+        :mod:`juliarun.backends.docker.queues`); the image is built once if missing."""
+        return self.queues.start(name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        return self.queues.delete(name, force=force)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -107,7 +130,7 @@ class DockerBackend(SupervisedBackend):
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise BackendError(
                 f"the Docker engine at {self.engine.endpoint} does not answer: {exc}",
-                hint="start it (scripts/testenv up docker) or set DOCKER_HOST",
+                hint="start the Docker engine, or set DOCKER_HOST to where it listens",
             ) from exc
         return info
 
@@ -344,7 +367,8 @@ class DockerBackend(SupervisedBackend):
             ConfigError,
         ) as exc:
             info = {}
-            components.append(Component("docker-engine", False, str(exc)))
+            reason = exc.message if isinstance(exc, ConfigError) else root_cause(exc)
+            components.append(Component("docker-engine", False, reason))
         registry = image_registry(self.image)
         reachable, detail = _registry_reachable(registry)
         components += [

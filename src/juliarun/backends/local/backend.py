@@ -110,7 +110,7 @@ class LocalBackend(SupervisedBackend):
         if not isinstance(job, Batch) and shutil.which(self.julia) is None:
             raise BackendError(
                 f"julia executable {self.julia!r} not found",
-                hint="install it (scripts/testenv up julia) or set JULIARUN_JULIA",
+                hint="install Julia, or set JULIARUN_JULIA to its julia executable",
             )
 
     def start_queue(self, name: str) -> Queue:
