@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from juliarun.backends.base import (
     ClusterStatus,
@@ -35,9 +35,10 @@ from juliarun.logs.base import Stream
 from juliarun.metrics import MetricQuery, Row
 from juliarun.metrics.base import Aggregation
 from juliarun.queues.base import Queue
-from juliarun.router.client import RouterClient
-from juliarun.router.routes import Route
 from juliarun.specs import JobSpec, StorageSpec
+
+if TYPE_CHECKING:  # the router's client needs the router extra: imported when exposing
+    from juliarun.router.client import RouterClient
 
 log = logging.getLogger("juliarun")
 
@@ -332,6 +333,9 @@ def expose(
     if not 1 <= port <= 65535:
         raise SpecError("expose", [("port", f"must be 1..65535 (got {port})")])
     name = _name(job)
+    from juliarun.router.client import RouterClient
+    from juliarun.router.routes import Route
+
     router = router or RouterClient.from_env()
     endpoint = ctx.backend.service_endpoint(name, port, timeout=timeout)
     route = Route(namespace=endpoint.namespace, name=name, upstream=endpoint.upstream)
