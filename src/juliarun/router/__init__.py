@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from juliarun.router.app import RouterApp, Signer
 from juliarun.router.authz import Authorizer
-from juliarun.router.config import RouterConfig, RouterError, load_config
+from juliarun.router.config import RouterConfig, RouterError, StorageShare, load_config
 from juliarun.router.kube import connect
 from juliarun.router.routes import ConfigMapRoutes, FileRoutes, Route, RouteSource
 from juliarun.router.session import Sessions
@@ -21,6 +21,7 @@ __all__ = [
     "RouterApp",
     "RouterConfig",
     "RouterError",
+    "StorageShare",
     "build_app",
     "load_config",
     "route_source",
@@ -62,4 +63,5 @@ def build_app(config: RouterConfig, *, replica: str = "") -> RouterApp:
         upstream_timeout=config.upstream_timeout,
         sessions=sessions,
         replica=replica,
+        storage=config.storage,
     )

@@ -26,11 +26,13 @@ route is live everywhere).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
@@ -43,6 +45,7 @@ from yarl import URL
 
 from juliarun.errors import JuliaRunError
 from juliarun.router.authz import AuthorizationUnavailableError, Authorizer, Target
+from juliarun.router.config import StorageShare
 from juliarun.router.routes import RouteSource, Table
 from juliarun.router.session import (
     LOGIN_COOKIE,
@@ -52,6 +55,7 @@ from juliarun.router.session import (
     safe_return,
 )
 from juliarun.router.tokens import Identity, TokenRejectedError, TokenValidator
+from juliarun.router.webdav import webdav_app
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -220,6 +224,20 @@ async def _listening(upstream: str, timeout: float = 0.5) -> bool:
     return True
 
 
+STORAGE_PREFIX = "/storage/"
+DAV_READS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND"})
+"""WebDAV methods that only read; every other one writes."""
+
+
+def _basic_password(credentials: str) -> str:
+    """The password of HTTP Basic ``credentials`` ("" when they do not decode)."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2].strip()
+
+
 class RefusedError(JuliaRunError):
     """A request the router refuses: the status it answers and why (logged)."""
 
@@ -243,8 +261,11 @@ class RouterApp:
         upstream_timeout: float = 30.0,
         sessions: Sessions | None = None,
         replica: str = "",
+        storage: Sequence[StorageShare] = (),
     ) -> None:
         self.replica = replica
+        self.shares = {(s.namespace, s.name): s for s in storage}
+        self._dav: dict[tuple[str, str], Any] = {}
         self.sessions = sessions
         self.validator = validator
         self.authorizer = authorizer
@@ -322,7 +343,9 @@ class RouterApp:
 
     # -- the checks -----------------------------------------------------------------------------
 
-    async def identify(self, headers: list[tuple[bytes, bytes]]) -> Identity:
+    async def identify(
+        self, headers: list[tuple[bytes, bytes]], *, basic: bool = False
+    ) -> Identity:
         values = [v for k, v in headers if k.lower() == b"authorization"]
         if not values and self.sessions is not None:
             cookie = cookies(headers).get(SESSION_COOKIE)
@@ -336,6 +359,9 @@ class RouterApp:
             raise RefusedError(401, "no credentials", www_authenticate="Bearer")
         scheme, _, token = values[0].decode("latin-1").partition(" ")
         token = token.strip()
+        if basic and scheme.lower() == "basic":  # WebDAV clients: any user name, the token
+            token = _basic_password(token)
+            scheme = "bearer"
         if scheme.lower() != "bearer" or not token:
             raise RefusedError(401, "not a bearer token", www_authenticate="Bearer")
         hit = self._tokens.get(token)
@@ -429,7 +455,70 @@ class RouterApp:
         else:
             await _respond(send, 404, {"error": "not found"})
 
+    async def storage(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A named storage over WebDAV: members of its tenant read (either role) and write
+        (``edit``: may create jobs there), a read-only storage refuses every write."""
+        raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
+        try:
+            why = bad_path(raw_path)
+            if why is not None:
+                raise RefusedError(400, f"path refused: {why}")
+            parts = raw_path.decode("latin-1")[len(STORAGE_PREFIX) :].split("/", 2)
+            if len(parts) < 2 or not parts[0] or not parts[1]:
+                raise RefusedError(404, "not a storage path")
+            namespace, name = parts[0], parts[1]
+            if scope["method"] in ("MOVE", "COPY"):
+                dest = next((v for k, v in scope["headers"] if k == b"destination"), b"")
+                dest_path = urlsplit(dest.decode("latin-1")).path.encode("latin-1")
+                own = f"{STORAGE_PREFIX}{namespace}/{name}/".encode()
+                if bad_path(dest_path) is not None or not dest_path.startswith(own):
+                    raise RefusedError(400, "destination outside this storage")
+            who = await self.identify(scope["headers"], basic=True)
+            writes = scope["method"] not in DAV_READS
+            target = Target(namespace, "", verb="create" if writes else "list")
+            try:
+                allowed = await self.authorizer.allowed(who, target)
+            except AuthorizationUnavailableError as exc:
+                raise RefusedError(503, "authorization unavailable") from exc
+            if not allowed:
+                raise RefusedError(
+                    403,
+                    f"{who.user} may not {'write' if writes else 'read'} "
+                    f"storage {namespace}/{name}",
+                )
+            share = self.shares.get((namespace, name))
+            if share is None:
+                raise RefusedError(404, f"no storage {namespace}/{name}")
+            if writes and share.read_only:
+                raise RefusedError(403, f"storage {namespace}/{name} is read-only")
+        except RefusedError as exc:
+            log.info("refused %s %s: %s", scope["method"], scope["path"], exc.reason)
+            headers = dict(exc.headers)
+            if exc.status == 401:  # let WebDAV clients send the token as a password
+                headers["www_authenticate"] = 'Basic realm="juliarun storage", charset="UTF-8"'
+            await _respond(send, exc.status, {"error": exc.reason}, **headers)
+            return
+        app = self._dav.get((namespace, name))
+        if app is None:
+            app = webdav_app(
+                Path(share.path),
+                read_only=share.read_only,
+                mount_path=f"{STORAGE_PREFIX}{namespace}/{name}",
+            )
+            self._dav[(namespace, name)] = app
+        inner = dict(scope)
+        inner["headers"] = [  # the client's identity headers go; Host stays (MOVE needs it)
+            (k, v)
+            for k, v in scope["headers"]
+            if k == b"host" or (k != b"authorization" and not stripped(k.decode("latin-1")))
+        ]
+        inner["headers"].append((b"x-remote-user", who.user.encode()))
+        await app(inner, receive, send)
+
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"].startswith(STORAGE_PREFIX):
+            await self.storage(scope, receive, send)
+            return
         if self.sessions is not None and scope["path"] in (
             self.sessions.callback_path,
             OWN + "login",

@@ -83,6 +83,18 @@ class SessionConfig(_Model):
     lifetime: int = Field(8 * 3600, ge=60, le=7 * 86400, description="Longest session (s).")
 
 
+class StorageShare(_Model):
+    """A named storage the router serves over WebDAV at ``/storage/<namespace>/<name>/`` to the
+    members of tenant ``namespace``: both roles read, the ``edit`` role also writes."""
+
+    namespace: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="The tenant's namespace."
+    )
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="The storage name.")
+    path: str = Field(description="The storage's folder on the router's machine.")
+    read_only: bool = Field(False, description="Refuse every write, whoever asks.")
+
+
 class RouterConfig(_Model):
     """Everything a router replica needs."""
 
@@ -110,6 +122,9 @@ class RouterConfig(_Model):
     upstream_timeout: float = Field(30.0, gt=0, le=3600, description="Upstream read timeout.")
     session: SessionConfig | None = Field(
         None, description="Browser sign-in (authorization code + cookie); None: bearer only."
+    )
+    storage: list[StorageShare] = Field(
+        default_factory=list, description="Named storage served over WebDAV (a drive)."
     )
 
 
