@@ -58,11 +58,11 @@ _k8s_node_ip() {
 
 # _k8s_cert NAME SUBJECT EXTENSIONS : key + certificate signed by the test CA.
 _k8s_cert() {
-  local name=$1 subj=$2 ext=$3
+  local name=$1 subj=$2 ext=$3 ca=${4:-ca}
   openssl genrsa -out "$K8S_PKI/$name.key" 2048 2>/dev/null || return 1
   openssl req -new -key "$K8S_PKI/$name.key" -subj "$subj" -out "$K8S_PKI/$name.csr" 2>/dev/null || return 1
   printf '%b\n' "$ext" > "$K8S_PKI/$name.ext"
-  openssl x509 -req -in "$K8S_PKI/$name.csr" -CA "$K8S_PKI/ca.crt" -CAkey "$K8S_PKI/ca.key" \
+  openssl x509 -req -in "$K8S_PKI/$name.csr" -CA "$K8S_PKI/$ca.crt" -CAkey "$K8S_PKI/$ca.key" \
     -CAcreateserial -days 3650 -sha256 -extfile "$K8S_PKI/$name.ext" -out "$K8S_PKI/$name.crt" 2>/dev/null || return 1
   rm -f "$K8S_PKI/$name.csr"
 }
@@ -114,6 +114,15 @@ _k8s_pki() {
     _k8s_cert controller-manager "/CN=system:kube-controller-manager" "$_k8s_client_ext" || return 1
     _k8s_cert scheduler "/CN=system:kube-scheduler" "$_k8s_client_ext" || return 1
     _k8s_cert kubelet-client "/O=system:nodes/CN=system:node:$K8S_NODE_NAME" "$_k8s_client_ext" || return 1
+  fi
+  # The aggregation layer's front proxy (the apiserver presents this client certificate to
+  # extension apiservers such as juliarun's external-metrics API): its own CA, as kubeadm does.
+  if [ ! -s "$K8S_PKI/front-proxy-ca.crt" ] || [ ! -s "$K8S_PKI/front-proxy-client.crt" ]; then
+    openssl genrsa -out "$K8S_PKI/front-proxy-ca.key" 2048 2>/dev/null || return 1
+    openssl req -x509 -new -nodes -key "$K8S_PKI/front-proxy-ca.key" -subj "/CN=juliarun-front-proxy-ca" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$K8S_PKI/front-proxy-ca.crt" 2>/dev/null || return 1
+    _k8s_cert front-proxy-client "/CN=front-proxy-client" "$_k8s_client_ext" front-proxy-ca || return 1
   fi
   # Serving certificates carry the node address: re-issue them when it changes.
   if [ "$(cat "$K8S_PKI/node-ip" 2>/dev/null)" != "$node_ip" ] || [ ! -s "$K8S_PKI/apiserver.crt" ] || [ ! -s "$K8S_PKI/kubelet.crt" ]; then
@@ -189,6 +198,11 @@ _k8s_apiserver_args() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$K8S_PKI/sa.pub" --service-account-signing-key-file="$K8S_PKI/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --requestheader-client-ca-file="$K8S_PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$K8S_PKI/front-proxy-client.crt" --proxy-client-key-file="$K8S_PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true \
     --allow-privileged=true --profiling=false --v=1
   if [ -s "$K8S_AUTHN_CONFIG" ]; then printf '%s\n' --authentication-config="$K8S_AUTHN_CONFIG"; fi
 }

@@ -9,6 +9,9 @@
 #             (confidential; not an apiserver audience).
 #   issuer 2  github.com/oauth2-proxy/mockoidc in a small main (oidc/issuer2/main.go), https://127.0.0.1:4447/oidc,
 #             one confidential client juliarun-issuer2 (the apiserver's audience for it).
+#             It also offers the device authorization grant (RFC 8628), which hydra v2.3.0 lacks (the
+#             Go module proxy serves no later hydra): /oidc/device_authorization, and /oidc/device
+#             where ?user_code=CODE&login_hint=USER;GROUP,... signs the device's user in.
 #
 # Test users are whoever the sign-in names in login_hint "USER[;GROUP,...]" (both issuers honour it; ";"
 # since names may hold ":"), so `scripts/testenv token USER [GROUP...] [--issuer 1|2]` (oidc/token.py) gets

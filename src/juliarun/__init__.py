@@ -6,9 +6,11 @@ The seed's session API (``init``, ``status``, ``submit``, ``list``, ``tail``, ``
 
 from juliarun.api import (
     Context,
+    Service,
     collect,
     define_storage,
     delete,
+    expose,
     init,
     list,
     metrics,
@@ -25,7 +27,7 @@ from juliarun.backends.base import ClusterStatus, JobStatus
 from juliarun.clusterscaler import ClusterScaler
 from juliarun.errors import JuliaRunError
 from juliarun.queues import Queue, QueueStats
-from juliarun.scaler import JobScaler
+from juliarun.scaler import JobScaler, PodAutoscaler
 from juliarun.scaling.metrics import (
     AverageMetric,
     BoundedMetric,
@@ -68,15 +70,18 @@ __all__ = [
     "JuliaParBatchWorkers",
     "JuliaRunError",
     "NodePool",
+    "PodAutoscaler",
     "Queue",
     "QueueStats",
     "Resources",
+    "Service",
     "StorageSpec",
     "StoreMetric",
     "WorkQueueMetric",
     "collect",
     "define_storage",
     "delete",
+    "expose",
     "init",
     "list",
     "metrics",

@@ -1,5 +1,6 @@
 """The seed's session API: ``init / status / submit / list / tail / delete`` (plus ``scale``,
-``wait``, ``record``, ``metrics``, ``search`` and ``define_storage``), the same on every backend.
+``wait``, ``record``, ``metrics``, ``search``, ``define_storage`` and ``expose``), the same on
+every backend.
 
 A thin facade over a backend and the log and metric stores; Prefect flows run the same drivers.
 """
@@ -12,8 +13,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from juliarun.backends.base import (
     ClusterStatus,
@@ -22,6 +24,7 @@ from juliarun.backends.base import (
     LogCollector,
     LogSource,
     QueueHost,
+    ServiceHost,
     wait_for_job,
 )
 from juliarun.backends.follow import follow_job
@@ -33,6 +36,9 @@ from juliarun.metrics import MetricQuery, Row
 from juliarun.metrics.base import Aggregation
 from juliarun.queues.base import Queue
 from juliarun.specs import JobSpec, StorageSpec
+
+if TYPE_CHECKING:  # the router's client needs the router extra: imported when exposing
+    from juliarun.router.client import RouterClient
 
 log = logging.getLogger("juliarun")
 
@@ -289,3 +295,50 @@ def collect(
         on_line=on_line,
         stop=lambda: deadline is not None and time.monotonic() >= deadline,
     )
+
+
+@dataclass(frozen=True)
+class Service:
+    """An exposed HTTP service: ``url`` reaches it through the router (members of the job's
+    tenant only); ``close()`` takes the route down."""
+
+    url: str
+    namespace: str
+    name: str
+    upstream: str
+    router: RouterClient
+
+    def close(self) -> bool:
+        """Remove the route; whether it was there."""
+        return self.router.unregister(self.namespace, self.name)
+
+
+def expose(
+    ctx: Context,
+    job: JobRef,
+    port: int = 8000,
+    *,
+    router: RouterClient | None = None,
+    timeout: float = 60.0,
+) -> Service:
+    """Expose job ``job``'s HTTP service on ``port`` through the authenticating router: the
+    route is registered and live on every router replica when this returns, so ``.url`` answers
+    at once — to members (edit or view) of the job's tenant, and nobody else. ``router`` defaults
+    to the one ``JULIARUN_ROUTER_*`` describes."""
+    if not isinstance(ctx.backend, ServiceHost):
+        raise BackendError(
+            f"cluster {ctx.cluster!r} ({ctx.backend.kind}) cannot expose services yet",
+            hint="expose from a local or Kubernetes cluster",
+        )
+    if not 1 <= port <= 65535:
+        raise SpecError("expose", [("port", f"must be 1..65535 (got {port})")])
+    name = _name(job)
+    from juliarun.router.client import RouterClient
+    from juliarun.router.routes import Route
+
+    router = router or RouterClient.from_env()
+    endpoint = ctx.backend.service_endpoint(name, port, timeout=timeout)
+    route = Route(namespace=endpoint.namespace, name=name, upstream=endpoint.upstream)
+    url = router.register(route, timeout=timeout)
+    log.info("%s exposed at %s", name, url)
+    return Service(url, route.namespace, name, route.upstream, router)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import functools
 import logging
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,11 +24,15 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from juliarun import api
+from juliarun.cli_login import register as register_login
 from juliarun.errors import JuliaRunError, SpecError
-from juliarun.logs import LogQuery
+from juliarun.logs import LogLine, LogQuery
 from juliarun.logs.base import Stream, printable
 from juliarun.metrics import Row
+from juliarun.metrics.base import MetricNames
 from juliarun.specs import StorageKind, is_job_name, validate_spec
+
+HELP = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="juliarun",
@@ -33,9 +40,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings=HELP,
 )
-logs_app = typer.Typer(help="Search, follow and collect stored job output.", no_args_is_help=True)
-storage_app = typer.Typer(help="Define named storage.", no_args_is_help=True)
+logs_app = typer.Typer(
+    help="Search, follow and collect stored job output.",
+    no_args_is_help=True,
+    context_settings=HELP,
+)
+storage_app = typer.Typer(help="Define named storage.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(logs_app, name="logs")
 app.add_typer(storage_app, name="storage")
 err = Console(stderr=True)
@@ -58,6 +70,28 @@ def one_line(text: str) -> str:
     return printable(re.sub(r"\s*[\r\n]+\s*", " ", text).strip())
 
 
+def cli_hint(exc: JuliaRunError, command: str) -> str:
+    """The hint a person at the command line gets: the error's ``cli_hint`` when it has one;
+    the spec hint ("... submit again") only after ``submit``; else its ``hint``.
+
+    >>> cli_hint(SpecError("logs", [("since", "bad")]), "juliarun logs search")
+    'see `juliarun logs search -h` for what each option takes'
+    """
+    if exc.cli_hint:
+        return exc.cli_hint
+    if exc.hint == SpecError.default_hint and not command.endswith(" submit"):
+        return f"see `{command} -h` for what each option takes"
+    return exc.hint
+
+
+def fail(message: str, hint: str = "", code: int = 1) -> typer.Exit:
+    """Print ``error: message`` (and ``hint:``) on stderr, one line each; the Exit to raise."""
+    err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+    if hint:
+        err.print(f"[dim]hint: {escape(one_line(hint))}[/dim]", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 def clean_errors(fn: F) -> F:
     """A JuliaRunError prints one line (and its hint) and exits 1, never a traceback."""
 
@@ -66,14 +100,52 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except JuliaRunError as exc:
-            message = escape(one_line(exc.message))
-            err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-            if exc.hint:
-                hint = escape(one_line(exc.hint))
-                err.print(f"[dim]hint: {hint}[/dim]", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise fail(exc.message, cli_hint(exc, command_path(wrapper))) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def command_path(callback: Callable[..., Any], group: typer.Typer | None = None) -> str:
+    """The command line that runs ``callback``: ``juliarun logs search``."""
+    group = group or app
+    for info in group.registered_commands:
+        if info.callback is callback:
+            name = info.name or callback.__name__.replace("_", "-")
+            return f"juliarun {name}" if group is app else name
+    for sub in group.registered_groups:
+        if sub.typer_instance is None:
+            continue
+        found = command_path(callback, sub.typer_instance)
+        if found != "juliarun":
+            prefix = "juliarun " if group is app else ""
+            return f"{prefix}{sub.name} {found.removeprefix('juliarun ')}"
+    return "juliarun"
+
+
+DEFAULT_CLUSTERS = ("local", "docker", "kubernetes")
+_BLOCK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def connect(cluster: str | None) -> api.Context:
+    """``api.init(cluster)``, once the name is checked: a name that cannot be a saved block's
+    is refused here, before anything asks a Prefect server about it."""
+    if (
+        cluster is not None
+        and cluster not in DEFAULT_CLUSTERS
+        and not _BLOCK_NAME.fullmatch(cluster)
+    ):
+        raise SpecError(
+            "arguments",
+            [
+                (
+                    "--cluster",
+                    "must be local, docker, kubernetes or a saved cluster block's name "
+                    f"(lowercase letters, digits and '-'), got {cluster[:80]!r}",
+                )
+            ],
+            hint="",
+        )
+    return api.init(cluster)
 
 
 def job_name(name: str) -> str:
@@ -162,11 +234,27 @@ def _decode(raw: bytes, where: str) -> str:
         ) from exc
 
 
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """A YAML error as one line naming the file, line and column: ``job.yaml:3:5: ...``."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    detail = f"{context}, {problem}" if context and "twice" not in problem else problem
+    return f"{where}: not valid YAML: {one_line(detail)}"
+
+
 def load_spec_file(path: Path) -> Any:
-    """The data of a YAML spec file; every way it can be unreadable is one :class:`SpecError`."""
+    """The data of a YAML spec file; every way it can be unreadable is one :class:`SpecError`
+    (a missing file: a :class:`JuliaRunError` saying so)."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise JuliaRunError(
+            f"no such file: {path}",
+            hint="give the path of a YAML spec file; `juliarun explain KIND` shows one",
+        ) from exc
     except OSError as exc:
         raise SpecError("job", [("(file)", f"cannot read {path}: {exc.strerror}")]) from exc
     if len(raw) > MAX_SPEC_BYTES:
@@ -175,14 +263,57 @@ def load_spec_file(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as exc:
-        raise SpecError("job", [("(file)", f"{path} is not valid YAML: {exc}")]) from exc
+        raise SpecError(
+            "job", [("(file)", _yaml_problem(path, exc))], hint="fix the YAML there and try again"
+        ) from exc
     except RecursionError as exc:
         raise SpecError("job", [("(file)", f"{path} nests too deeply")]) from exc
+
+
+SHORTCUTS = ("cpu", "memory", "gpu", "node_type")
+
+
+def check_layout(data: Any, path: Path) -> Any:
+    """Refuse what a wrong indentation makes of a spec file: ``resources:`` with nothing under
+    it (its fields dedented to the top level), or a resource field at the top level beside a
+    ``resources:`` mapping. (Alone, a top-level ``cpu:`` is the documented shortcut.)"""
+    if not isinstance(data, dict) or "resources" not in data:
+        return data
+    problems: list[tuple[str, str]] = []
+    if data["resources"] is None:
+        problems.append(
+            ("resources", "is empty: indent its fields (cpu, memory, ...) under resources:")
+        )
+    for key in SHORTCUTS:
+        if key in data:
+            problems.append(
+                (key, "is at the top level beside resources: (dedented?): indent it under it")
+            )
+    if problems:
+        raise SpecError(
+            str(data.get("kind", "job")), problems, hint=f"fix the indentation in {path}"
+        )
+    return data
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            print(f"juliarun {version('juliarun')}")
+        except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+            print("juliarun (not installed)")
+        raise typer.Exit()
 
 
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     if verbose:
         logging.getLogger("juliarun").setLevel(logging.INFO)
@@ -200,8 +331,18 @@ def status(
     """The cluster (components, pods waiting, free capacity per node) or one job."""
     if job is not None:
         job_name(job)
-    with api.init(cluster) as ctx:
-        api.status(ctx, job, verbose=True)
+    with connect(cluster) as ctx:
+        if job is not None:
+            api.status(ctx, job, verbose=True)
+            return
+        view = api.status(ctx)
+        if not view.nodes and not view.healthy:  # nothing answered: no cluster to show
+            down = next(c for c in view.components if not c.healthy)
+            raise JuliaRunError(
+                f"cluster {ctx.cluster!r} does not answer: {down.name}: {down.detail}",
+                hint=f"start it, or choose another with --cluster ({', '.join(DEFAULT_CLUSTERS)})",
+            )
+        print(view.render(verbose=True))
 
 
 @app.command()
@@ -213,12 +354,21 @@ def submit(
         bool, typer.Option("--wait", "-w", help="Wait and tail until it ends.")
     ] = False,
 ) -> None:
-    """Submit the job described in SPEC_FILE."""
-    job = validate_spec(load_spec_file(spec_file))
-    with api.init(cluster) as ctx:
-        print(f"{job.name}: {api.submit(ctx, job)}")
+    """Submit the job described in SPEC_FILE (`juliarun explain KIND` shows the fields)."""
+    job = validate_spec(check_layout(load_spec_file(spec_file), spec_file))
+    with connect(cluster) as ctx:
+        print(f"{job.name}: {api.submit(ctx, job)}", flush=True)
         if wait:
-            api.tail(ctx, job=job, follow=True)
+            try:
+                api.tail(ctx, job=job, follow=True)
+            except KeyboardInterrupt:
+                where = "" if cluster is None else f" --cluster {cluster}"
+                raise fail(
+                    f"stopped waiting; job {job.name!r} keeps running on cluster {ctx.cluster!r}",
+                    f"follow it with `juliarun tail -f {job.name}{where}`, stop it with "
+                    f"`juliarun delete {job.name}{where}`",
+                    code=130,
+                ) from None
             final = api.status(ctx, job)
             print(f"{job.name}: {final}")
             if final.phase == "failed":
@@ -228,12 +378,52 @@ def submit(
 @app.command("list")
 @clean_errors
 def list_jobs(cluster: ClusterOpt = None) -> None:
-    """The jobs on the cluster."""
-    with api.init(cluster) as ctx:
-        table = Table("job", "kind", "workers", "status")
-        for job in api.list(ctx):
-            table.add_row(job.name, job.kind, str(job.desired_workers()), str(api.status(ctx, job)))
+    """The jobs on the cluster, oldest first: status, how long they ran, how old they are."""
+    with connect(cluster) as ctx:
+        jobs = api.list(ctx)
+        if not jobs:
+            err.print(f"no jobs on cluster {ctx.cluster!r}", highlight=False)
+            return
+        now = datetime.now(UTC)
+        table = Table(
+            "job", "kind", "workers", "status", "duration", "age", box=None, pad_edge=False
+        )
+        for job in jobs:
+            state = api.status(ctx, job)
+            started = state.created_at
+            ran = None if started is None else (state.finished_at or now) - started
+            table.add_row(
+                job.name,
+                job.kind,
+                str(job.desired_workers()),
+                str(state),
+                age(ran),
+                age(None if started is None else now - started),
+            )
         Console().print(table)
+
+
+def age(delta: timedelta | None) -> str:
+    """A duration as kubectl shows one: two units at most.
+
+    >>> [age(timedelta(seconds=s)) for s in (4, 75, 3600 * 5 + 120, 86400 * 3 + 7200)]
+    ['4s', '1m15s', '5h2m', '3d2h']
+    >>> age(None)
+    '-'
+    """
+    if delta is None:
+        return "-"
+    seconds = max(0, int(delta.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
 
 
 @app.command()
@@ -247,7 +437,20 @@ def tail(
 ) -> None:
     """Print a job's output as `timestamp, worker-id, line`."""
     job_name(job)
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
+        if worker is not None:
+            state = api.status(ctx, job)
+            known = sorted(
+                {f"{job}-{i}" for i in range(state.desired_workers)}
+                | {w.id for w in state.workers},
+                key=lambda w: (len(w), w),
+            )
+            if worker not in known:
+                raise JuliaRunError(
+                    f"job {job!r} has no worker {worker[:80]!r}; its workers: "
+                    + (", ".join(known) or "none"),
+                    hint=f"see them with `juliarun status {job}`",
+                )
         api.tail(ctx, job=job, follow=follow, lines=lines, worker=worker)
 
 
@@ -260,8 +463,10 @@ def delete(
 ) -> None:
     """Stop a job's workers and remove it."""
     job_name(job)
-    with api.init(cluster) as ctx:
-        print(api.delete(ctx, job, force=force))
+    with connect(cluster) as ctx:
+        if not api.delete(ctx, job, force=force):
+            raise JuliaRunError(f"no job {job!r} on cluster {ctx.cluster!r}")
+        print(f"deleted job {job}")
 
 
 @app.command()
@@ -273,7 +478,7 @@ def scale(
 ) -> None:
     """Change the number of workers of a running job."""
     job_name(job)
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         print(api.scale(ctx, job, workers))
 
 
@@ -335,7 +540,7 @@ def logs_search(
     cluster: ClusterOpt = None,
 ) -> None:
     """Search stored output of every job (full text, or --regex), narrowed by the filters."""
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         found = api.search(
             ctx,
             None if regex else query,
@@ -349,7 +554,20 @@ def logs_search(
             limit=limit,
         )
         for line in found:
-            print(f"{line.job}: {line.render()}")
+            print(f"{line.job}: {mark_stream(line)}")
+
+
+def mark_stream(line: LogLine) -> str:
+    """A stored line as tail prints it, with ``(stderr)`` after the worker of a stderr line.
+
+    >>> stamp = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> mark_stream(LogLine(stamp, "j", "j-0", "stderr", "oops"))
+    '2026-01-01T00:00:00+00:00, j-0 (stderr), oops'
+    """
+    if line.stream != "stderr":
+        return line.render()
+    stamp, worker, message = line.render().split(", ", 2)
+    return f"{stamp}, {worker} (stderr), {message}"
 
 
 @logs_app.command("follow")
@@ -366,7 +584,7 @@ def logs_follow(
     cluster: ClusterOpt = None,
 ) -> None:
     """Print stored lines as they arrive (until --job ends, --timeout, or Ctrl-C)."""
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         query = LogQuery(
             job=job,
             worker=worker,
@@ -383,7 +601,7 @@ def logs_follow(
 
         with contextlib.suppress(KeyboardInterrupt):
             for line in ctx.logs.follow(query, stop=stop, poll_interval=ctx.settings.poll_interval):
-                print(f"{line.job}: {line.render()}", flush=True)
+                print(f"{line.job}: {mark_stream(line)}", flush=True)
 
 
 @logs_app.command("collect")
@@ -398,7 +616,7 @@ def logs_collect(
     """Ship a Kubernetes job's pod logs and metrics into the stores until it ends (exactly once:
     resumes after what the store holds). Local and Docker jobs are shipped already."""
     job_name(job)
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         result = api.collect(ctx, job, timeout=timeout)
         print(
             f"{job}: {result.lines} lines, {result.metric_points} metric points, "
@@ -430,7 +648,7 @@ def storage_define(
     volume: dict[str, Any] = {
         k: v for k, v in (("storage_class", storage_class), ("access_mode", access_mode)) if v
     }
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         spec = api.define_storage(
             ctx, name=name, kind=storage_kind, path=path, url=url, ref=ref, size=size, **volume
         )
@@ -441,7 +659,7 @@ def storage_define(
 @clean_errors
 def storage_list(cluster: ClusterOpt = None) -> None:
     """The defined storage."""
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         for spec in ctx.storage.all():
             where = spec.path or spec.url or spec.size or ""
             print(f"{spec.name}\t{spec.kind}\t{where}")
@@ -457,7 +675,10 @@ class _DefaultQuery(TyperGroup):
 
 
 metrics_app = typer.Typer(
-    help="Aggregate and plot metrics.", no_args_is_help=True, cls=_DefaultQuery
+    help="Aggregate and plot metrics.",
+    no_args_is_help=True,
+    cls=_DefaultQuery,
+    context_settings=HELP,
 )
 app.add_typer(metrics_app, name="metrics")
 AGGS = ("mean", "max", "min", "sum", "last", "count")
@@ -484,7 +705,7 @@ def _metric_rows(
     if any(not k or not sep for k, sep, _ in pairs):
         raise SpecError("metrics", [("tag", "must be key=value")])
     since = parse_when(last)
-    return api.metrics(
+    rows = api.metrics(
         ctx,
         name,
         tags={k: v for k, _, v in pairs},
@@ -493,6 +714,32 @@ def _metric_rows(
         window=timedelta(seconds=window) if window else None,
         group_by=tuple(group_by or ()),
     )
+    if not rows and isinstance(ctx.metrics, MetricNames):
+        known = ctx.metrics.names()
+        if name not in known:
+            shown = ", ".join(known[:20]) + (
+                f" (and {len(known) - 20} more)" if len(known) > 20 else ""
+            )
+            raise JuliaRunError(
+                f"no metric {name[:80]!r} on cluster {ctx.cluster!r}; known: {shown or 'none'}",
+                hint="check the spelling: metric names are case-sensitive",
+            )
+    return rows
+
+
+NICE_WINDOWS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+
+
+def auto_window(first: datetime, last: datetime, buckets: int = 60) -> float:
+    """A window (seconds) that cuts ``first .. last`` into about ``buckets`` points, rounded
+    to a whole unit (1s, 5s, 1m, 5m, 1h, 1d ...).
+
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> [auto_window(t, t + timedelta(seconds=s)) for s in (0, 180, 2 * 86400)]
+    [1, 5, 3600]
+    """
+    wanted = (last - first).total_seconds() / buckets
+    return next((w for w in NICE_WINDOWS if w >= wanted), NICE_WINDOWS[-1])
 
 
 @metrics_app.command("query")
@@ -506,9 +753,15 @@ def metrics(
     last: LastOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Aggregate a metric (also: `juliarun metrics NAME ...`)."""
-    with api.init(cluster) as ctx:
-        for row in _metric_rows(ctx, name, agg, window, group_by, tag, last):
+    """Aggregate a metric (also: `juliarun metrics NAME ...`): tab-separated `start`, `group`
+    (tag=value of --by) and the value, under a header."""
+    with connect(cluster) as ctx:
+        rows = _metric_rows(ctx, name, agg, window, group_by, tag, last)
+        if not rows:
+            err.print(f"no points of {name!r} match", highlight=False)
+            return
+        print(f"start\tgroup\t{agg}({name})")
+        for row in rows:
             group = ",".join(f"{k}={v}" for k, v in row.group.items())
             print(f"{row.start.isoformat(timespec='seconds')}\t{group}\t{row.value:g}")
 
@@ -525,17 +778,25 @@ def metrics_plot(
     last: LastOpt = None,
     cluster: ClusterOpt = None,
 ) -> None:
-    """Plot an aggregated metric as a PNG, one line per group."""
+    """Plot an aggregated metric as a PNG, one line per group. Without --window the window
+    follows the data's span (about 60 points)."""
     from juliarun.metrics.plot import plot
 
-    with api.init(cluster) as ctx:
-        rows = _metric_rows(ctx, name, agg, window, group_by, tag, last)
+    with connect(cluster) as ctx:
+        rows = _metric_rows(ctx, name, "count", None, group_by, tag, last)
         if not rows:
             raise JuliaRunError(
                 f"no points of {name!r} match", hint="check the name, --tag and --last"
             )
-        path = plot(rows, out, title=f"{agg}({name})", ylabel=name)
-        print(f"{path}: {len(rows)} points")
+        if window is None:  # the span of the data: by the minute, then by the second
+            ends = _metric_rows(ctx, name, "count", 60, None, tag, last)
+            if ends[-1].start - ends[0].start < timedelta(minutes=10):
+                ends = _metric_rows(ctx, name, "count", 1, None, tag, last)
+            window = auto_window(ends[0].start, ends[-1].start)
+        rows = _metric_rows(ctx, name, agg, window, group_by, tag, last)
+        every = age(timedelta(seconds=window))
+        path = plot(rows, out, title=f"{agg}({name}) per {every}", ylabel=name)
+        print(f"{path}: {len(rows)} points, window {every}")
 
 
 @app.command()
@@ -550,7 +811,7 @@ def placement(
     printing each decision."""
     from juliarun.backends.base import Placer
 
-    with api.init(cluster) as ctx:
+    with connect(cluster) as ctx:
         if not isinstance(ctx.backend, Placer):
             raise JuliaRunError(
                 f"cluster {ctx.cluster!r} places its jobs itself ({ctx.backend.kind})",
@@ -592,6 +853,136 @@ def demo(
         raise JuliaRunError(f"no demo {which!r}", hint="juliarun demo session | autoscale")
 
 
+build_app = typer.Typer(
+    help="Build container images and package bundles, showing each step as it runs.",
+    no_args_is_help=True,
+    context_settings=HELP,
+)
+app.add_typer(build_app, name="build")
+register_login(app)  # juliarun login / logout / whoami (juliarun.cli_login)
+
+
+def _spec_data(path: Path, kind: str) -> dict[str, Any]:
+    data = load_spec_file(path)
+    if not isinstance(data, dict):
+        raise SpecError(kind, [("(spec)", f"{path} must hold a mapping of fields")])
+    data = dict(data)
+    named = data.pop("kind", kind)
+    if named != kind:
+        raise SpecError(kind, [("kind", f"must be {kind} here (got {str(named)[:80]!r})")])
+    return data
+
+
+def _build(what: str, run: Callable[[Callable[[str], None]], Any]) -> Any:
+    """Run a build with its progress drawn on the terminal (stderr): one line per finished
+    step with its time, the running step with a spinner and its elapsed time, and the
+    builder's last lines folded under it. A failed build prints its step and output."""
+    from juliarun.builders.progress import StepTracker
+    from juliarun.cli_progress import RichBuildProgress
+    from juliarun.errors import BuildError
+
+    progress = RichBuildProgress(err, what)
+    tracker = StepTracker(progress)
+    with progress:
+        try:
+            result = run(tracker)
+        except BuildError as exc:
+            tracker.finish()
+            progress.failed(exc.output)
+            raise JuliaRunError(f"{exc.what} failed at step: {exc.step}", hint=exc.hint) from exc
+        tracker.finish()
+    return result
+
+
+@build_app.command("image")
+@clean_errors
+def build_image(
+    spec_file: Annotated[Path, typer.Argument(help="YAML with an image spec (`explain Image`).")],
+    registry: Annotated[
+        str, typer.Option(help="Registry to tag and push to; '' builds without pushing.")
+    ] = "localhost:5000",
+    push: Annotated[bool, typer.Option(help="Push the image once built.")] = True,
+) -> None:
+    """Build SPEC_FILE's image on the Docker engine (DOCKER_HOST) as REGISTRY/NAME:HASH and
+    push it; an unchanged spec the registry has already is not built again."""
+    from juliarun.backends.docker.engine import EngineConfig
+    from juliarun.builders.images import build_image as build
+    from juliarun.specs import ImageSpec
+
+    spec = ImageSpec.model_validate(_spec_data(spec_file, "Image"))
+    client = EngineConfig().connect()
+    try:
+        built = _build(
+            f"image {spec.name}",
+            lambda on_line: build(client, spec, registry, on_line=on_line, push=push),
+        )
+    finally:
+        client.close()
+    state = "built and pushed" if built.pushed else "built" if built.built else "up to date"
+    print(f"{built.tag}: {state}")
+
+
+@build_app.command("bundle")
+@clean_errors
+def build_bundle(
+    spec_file: Annotated[Path, typer.Argument(help="YAML with a bundle spec (`explain Bundle`).")],
+    cluster: ClusterOpt = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 1800,
+) -> None:
+    """Precompile SPEC_FILE's package bundle with a builder job on the cluster; jobs then use
+    it as pkg_bundle: NAME. An unchanged bundle is not built again."""
+    from juliarun.builders.bundles import build_bundle as build
+    from juliarun.specs import BundleSpec
+
+    spec = BundleSpec.model_validate(_spec_data(spec_file, "Bundle"))
+    with connect(cluster) as ctx:
+        built = _build(
+            f"bundle {spec.name}",
+            lambda on_line: build(
+                spec,
+                ctx.backend,
+                logs=ctx.logs,
+                on_line=on_line,
+                timeout=timeout,
+                poll_interval=ctx.settings.poll_interval,
+            ),
+        )
+    state = "built" if built.built else "up to date"
+    print(f"{built.name}: {state} at {built.path} ({len(built.compiled)} packages compiled)")
+
+
+@app.command()
+@clean_errors
+def explain(
+    kind: Annotated[
+        str,
+        typer.Argument(help="JuliaBatch, JuliaParBatchWorkers, Batch, Storage, Image or Bundle."),
+    ],
+) -> None:
+    """A spec kind's fields (type, default and description; * marks the required ones) and
+    an example spec file."""
+    from juliarun.explain import example, fields, model_of
+
+    model = model_of(kind)
+    console = Console()
+    doc = " ".join((model.__doc__ or "").split(">>>")[0].split()).replace("``", "`")
+    console.print(f"[bold]{model.__name__}[/bold]: {escape(doc)}", highlight=False)
+    console.print("\nfields (* required):", highlight=False)
+    for row in fields(kind):
+        default = f", default {row.default}" if row.default else ""
+        star = " *" if row.required else ""
+        console.print(
+            f"  [bold]{escape(row.name)}[/bold]{star} ({escape(row.type)}{escape(default)})",
+            highlight=False,
+        )
+        console.print(f"      {escape(row.description)}", highlight=False)
+    found = example(kind)
+    if found is not None:
+        path, text = found
+        print(f"\nexample ({path.parent.name}/{path.name}):\n")
+        print(text.rstrip())
+
+
 @app.command()
 @clean_errors
 def serve(
@@ -600,13 +991,91 @@ def serve(
     ] = "local",
     api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default: env).")] = None,
 ) -> None:
-    """Serve juliarun's flows as Prefect deployments until Ctrl-C: run-job, run-pipeline,
+    """Serve every juliarun deployment until Ctrl-C: run-job, run-pipeline,
     process-autoscaler and cluster-autoscaler (triggered from the UI or Python), cluster-report
     (every 15 minutes), prune-bundles and prune-storage (daily), evaluate-alerts (every minute
     when JULIARUN_ALERT_RULES names rules)."""
-    from juliarun.deployments.serve import serve as serve_flows
+    import os
 
-    serve_flows(cluster, api_url)
+    from juliarun.deployments.serve import serve as serve_flows
+    from juliarun.deployments.serve import start_server
+    from juliarun.settings import load_settings
+
+    url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
+    # Ctrl-C with the server up is a graceful stop, ending in CancelledError (see below).
+    with stop_at_once_when_gone(url), contextlib.suppress(asyncio.CancelledError):
+        serve_flows(cluster, url)
+
+
+def _main_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    """The task of Prefect's runner (``Runner.start``) on ``loop``, if it runs."""
+    for task in asyncio.all_tasks(loop):
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_qualname == "Runner.start":
+            return task
+    return None
+
+
+@contextlib.contextmanager
+def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
+    """Ctrl-C while the Prefect server at ``api_url`` is gone stops at once.
+
+    Stopping gracefully, Prefect's runner pauses each deployment's schedule and waits for the
+    flow runs in progress, which report their end; with the server gone every one of those
+    calls retries it with growing pauses (PREFECT_CLIENT_MAX_RETRIES), for over a minute. So
+    on Ctrl-C the server is asked once: when it answers, the graceful stop goes on as asyncio
+    would start it (the runner's task is cancelled; a second Ctrl-C interrupts); when it does
+    not, the flow-run processes are ended, one line says what was left, and the process exits
+    (130) without reporting to a server that is not there. Their jobs keep running."""
+    import os
+    import signal
+
+    import psutil
+
+    from juliarun.deployments.serve import healthy
+
+    previous = signal.getsignal(signal.SIGINT)
+    interrupts = 0
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if healthy(api_url, timeout=2):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not serving yet (registering the deployments)
+                raise KeyboardInterrupt from None
+            main = _main_task(loop)
+            if interrupts > 1 or main is None or main.done():
+                raise KeyboardInterrupt
+            main.cancel()  # what asyncio.run's own handler does on a first Ctrl-C
+            loop.call_soon_threadsafe(lambda: None)
+            return
+        # The flow-run processes (direct children); the jobs they started run on detached
+        # supervisors of their own and are left running, as after `juliarun submit`.
+        runs = psutil.Process().children(recursive=False)
+        for child in runs:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(runs, timeout=5)
+        where = api_url.removesuffix("/api")
+        err.print(
+            f"error: the Prefect server at {where} does not answer: stopped at once, without "
+            f"pausing the schedules; flow runs in progress ended unreported: {len(runs)} (their "
+            "jobs keep running: `juliarun list`)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main() -> None:

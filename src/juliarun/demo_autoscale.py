@@ -47,9 +47,13 @@ def run(
     window: float = 4.0,
     scale_down_after: float = 10.0,
     timeout: float = 600.0,
+    ctx: api.Context | None = None,
+    cpu: str = "500m",
+    memory: str = "1Gi",
 ) -> dict[str, int]:
-    """Run the demo; returns the counts it checked (``published``, ``processed``,
-    ``distinct``, ``most_workers``, ``final_workers``)."""
+    """Run the demo (on ``ctx``, default the embedded default); returns the counts it checked
+    (``published``, ``processed``, ``distinct``, ``most_workers``, ``final_workers``,
+    ``redelivered``: messages the broker delivered again)."""
     out = out or sys.stdout
 
     def say(text: str) -> None:
@@ -59,7 +63,7 @@ def run(
         if decision.changed:
             print(f"changing scale of workers to {decision.desired}", file=out, flush=True)
 
-    ctx = api.init()
+    ctx = ctx or api.init()
     root = ctx.settings.home / "demo" / "juliarun"
     write_worker(root)
     api.define_storage(ctx, name="juliarun", kind="host", path=str(root))
@@ -80,8 +84,8 @@ def run(
         "/mnt/juliarun/scaler/worker.jl",
         "juliarun",
         nworkers=1,
-        cpu="500m",
-        memory="1Gi",
+        cpu=cpu,
+        memory=memory,
         restart="OnFailure",
         env={**queue.env, "WORK_SECONDS": str(work_seconds)},
     )
@@ -122,6 +126,7 @@ def run(
     finally:
         handle.stop()
     results = [body.decode() for body in queue.take("done")]
+    redelivered = queue.stats("work").redelivered
     counts = Counter(results)
     most = max([d.desired for d in scaler.decisions] + [1])
     final = api.status(ctx, workers).desired_workers
@@ -141,4 +146,5 @@ def run(
         "distinct": len(counts),
         "most_workers": most,
         "final_workers": final,
+        "redelivered": redelivered,
     }

@@ -7,14 +7,23 @@ class JuliaRunError(Exception):
     """Root of every error juliarun raises on purpose.
 
     ``hint`` says what to do next; ``str(err)`` is the message followed by the hint.
+    ``cli_hint`` is the same advice for a person at the ``juliarun`` command line, where
+    ``hint`` speaks Python (the command line prints ``cli_hint`` when there is one).
+
+    >>> err = JuliaRunError("no such thing", hint="call f()", cli_hint="run `juliarun f`")
+    >>> str(err), err.cli_hint
+    ('no such thing (hint: call f())', 'run `juliarun f`')
     """
 
     default_hint: str = ""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, cli_hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint if hint is not None else self.default_hint
+        self.cli_hint = cli_hint
 
     def __str__(self) -> str:
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
@@ -50,6 +59,7 @@ class StorageNotFoundError(JuliaRunError):
         super().__init__(
             f"storage {name!r} is not defined (defined: {known_text})",
             hint=f"define it first: juliarun.define_storage(ctx, name={name!r}, kind=..., ...)",
+            cli_hint=f"define it first: `juliarun storage define {name} --kind host --path DIR`",
         )
 
 

@@ -48,10 +48,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from juliarun.backends.base import JobStatus
-from juliarun.errors import JobNotFoundError, JuliaRunError, MetricError, SpecError
+from juliarun.errors import ConfigError, JobNotFoundError, JuliaRunError, MetricError, SpecError
 from juliarun.metrics.base import MetricStore
 from juliarun.scaling.metrics import BoundedMetric, MetricLike, as_metric
 from juliarun.scaling.policy import MAX_WORKERS, Decision, HPAPolicy, PolicyLike, as_policy
@@ -313,3 +313,96 @@ class ScalerHandle:
         """Stop the loop and wait for it; ``True`` when it has ended."""
         self.scaler.stop()
         return self.join(timeout)
+
+
+class PodAutoscaler:
+    """The talk's other way: *"or use the Kubernetes pod autoscaler, pointing it to your
+    metrics"*. The cluster's own HorizontalPodAutoscaler scales job ``workers`` from
+    ``metric``, which juliarun serves to it as an external metric; the HPA wants
+    ``ceil(value / target)`` workers between ``min_workers`` and ``max_workers``, scales down
+    after ``scale_down_window`` seconds of lower recommendations (the HPA's own 300 s by
+    default), and juliarun applies each change with the backend's ``scale``, so workers leave
+    as they do under :class:`JobScaler` (drained, nothing redelivered). Kubernetes only (the
+    backend must be a :class:`~juliarun.backends.base.PodAutoscalerHost`).
+
+    ``start()`` attaches it and returns ``self``; ``stop()`` removes the HPA and its objects
+    (the job keeps its current workers); ``changes`` lists the (from, to) worker counts applied.
+    """
+
+    def __init__(
+        self,
+        ctx: ScalerContext,
+        workers: JobSpec | str,
+        metric: MetricLike,
+        *,
+        target: float = 1.0,
+        min_workers: int = 1,
+        max_workers: int = 10,
+        scale_down_window: int = 300,
+        interval: float = 1.0,
+    ) -> None:
+        errors: list[tuple[str, str]] = []
+        if isinstance(workers, JobSpec) and not isinstance(workers, JuliaParBatchWorkers):
+            rule = f"only JuliaParBatchWorkers jobs can be scaled (got {type(workers).__name__})"
+            errors.append(("workers", rule))
+        if isinstance(target, bool) or not isinstance(target, int | float) or not target > 0:
+            errors.append(("target", f"must be a positive number ({target!r})"))
+        if not 1 <= min_workers <= max_workers <= MAX_WORKERS:
+            rule = f"need 1 <= min_workers <= max_workers <= {MAX_WORKERS}"
+            errors.append(("min_workers", f"{rule} (got {min_workers}, {max_workers})"))
+        if not 0 <= scale_down_window <= 3600:
+            errors.append(("scale_down_window", "must be 0..3600 seconds"))
+        if not interval > 0:
+            errors.append(("interval", "must be positive seconds"))
+        if errors:
+            raise SpecError("PodAutoscaler", errors)
+        self.ctx = ctx
+        self.name = workers if isinstance(workers, str) else workers.name
+        self.metric = as_metric(metric)
+        self.target = float(target)
+        self.min_workers = min_workers
+        self.max_workers = max_workers
+        self.scale_down_window = scale_down_window
+        self.interval = interval
+        self.changes: list[tuple[int, int]] = []
+        self._attachment: Any = None
+
+    def _read(self) -> float:
+        return self.metric.read().value
+
+    def _changed(self, before: int, after: int) -> None:
+        self.changes.append((before, after))
+        log.info("changing scale of %s to %d", self.name, after)
+
+    def start(self) -> PodAutoscaler:
+        from juliarun.backends.base import PodAutoscalerHost
+
+        backend = self.ctx.backend
+        if not isinstance(backend, PodAutoscalerHost):
+            raise ConfigError(
+                f"the {getattr(backend, 'kind', 'current')} backend has no pod autoscaler",
+                hint="use JobScaler, which scales workers on every backend",
+            )
+        if self._attachment is None:
+            self._attachment = backend.pod_autoscaler(
+                self.name,
+                self._read,
+                target=self.target,
+                minimum=self.min_workers,
+                maximum=self.max_workers,
+                scale_down_window=self.scale_down_window,
+                interval=self.interval,
+                on_change=self._changed,
+            )
+        return self
+
+    def hpa(self) -> dict[str, Any]:
+        """The HorizontalPodAutoscaler as the cluster has it (``status`` says what it saw)."""
+        if self._attachment is None:
+            raise JuliaRunError("the pod autoscaler is not started", hint="call start() first")
+        return dict(self._attachment.hpa())
+
+    def stop(self) -> None:
+        if self._attachment is not None:
+            self._attachment.stop()
+            self._attachment = None

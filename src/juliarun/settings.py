@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from juliarun.errors import ConfigError
+from juliarun.queues.image import BrokerImage
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,20 @@ class Settings(BaseSettings):
         "alpine/git:latest",
         description="Image (with git and sh) of the init container that clones network git "
         "storage into each Kubernetes pod.",
+    )
+    queue_image: str | None = Field(
+        None,
+        description="A ready queue broker image for Docker and Kubernetes (default: built from "
+        "base_image by juliarun's image builder and pushed to registry).",
+    )
+    base_image: str = Field(
+        "debian:bookworm",
+        description="The Debian image juliarun builds its service images (the queue broker) from.",
+    )
+    registry: str = Field(
+        "",
+        description="Registry juliarun pushes the images it builds for itself to, e.g. "
+        "localhost:5000 (empty: kept on the Docker engine only).",
     )
     docker_max_workers: int = Field(
         64, ge=1, le=4096, description="Worker containers the Docker backend runs at once."
@@ -100,6 +115,10 @@ class Settings(BaseSettings):
         description="JSON file of alert rules (a list, or {rules, hooks}) the served "
         "evaluate-alerts deployment evaluates every minute.",
     )
+
+    def broker_image(self) -> BrokerImage:
+        """Where Docker and Kubernetes backends get the queue broker's image."""
+        return BrokerImage(image=self.queue_image, base=self.base_image, registry=self.registry)
 
     @property
     def log_db(self) -> Path:

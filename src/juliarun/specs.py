@@ -34,6 +34,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
@@ -621,6 +622,12 @@ class JobSpec(_Model):
         3, ge=0, le=100, description="Restarts allowed per worker before the job fails."
     )
     tenant: Name = Field("default", description="Tenant (namespace) the job belongs to.")
+    interruptible: bool = Field(
+        True,
+        description="False: the job must not be interrupted: the cluster autoscaler never "
+        "removes a node its workers run on (pods labelled juliarun.io/interruptible=false "
+        "and annotated cluster-autoscaler.kubernetes.io/safe-to-evict=false).",
+    )
 
     def __init__(self, *args: Any, **data: Any) -> None:
         if len(args) > len(self.positional):
@@ -823,16 +830,40 @@ class ContainerDefaults(_Model):
 
 class TenantUser(_Model):
     """A user or group of the tenant and its role: ``edit`` submits, lists and deletes jobs and
-    reads pods and logs; ``view`` only reads."""
+    reads pods and logs; ``view`` only reads.
+
+    Members are named as the apiserver knows them: a client certificate's CN (user) or O
+    (group), or a signed-in person's user or group with their issuer's prefix (``oidc1:alice``,
+    ``oidc1:team-a``). Kubernetes' own ``system:`` names are refused: binding
+    ``system:authenticated`` would admit everyone any issuer signs in.
+
+    >>> TenantUser(name="oidc2:team-b", kind="Group").name
+    'oidc2:team-b'
+    >>> TenantUser(name="system:authenticated", kind="Group")
+    Traceback (most recent call last):
+    ...
+    juliarun.errors.SpecError: invalid TenantUser: name: 'system:authenticated' is a Kubernetes...
+    """
 
     name: str = Field(
         min_length=1,
         max_length=253,
         pattern=r"^[^\s/]+$",
-        description="User name (a client certificate's CN) or group name (its O).",
+        description="User or group as the apiserver names it: a client certificate's CN or O, "
+        "or an OIDC user or group with its issuer's prefix (e.g. oidc1:team-a).",
     )
     kind: Literal["User", "Group"] = Field("User", description="User or Group.")
     role: Literal["edit", "view"] = Field("edit", description="edit or view.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_system(cls, value: str) -> str:
+        if value.lower().startswith("system:"):
+            raise ValueError(
+                f"{value!r} is a Kubernetes system name (system:authenticated is everyone signed "
+                "in); name the tenant's own users and groups"
+            )
+        return value
 
 
 class TenantSpec(_Model):
@@ -1028,7 +1059,7 @@ class BundleSpec(_Model):
 POOL_LABEL = "juliarun.io/pool"
 NODE_TYPE_LABEL = "juliarun.io/node-type"  # the default node-type map's label and taint key
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
-ProviderKind = Literal["kwok", "aws"]
+ProviderKind = Literal["kwok", "aws", "azure", "gcp"]
 
 
 class NodeTaint(_Model):
@@ -1070,12 +1101,14 @@ class NodePool(_Model):
     price: float = Field(0.0, ge=0, description="Price per node-hour (to prefer cheaper pools).")
     spot: bool = Field(False, description="Nodes may be taken back by the provider at any time.")
     provider: ProviderKind = Field(
-        "kwok", description="Who makes the nodes: kwok (simulated, on the cluster) or aws."
+        "kwok",
+        description="Who makes the nodes: kwok (simulated, on the cluster), aws (EC2 Fleet), "
+        "azure (VMs of a Flexible VM scale set) or gcp (a managed instance group).",
     )
     provider_options: dict[str, str] = Field(
         default_factory=dict,
         description="Provider settings: for aws launch_template (required), region, subnet, "
-        "instance_type, endpoint.",
+        "instance_type, endpoint; for azure and gcp see juliarun.providers.azure / .gcp.",
     )
 
     @model_validator(mode="after")

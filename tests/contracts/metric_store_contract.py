@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from juliarun.errors import StoreError
-from juliarun.metrics.base import MetricQuery, MetricStore, Point, Row
+from juliarun.metrics.base import MetricNames, MetricQuery, MetricStore, Point, Row
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)  # a multiple of every window used below
 
@@ -59,6 +59,11 @@ class MetricStoreContract:
 
     def test_implements_the_protocol(self, store: MetricStore) -> None:
         assert isinstance(store, MetricStore)
+
+    def test_names_lists_every_metric_once_sorted(self, cpu: MetricStore) -> None:
+        assert isinstance(cpu, MetricNames)
+        cpu.record(self.AWKWARD_NAME, 1.0, timestamp=at(3))
+        assert cpu.names() == sorted({"cpu", "mem", self.AWKWARD_NAME})
 
     # -- record -------------------------------------------------------------------------------
 

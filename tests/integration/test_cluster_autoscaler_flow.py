@@ -93,3 +93,46 @@ def test_the_flow_adds_the_nodes_a_job_reserves_and_reports_them(
     assert artifacts  # the key is the cluster's: find this run's rows among its versions
     tables = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts]
     assert any(row["pool"] == pool.name and row["added"] for rows in tables for row in rows or [])
+
+
+def test_the_flow_scales_pools_saved_as_blocks(
+    prefect_api: str, kube_ctx: Any, kube_core: client.CoreV1Api, kube_namespace: str
+) -> None:
+    from juliarun.blocks import NodePoolBlock
+    from juliarun.errors import ConfigError
+
+    name = f"cluster-b{uuid.uuid4().hex[:6]}"
+    saved = NodePool(name=name, node_type="highcpu", cpu="4", memory="16Gi", max=3)
+    NodePoolBlock.from_pool(saved).save(name)
+    with pytest.raises(ConfigError) as missing:
+        cluster_autoscaler(pool_blocks=[name, "cluster-nosuchpool"], interval=1, duration=1)
+    assert missing.value.message == "no NodePool block called 'cluster-nosuchpool'"
+    with pytest.raises(ConfigError) as none:
+        cluster_autoscaler(interval=1, duration=1)
+    assert none.value.message == "cluster-autoscaler: no node pools to scale"
+    assert KwokProvider(kube_ctx.backend.client).nodes(saved) == []  # nothing was done
+
+    job = pool_workers("blocky", saved, 2)
+    juliarun.submit(kube_ctx, job)
+    wait_for(
+        lambda: (
+            len(
+                kube_core.list_namespaced_pod(
+                    kube_namespace, label_selector="juliarun.io/job=blocky"
+                ).items
+            )
+            == 2
+        ),
+        60,
+        what="pods",
+    )
+    provider = KwokProvider(kube_ctx.backend.client)
+    try:
+        result = cluster_autoscaler(pool_blocks=[name], interval=1, duration=2)
+        assert result["pools"] == [name]
+        assert provider.nodes(saved) == [saved.node_name(0)]  # 2 x 2 cpu: one 4-cpu node
+    finally:
+        juliarun.delete(kube_ctx, job, force=True)
+        provider.delete_nodes(saved, provider.nodes(saved))
+        with get_client(sync_client=True) as prefect:
+            prefect.delete_block_document(NodePoolBlock.load(name)._block_document_id)

@@ -194,3 +194,51 @@ def test_a_spot_node_taken_back_is_replaced_and_the_job_completes(
     final = juliarun.wait(kube_ctx, job, timeout=180)
     assert str(final) == "succeeded"
     juliarun.delete(kube_ctx, job, force=True)
+
+
+def test_a_node_running_a_non_interruptible_job_is_never_removed(
+    kube_ctx: Any, pool: NodePool, kube_core: client.CoreV1Api, kube_namespace: str
+) -> None:
+    provider = KwokProvider(kube_ctx.backend.client)
+    kept, other = pool.node_name(0), pool.node_name(1)
+
+    def pods_of(job: str) -> list[client.V1Pod]:
+        selector = f"juliarun.io/job={job}"
+        return list(kube_core.list_namespaced_pod(kube_namespace, label_selector=selector).items)
+
+    def runs_on(job: str, node: str) -> bool:
+        return [(p.status.phase, p.spec.node_name) for p in pods_of(job)] == [("Running", node)]
+
+    provider.create_nodes(pool, [kept])
+    wait_for(lambda: ready_nodes(kube_core, pool) == 1, 60, what="the first node")
+    juliarun.submit(kube_ctx, workers("keep", pool, 1, interruptible=False))
+    wait_for(lambda: runs_on("keep", kept), 120, what="the non-interruptible job running")
+    [keep_pod] = pods_of("keep")
+    assert keep_pod.metadata.labels["juliarun.io/interruptible"] == "false"
+
+    # a second job on a second node (the first cordoned meanwhile): each node half used
+    provider.create_nodes(pool, [other])
+    wait_for(lambda: ready_nodes(kube_core, pool) == 2, 60, what="the second node")
+    kube_core.patch_node(kept, {"spec": {"unschedulable": True}})
+    juliarun.submit(kube_ctx, workers("free", pool, 1))
+    wait_for(lambda: runs_on("free", other), 120, what="the other job running")
+    kube_core.patch_node(kept, {"spec": {"unschedulable": False}})
+
+    # the two jobs fit one node: the scaler empties the node whose pod can move, never the one
+    # running the non-interruptible job, whatever its budget
+    scaler = ClusterScaler(kube_ctx, [pool], unneeded_after=timedelta(0), disruption_budget=5)
+    seen: list[tuple[str, ...]] = []
+
+    def consolidated() -> bool:
+        step = scaler.step()
+        seen.append((*step.removed, *step.draining))
+        assert step.reasons()[kept] == (
+            f"runs pod {kube_namespace}/{keep_pod.metadata.name} of non-interruptible job keep"
+        )
+        return pool_nodes(kube_core, pool) == [kept] and runs_on("free", kept)
+
+    wait_for(consolidated, 120, 2, "the other node removed and its job moved")
+    assert all(kept not in names for names in seen)
+    assert any(other in names for names in seen)
+    assert [p.metadata.name for p in pods_of("keep")] == [keep_pod.metadata.name]  # untouched
+    assert runs_on("keep", kept)

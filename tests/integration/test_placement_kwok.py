@@ -139,3 +139,32 @@ def test_pack_by_default_and_a_registered_policy_changes_where_a_job_lands(
     )
     for job in (packed, custom):
         juliarun.delete(gated_ctx, job, force=True)
+
+
+def test_a_pass_that_read_the_cluster_before_another_placed_the_job_does_not_fail(
+    gated_ctx: Any,
+    pool_nodes: tuple[NodePool, list[str]],
+    kube_core: client.CoreV1Api,
+    kube_namespace: str,
+) -> None:
+    """Two controllers (or a slow pass): the one whose view is stale gets a conflict for the
+    pods the other placed, says so, and neither moves a pod nor fails its pass."""
+    pool, _ = pool_nodes
+    job = workers("raced", pool, 2)
+    juliarun.submit(gated_ctx, job)
+    wait_for(lambda: gated(kube_core, kube_namespace, "raced") == 2, 30, what="gated pods")
+    slow = PlacementController(gated_ctx.backend.client)
+    stale = slow._state()  # read before the other controller acts
+    fast = PlacementController(gated_ctx.backend.client)
+    [first] = [d for d in fast.step() if d.job == "raced"]
+    assert first.placed
+    slow._state = lambda: stale  # type: ignore[method-assign]
+    [late] = [d for d in slow.step() if d.job == "raced"]
+    assert not late.placed
+    assert re.fullmatch(
+        r"pod raced-\d-\w+ changed while being placed \(409\); placing again on the next pass",
+        late.reason,
+    ), late.reason
+    wait_for(lambda: juliarun.status(gated_ctx, job).phase == "running", 60, what="raced")
+    assert sorted(set(nodes_of(kube_core, kube_namespace, "raced"))) == list(first.nodes)
+    juliarun.delete(gated_ctx, job, force=True)

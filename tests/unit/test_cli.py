@@ -44,7 +44,7 @@ def test_submit_wait_list_tail_search_delete(home: Path, tmp_path: Path) -> None
     code, out = run("status", "greeter")
     assert code == 0 and "succeeded" in out
     code, out = run("delete", "greeter")
-    assert code == 0 and out.strip() == "True"
+    assert code == 0 and out.strip() == "deleted job greeter"
     code, out = run("list")
     assert "greeter" not in out
 

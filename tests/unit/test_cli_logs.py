@@ -157,13 +157,15 @@ def test_metrics_query_with_and_without_the_subcommand(points: Path) -> None:
     code, out = run("metrics", "app.loss", "--agg", "sum", "--by", "worker")
     assert code == 0, out
     assert [ln.split("\t")[1:] for ln in out.splitlines()] == [
+        ["group", "sum(app.loss)"],
         ["worker=j-0", "15"],
         ["worker=j-1", "15"],
     ]
     code, same = run("metrics", "query", "app.loss", "--agg", "sum", "--by", "worker")
     assert (code, same) == (0, out)
     code, out = run("metrics", "app.loss", "--agg", "max", "--tag", "worker=j-1", "--last", "1h")
-    assert code == 0 and out.split("\t")[-1].strip() == "5"
+    assert code == 0 and out.splitlines()[0] == "start\tgroup\tmax(app.loss)"
+    assert out.split("\t")[-1].strip() == "5"
     code, out = run("metrics", "app.loss", "--agg", "median")
     assert code == 1 and "agg" in out
     code, out = run("metrics", "app.loss", "--tag", "worker")
@@ -179,4 +181,4 @@ def test_metrics_plot_writes_a_png(points: Path, tmp_path: Path) -> None:
     assert out_file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(out_file) in out
     code, out = run("metrics", "plot", "no.such.metric", "--out", str(out_file))
-    assert code == 1 and "no points" in out
+    assert code == 1 and "no metric 'no.such.metric' on cluster 'local'; known: app.loss" in out

@@ -18,7 +18,7 @@ import juliarun
 
 SRC = Path(juliarun.__file__).parent
 PREFECT_LAYERS = ("deployments", "flows", "tasks", "blocks")
-FACADE = ("__init__", "api", "cli", "demo", "demo_autoscale", "demo_cluster", "hooks")
+FACADE = ("__init__", "api", "cli", "cli_login", "demo", "demo_autoscale", "demo_cluster", "hooks")
 
 
 def module_name(path: Path) -> str:
@@ -76,6 +76,9 @@ def test_the_modules_are_found() -> None:
     assert layer("juliarun.backends.base") == "plain"
     assert layer("juliarun.tasks.jobs") == "prefect"
     assert layer("juliarun.api") == layer("juliarun") == "facade"
+    # the router is its own ASGI app, a plain layer: no Prefect, no facade
+    assert {"juliarun.router", "juliarun.router.app", "juliarun.router.session"} <= set(MODULES)
+    assert {layer(m) for m in MODULES if m.startswith("juliarun.router")} == {"plain"}
 
 
 def test_no_prefect_below_the_blocks() -> None:

@@ -1,9 +1,10 @@
 """The placement model (juliarun.scaling.placement): resources, fit with reasons, the builders
 from Kubernetes JSON, gang placement and named policies.
 
-The fit judgement is checked against ``backends/kubernetes/diagnosis.py`` (its toleration,
-node-selector and empty-node resource checks) on generated and on recorded objects, so the
-diagnosis can move onto this model without changing a verdict."""
+The fit judgement is checked against the checks ``backends/kubernetes/diagnosis.py`` made on
+the apiserver's dicts before it moved onto this model (kept below as an independent reference:
+toleration, node selector, empty-node resources), on generated and on recorded objects, and
+against what the diagnosis says now."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from juliarun.scaling.placement import (
     register_policy,
     tolerates,
 )
+from juliarun.specs import parse_quantity
 
 DATA = Path(__file__).parent / "data" / "kubernetes"
 GI = 2**30
@@ -174,6 +176,57 @@ def test_tolerations_like_the_kubernetes_scheduler() -> None:
 
 
 # --- the same verdicts as diagnosis.py, on generated objects -------------------------------
+#
+# The reference: the dict-level checks the diagnosis made before it moved onto the placement
+# model, written independently of it.
+
+
+def ref_requests(pod: Mapping[str, Any]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    spec = pod.get("spec", {})
+    for c in spec.get("containers") or []:
+        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
+            total[k] = total.get(k, 0) + parse_quantity(str(v))
+    for c in spec.get("initContainers") or []:
+        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
+            total[k] = max(total.get(k, 0), parse_quantity(str(v)))
+    return total
+
+
+def ref_tolerates(pod: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    if taint.get("effect") not in {"NoSchedule", "NoExecute"}:
+        return True
+    for tol in pod.get("spec", {}).get("tolerations") or []:
+        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+            continue
+        if tol.get("operator") == "Exists" and (not tol.get("key") or tol["key"] == taint["key"]):
+            return True
+        if tol.get("key") == taint.get("key") and tol.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def ref_node_matches(pod: Mapping[str, Any], node: Mapping[str, Any], *, now: bool) -> bool:
+    labels = node.get("metadata", {}).get("labels") or {}
+    wanted = pod.get("spec", {}).get("nodeSelector") or {}
+    if any(labels.get(k) != v for k, v in wanted.items()):
+        return False
+    if now and node.get("spec", {}).get("unschedulable"):
+        return False
+    return all(
+        ref_tolerates(pod, t)
+        for t in node.get("spec", {}).get("taints") or []
+        if now or not str(t.get("key", "")).startswith("node.kubernetes.io/")
+    )
+
+
+def ref_fits_empty(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
+    allocatable = node.get("status", {}).get("allocatable") or {}
+    return all(
+        amount <= parse_quantity(str(allocatable.get(resource, "0")))
+        for resource, amount in ref_requests(pod).items()
+    )
+
 
 KEYS = st.sampled_from(["a", "b", "node.kubernetes.io/not-ready"])
 VALUES = st.sampled_from(["", "x", "y"])
@@ -234,15 +287,16 @@ def test_same_verdict_as_the_diagnosis(objs: tuple[dict[str, Any], dict[str, Any
     pod_obj, node_obj = objs
     pod, n = Pod.from_k8s(pod_obj), Node.from_k8s(node_obj)
     for taint in node_obj["spec"]["taints"]:
-        assert tolerates(pod.tolerations, Taint(**taint)) == diagnosis._tolerates(pod_obj, taint)
+        assert tolerates(pod.tolerations, Taint(**taint)) == ref_tolerates(pod_obj, taint)
     for now in (True, False):
-        assert placement.admits(pod, n, now=now).ok == diagnosis.node_matches(
-            pod_obj, node_obj, now=now
-        )
-    asked = {k: str(v) for k, v in diagnosis.pod_requests(pod_obj).items()}
+        expected = ref_node_matches(pod_obj, node_obj, now=now)
+        assert placement.admits(pod, n, now=now).ok == expected
+        assert diagnosis.node_matches(pod_obj, node_obj, now=now) == expected
+    asked = {k: str(v) for k, v in ref_requests(pod_obj).items()}
     assert pod.requests == Resources.parse(asked) + Resources(pods=1)
-    assert placement.fits_resources(pod, n.allocatable).ok == diagnosis._fits_empty(
-        pod_obj, node_obj
+    assert placement.fits_resources(pod, n.allocatable).ok == ref_fits_empty(pod_obj, node_obj)
+    assert diagnosis._fits_empty(pod_obj, node_obj) == (
+        ref_node_matches(pod_obj, node_obj, now=False) and ref_fits_empty(pod_obj, node_obj)
     )
 
 
@@ -256,10 +310,11 @@ def test_recorded_objects_judged_like_the_diagnosis(case: str) -> None:
     ]
     for pod_obj, pod in zip(data["pods"], pods, strict=True):
         for node_obj, n in zip(data["nodes"], nodes, strict=True):
-            assert fits(pod, n, now=False, empty=True).ok == (
-                diagnosis.node_matches(pod_obj, node_obj, now=False)
-                and diagnosis._fits_empty(pod_obj, node_obj)
+            expected = ref_node_matches(pod_obj, node_obj, now=False) and ref_fits_empty(
+                pod_obj, node_obj
             )
+            assert fits(pod, n, now=False, empty=True).ok == expected
+            assert diagnosis._fits_empty(pod_obj, node_obj) == expected
     if case == "cpu_misfit":
         [pod], [n] = pods, nodes
         assert (n.allocatable.cpu, n.ready, pod.requests.cpu) == (2000, True, 64000)

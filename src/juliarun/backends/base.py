@@ -387,6 +387,45 @@ class QueueHost(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """Where a job's HTTP service answers, as the router reaches it: the namespace (tenant) whose
+    members may use it and the upstream ``http://host:port``."""
+
+    namespace: str
+    upstream: str
+
+
+@runtime_checkable
+class ServiceHost(Protocol):
+    """A backend whose jobs' HTTP services the router can reach (``juliarun.expose``)."""
+
+    def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
+        """Where job ``name`` serves ``port`` (waits up to ``timeout`` s for a running worker)."""
+        ...
+
+
+@runtime_checkable
+class PodAutoscalerHost(Protocol):
+    """A backend whose own pod autoscaler can scale a job's workers from a metric juliarun
+    serves (Kubernetes: the HorizontalPodAutoscaler and an external-metrics API)."""
+
+    def pod_autoscaler(
+        self,
+        name: str,
+        read: Callable[[], float],
+        *,
+        target: float,
+        minimum: int,
+        maximum: int,
+        scale_down_window: int = 300,
+        interval: float = 1.0,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Attach the cluster's autoscaler to job ``name``; a handle with ``stop()``."""
+        ...
+
+
 @runtime_checkable
 class NodeOperator(Protocol):
     """A backend whose nodes the cluster autoscaler can add and remove (Kubernetes)."""

@@ -1,8 +1,11 @@
-"""Prefect blocks: saved cluster and storage configuration."""
+"""Prefect blocks: saved cluster, storage and node-pool configuration."""
 
 from typing import Any
 
 from juliarun.blocks.cluster import Cluster, LocalCluster, load_cluster
+from juliarun.blocks.nodepool import NodePoolBlock, load_pools
+from juliarun.blocks.oidc import OIDCCredentials
+from juliarun.blocks.queues import RabbitMQ
 from juliarun.blocks.storage import Storage
 from juliarun.blocks.stores import ElasticsearchLogs, InfluxMetrics
 
@@ -13,8 +16,12 @@ __all__ = [
     "InfluxMetrics",
     "KubernetesCluster",
     "LocalCluster",
+    "NodePoolBlock",
+    "OIDCCredentials",
+    "RabbitMQ",
     "Storage",
     "load_cluster",
+    "load_pools",
 ]
 
 

@@ -245,4 +245,6 @@ def load_cluster(name: str) -> Cluster:
         f"no cluster {name!r}: not local, docker or kubernetes, and no saved cluster block "
         f"of that name ({kinds})",
         hint=f"save one first, e.g. LocalCluster(home='/srv/juliarun').save({name!r})",
+        cli_hint="use --cluster local, docker or kubernetes, or the name of a cluster block "
+        "saved on this Prefect server",
     )

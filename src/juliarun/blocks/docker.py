@@ -93,4 +93,5 @@ class DockerCluster(Cluster):
             metric_store=self._metric_config_for(settings),
             max_workers=self.max_workers,
             kill_grace=self.kill_grace,
+            broker_image=settings.broker_image(),
         )

@@ -27,9 +27,11 @@ from juliarun.backends.kubernetes import (
     KubernetesBackend,
     NodeTypeRule,
     api_client,
+    bearer_api_client,
     default_node_types,
 )
 from juliarun.blocks.cluster import Cluster
+from juliarun.blocks.oidc import OIDCCredentials
 from juliarun.errors import ConfigError
 from juliarun.settings import Settings
 
@@ -54,6 +56,12 @@ class KubernetesCluster(Cluster):
         "is not set (its credentials stay in that file).",
     )
     context: str | None = Field(None, description="Context to use (default: current-context).")
+    oidc: OIDCCredentials | None = Field(
+        None,
+        description="Act as the user signed in at this issuer (`juliarun login`): requests carry "
+        "their ID token, refreshed when about to expire, and the kubeconfig gives only the "
+        "server and its CA.",
+    )
     namespace: str = Field(
         "juliarun",
         pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
@@ -108,8 +116,23 @@ class KubernetesCluster(Cluster):
         """The kubeconfig file ``JULIARUN_KUBECONFIG`` (else ``KUBECONFIG``, else
         ``~/.kube/config``), namespace ``JULIARUN_KUBE_NAMESPACE``, images
         ``JULIARUN_JULIA_IMAGE`` / ``JULIARUN_GIT_IMAGE``, rate limit ``JULIARUN_KUBE_QPS`` /
-        ``_BURST``."""
+        ``_BURST``; with ``JULIARUN_OIDC_KUBERNETES=1`` it acts as the user signed in at
+        ``JULIARUN_OIDC_ISSUER`` (client ``JULIARUN_OIDC_CLIENT_ID``)."""
+        from juliarun.auth.settings import load_oidc_settings
+
+        oidc = load_oidc_settings()
+        creds = None
+        if oidc.kubernetes:
+            client = oidc.client()
+            creds = OIDCCredentials(
+                issuer=client.issuer,
+                client_id=client.client_id,
+                client_secret=client.client_secret,
+                scopes=client.scopes,
+                ca_file=client.ca_file,
+            )
         return cls(
+            oidc=creds,
             kubeconfig_path=str(settings.kubeconfig or Path.home() / ".kube" / "config"),
             home=str(settings.home),
             log_store_kind=settings.log_store,
@@ -124,15 +147,27 @@ class KubernetesCluster(Cluster):
             kill_grace=settings.kill_grace,
         )
 
-    def make_api_client(self) -> Any:
-        """A ``kubernetes.client.ApiClient`` of its own for this cluster's kubeconfig."""
+    def make_api_client(self, home: Path | None = None) -> Any:
+        """A ``kubernetes.client.ApiClient`` of its own for this cluster's kubeconfig (acting as
+        the signed-in user when ``oidc`` is set; their tokens are cached under ``home``)."""
+        if self.oidc is not None:
+            source = self.oidc.token_source(home or self.settings().home)
+            if self.kubeconfig is not None:
+                return bearer_api_client(
+                    source.id_token,
+                    config_dict=self.kubeconfig.get_secret_value(),
+                    context=self.context,
+                )
+            return bearer_api_client(
+                source.id_token, kubeconfig=self.kubeconfig_path, context=self.context
+            )
         if self.kubeconfig is not None:
             return api_client(config_dict=self.kubeconfig.get_secret_value(), context=self.context)
         return api_client(kubeconfig=self.kubeconfig_path, context=self.context)
 
     def build_backend(self, settings: Settings, cluster: str) -> Backend:
         return KubernetesBackend(
-            self.make_api_client(),
+            self.make_api_client(settings.home),
             self.namespace,
             self.node_types,
             cluster=cluster,
@@ -144,4 +179,5 @@ class KubernetesCluster(Cluster):
             burst=self.burst,
             kill_grace=self.kill_grace,
             poll_interval=settings.poll_interval,
+            broker_image=settings.broker_image(),
         )

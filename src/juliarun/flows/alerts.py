@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import State, flow
+from prefect import State
 from prefect.states import Completed, Failed
 
+from juliarun.flows._flow import flow
 from juliarun.metrics.alerts import AlertRule
 from juliarun.tasks.metrics import call_alert_hooks, check_alerts, emit_alert_events
 

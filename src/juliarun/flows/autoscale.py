@@ -10,9 +10,11 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any
 
-from prefect import flow
 from pydantic import Field
 
+from juliarun.blocks.nodepool import load_pools
+from juliarun.errors import ConfigError
+from juliarun.flows._flow import flow
 from juliarun.scaling.planner import Headroom
 from juliarun.specs import NodePool
 from juliarun.tasks.clusterscale import publish_pool_sizes, run_cluster_scaler
@@ -61,7 +63,9 @@ def process_autoscaler(  # noqa: PLR0917 - flow parameters are the form in the U
 
 @flow(name="cluster-autoscaler", flow_run_name="{cluster}")
 def cluster_autoscaler(  # noqa: PLR0917 - flow parameters are the form in the UI
-    pools: Annotated[list[NodePool], Field(min_length=1, description="The node pools scaled.")],
+    pools: Annotated[
+        list[NodePool], Field(description="The node pools scaled (with pool_blocks).")
+    ] = [],  # noqa: B006 - a flow parameter's default (Prefect copies it per run)
     cluster: Annotated[str, Field(description="The Kubernetes cluster.")] = "kubernetes",
     headroom_pods: Annotated[
         int, Field(ge=0, le=10000, description="Pods of headroom_cpu/memory kept room for.")
@@ -76,12 +80,23 @@ def cluster_autoscaler(  # noqa: PLR0917 - flow parameters are the form in the U
     disruption_budget: Annotated[
         int, Field(ge=0, le=1000, description="Nodes with pods removed at once.")
     ] = 1,
+    pool_blocks: Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(description="Names of saved NodePool blocks scaled too."),
+    ] = [],  # noqa: B006 - a flow parameter's default (Prefect copies it per run)
 ) -> dict[str, Any]:
     """Keep ``pools`` sized to what jobs reserve (pending and gated pods' requests), with room
     for ``headroom_pods`` more pods in every pool, for ``duration`` seconds: nodes added through
     each pool's provider, unneeded nodes drained and removed (never under a critical pod), gated
     jobs placed whole. Every change is a ``juliarun.cluster.scaled`` event; the run publishes a
-    table of nodes per pool. Schedule it back to back to keep a cluster scaled."""
+    table of nodes per pool. Schedule it back to back to keep a cluster scaled. ``pool_blocks``
+    names node pools saved as NodePool blocks (in the Prefect UI), scaled with ``pools``."""
+    every = [*pools, *load_pools(pool_blocks)]
+    if not every:
+        raise ConfigError(
+            "cluster-autoscaler: no node pools to scale",
+            hint="give pools=[NodePool(...)] or pool_blocks=['<saved NodePool block>']",
+        )
     headroom = (
         Headroom.of(pods=headroom_pods, pod_cpu=headroom_cpu, pod_memory=headroom_memory)
         if headroom_pods
@@ -89,7 +104,7 @@ def cluster_autoscaler(  # noqa: PLR0917 - flow parameters are the form in the U
     )
     rows = run_cluster_scaler(
         cluster,
-        pools,
+        every,
         headroom,
         interval=interval,
         duration=duration,
@@ -97,4 +112,8 @@ def cluster_autoscaler(  # noqa: PLR0917 - flow parameters are the form in the U
         disruption_budget=disruption_budget,
     )
     publish_pool_sizes(cluster, rows)
-    return {"cluster": cluster, "loops": len(rows) // max(len(pools), 1)}
+    return {
+        "cluster": cluster,
+        "pools": [p.name for p in every],
+        "loops": len(rows) // len(every),
+    }

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from juliarun.builders.bundles import check_bake_bundle
 from juliarun.errors import SpecError
+from juliarun.flows._flow import flow
 from juliarun.flows._specs import job_run_name, job_spec, rejected, spec, specs
 from juliarun.flows.run_job import run_job
 from juliarun.specs import AnyJob, BundleSpec, ImageSpec, StorageSpec

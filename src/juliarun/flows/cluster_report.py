@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
+from juliarun.flows._flow import flow
 from juliarun.tasks import publish_cluster_status
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import Flow, flow
+from prefect import Flow
 from prefect.client.schemas.objects import FlowRun, State
 
 from juliarun.errors import JobFailedError, JobNotFoundError, SpecError
+from juliarun.flows._flow import flow
 from juliarun.flows._specs import job_run_name, job_spec, rejected, specs
 from juliarun.specs import AnyJob, StorageSpec
 from juliarun.tasks import (

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
+from juliarun.flows._flow import flow
 from juliarun.specs import TenantSpec
 from juliarun.tasks.tenants import ensure_tenant
 

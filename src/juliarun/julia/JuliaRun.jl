@@ -3,11 +3,12 @@
 #   JuliaRun.record("files_processed", 42; stage="parse")
 #   JuliaRun.consume("work") do body ... end      # a queue started with juliarun.start_queue
 #   JuliaRun.publish("done", "result")
+#   JuliaRun.serve(8000) do req ... end              # an HTTP service for juliarun.expose
 module JuliaRun
 
 using Sockets
 
-export record, consume, publish
+export record, consume, publish, serve
 
 escape_key(s) = replace(replace(replace(string(s), "," => "\\,"), " " => "\\ "), "=" => "\\=")
 
@@ -375,6 +376,163 @@ function publish(queue::AbstractString, body; timeout::Real=60.0, max_backoff::R
             sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
         end
+    end
+end
+
+# ---------------------------------------------------------------------------------------------
+# HTTP services: a small HTTP/1.1 server on the Sockets standard library, for juliarun.expose.
+# Behind juliarun's router every request is already authenticated and authorized; the router
+# says who asked in `X-Remote-User` / `X-Remote-Group` and signs it in `X-JuliaRun-Assertion`.
+
+"""
+    Request
+
+One HTTP request: `method`, `target` (path and query, as sent), `headers` (names lowercased;
+repeated headers joined with ", ") and `body` (bytes).
+"""
+struct Request
+    method::String
+    target::String
+    headers::Dict{String,String}
+    body::Vector{UInt8}
+end
+
+"""
+    Response(status, body; headers=[...])
+    Response(status, stream::Function; headers=[...])
+
+An HTTP response. `body` is a string or bytes; with a function, the response is streamed
+(chunked): the function gets a `send(chunk)` to call for each piece, as it is ready.
+"""
+struct Response
+    status::Int
+    headers::Vector{Pair{String,String}}
+    body::Union{Vector{UInt8},Function}
+end
+Response(status::Integer, body::AbstractString; headers=Pair{String,String}[]) =
+    Response(Int(status), Pair{String,String}[h for h in headers], Vector{UInt8}(body))
+Response(status::Integer, body::AbstractVector{UInt8}; headers=Pair{String,String}[]) =
+    Response(Int(status), Pair{String,String}[h for h in headers], Vector{UInt8}(body))
+Response(status::Integer, body::Function; headers=Pair{String,String}[]) =
+    Response(Int(status), Pair{String,String}[h for h in headers], body)
+
+"The user the router authenticated (`X-Remote-User`), or `nothing` when not behind it."
+user(req::Request) = get(req.headers, "x-remote-user", nothing)
+"The user's groups (every `X-Remote-Group`)."
+groups(req::Request) = haskey(req.headers, "x-remote-group") ?
+    String.(strip.(split(req.headers["x-remote-group"], ","))) : String[]
+
+const REASONS = Dict(200 => "OK", 201 => "Created", 204 => "No Content", 400 => "Bad Request",
+    403 => "Forbidden", 404 => "Not Found", 405 => "Method Not Allowed", 411 => "Length Required",
+    413 => "Payload Too Large", 500 => "Internal Server Error")
+
+const MAX_BODY = 16 * 1024 * 1024
+
+function read_request(io::IO)
+    line = readline(io)
+    isempty(line) && return nothing
+    parts = split(line, ' ')
+    length(parts) == 3 || return :bad
+    headers = Dict{String,String}()
+    while true
+        h = readline(io)
+        isempty(h) && break
+        name, value = strip.(split(h, ':'; limit=2))
+        key = lowercase(name)
+        headers[key] = haskey(headers, key) ? headers[key] * ", " * value : String(value)
+    end
+    haskey(headers, "transfer-encoding") && return :chunked
+    n = parse(Int, get(headers, "content-length", "0"))
+    n > MAX_BODY && return :toolarge
+    body = n > 0 ? read(io, n) : UInt8[]
+    Request(String(parts[1]), String(parts[2]), headers, body)
+end
+
+function write_response(io::IO, res::Response, keep::Bool)
+    buf = IOBuffer()
+    print(buf, "HTTP/1.1 ", res.status, " ", get(REASONS, res.status, "Status"), "\r\n")
+    for (k, v) in res.headers
+        print(buf, k, ": ", v, "\r\n")
+    end
+    any(h -> lowercase(h.first) == "content-type", res.headers) ||
+        print(buf, "Content-Type: text/plain; charset=utf-8\r\n")
+    print(buf, "Connection: ", keep ? "keep-alive" : "close", "\r\n")
+    if res.body isa Function
+        print(buf, "Transfer-Encoding: chunked\r\n\r\n")
+        write(io, take!(buf))
+        send(chunk) = begin
+            data = chunk isa AbstractString ? Vector{UInt8}(chunk) : chunk
+            isempty(data) && return nothing
+            write(io, string(length(data), base=16), "\r\n", data, "\r\n")
+            flush(io)
+            nothing
+        end
+        res.body(send)
+        write(io, "0\r\n\r\n")
+    else
+        print(buf, "Content-Length: ", length(res.body), "\r\n\r\n")
+        write(buf, res.body)
+        write(io, take!(buf))
+    end
+    flush(io)
+end
+
+as_response(r::Response) = r
+as_response(r::AbstractString) = Response(200, r)
+as_response(r::AbstractVector{UInt8}) = Response(200, r)
+as_response(r) = Response(200, string(r))
+
+function serve_connection(handler, sock)
+    try
+        while isopen(sock)
+            req = read_request(sock)
+            req === nothing && break
+            if req isa Symbol
+                status = req === :chunked ? 411 : req === :toolarge ? 413 : 400
+                write_response(sock, Response(status, "bad request\n"), false)
+                break
+            end
+            keep = lowercase(get(req.headers, "connection", "")) != "close"
+            res = try
+                as_response(handler(req))
+            catch err
+                err isa InterruptException && rethrow()
+                println(stderr, "JuliaRun.serve: handler failed: ", sprint(showerror, err))
+                Response(500, "internal error\n")
+            end
+            write_response(sock, res, keep)
+            keep || break
+        end
+    catch err
+        err isa Base.IOError || err isa EOFError ||
+            println(stderr, "JuliaRun.serve: connection: ", sprint(showerror, err))
+    finally
+        close(sock)
+    end
+end
+
+"""
+    serve(handler, port; host=ip"0.0.0.0")
+
+Serve HTTP on `port` forever, calling `handler(req::Request)` for each request; it returns a
+`Response`, a string or bytes (200). Exposed with `juliarun.expose(ctx, job, port=port)`, the
+service is reached through juliarun's router by members of the job's tenant only.
+
+    JuliaRun.serve(8000) do req
+        "hello \$(JuliaRun.user(req))"
+    end
+"""
+function serve(handler, port::Integer; host=ip"0.0.0.0")
+    server = listen(host, port)
+    println("JuliaRun.serve: listening on ", host, ":", port)
+    flush(stdout)
+    try
+        while true
+            sock = accept(server)
+            @async serve_connection(handler, sock)
+        end
+    finally
+        close(server)
     end
 end
 

@@ -709,5 +709,5 @@ def _guard(url: str, action: str) -> Iterator[None]:
     except (ApiError, TransportError) as exc:
         raise StoreError(
             f"Elasticsearch at {url}: cannot {action}: {exc}",
-            hint="check that Elasticsearch is up (scripts/testenv status elasticsearch)",
+            hint="check that Elasticsearch is up and JULIARUN_ES_URL points at it",
         ) from exc

@@ -72,3 +72,13 @@ class MetricStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class MetricNames(Protocol):
+    """A metric store that can list the names it holds (to tell a misspelt name from a
+    metric with no points in the asked period)."""
+
+    def names(self) -> list[str]:
+        """Every metric name stored, sorted."""
+        ...

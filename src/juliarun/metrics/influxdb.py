@@ -337,8 +337,7 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
                 f"InfluxDB at {self.url} cannot query {q.name!r}: {_short(exc)}",
                 hint="InfluxDB refused the token: check it (InfluxDB 1.8: 'user:password')"
                 if refused
-                else "check that InfluxDB is up (`scripts/testenv up influxdb`) and the bucket"
-                f" {self.bucket!r} exists",
+                else f"check that InfluxDB is up and the bucket {self.bucket!r} exists",
             ) from exc
         firsts: dict[tuple[str, ...], int] = {}
         values: list[tuple[tuple[str, ...], int | None, float]] = []
@@ -367,6 +366,24 @@ class InfluxMetricStore(PointRecorder, ClosingContext):
             )
             for group, micros, value in rows
         ]
+
+    def names(self) -> list[str]:
+        """Every metric name (measurement) in the bucket, sorted; buffered points first."""
+        self._check_open()
+        self.flush()
+        flux = (
+            f'import "influxdata/influxdb/v1"\nv1.measurements(bucket: {flux_string(self.bucket)})'
+        )
+        try:
+            tables = self._query_api.query(flux, org=self.org)
+        except Exception as exc:
+            raise StoreError(
+                f"InfluxDB at {self.url} cannot list the metric names: {_short(exc)}",
+                hint=f"check that InfluxDB is up and the bucket {self.bucket!r} exists",
+            ) from exc
+        return sorted(
+            {str(record.values.get("_value")) for table in tables for record in table.records}
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

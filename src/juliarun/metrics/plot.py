@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,22 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _label(group: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in group.items()) or "all"
+
+
+def time_limits(rows: Sequence[Row]) -> tuple[datetime, datetime]:
+    """The x axis of ``rows``: their span, or a minute around them when they all share one
+    time (else the date locator picks an axis of years around a single point).
+
+    >>> from datetime import UTC
+    >>> t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    >>> [x.time().isoformat() for x in time_limits([Row(t, {}, 1.0)])]
+    ['11:59:30', '12:00:30']
+    """
+    first = min(r.start for r in rows)
+    last = max(r.start for r in rows)
+    if first == last:
+        return first - timedelta(seconds=30), last + timedelta(seconds=30)
+    return first, last
 
 
 def render_png(
@@ -62,6 +79,8 @@ def render_png(
             label=_label(dict(key)),
         )
     if series:
+        lo, hi = time_limits(rows)
+        ax.set_xlim(lo, hi)  # type: ignore[arg-type]
         locator = AutoDateLocator()  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]

@@ -174,6 +174,12 @@ class SqliteMetricStore(PointRecorder, SqliteStore):
             for key in sorted(accs)
         ]
 
+    def names(self) -> list[str]:
+        """Every metric name stored, sorted (read from the name index)."""
+        with self._guard("list metric names") as conn:
+            rows = conn.execute("SELECT DISTINCT name FROM points ORDER BY name").fetchall()
+        return [str(name) for (name,) in rows]
+
     def flush(self, timeout: float | None = None) -> bool:
         """Writes are stored when ``write`` returns; nothing to wait for."""
         return True

@@ -12,7 +12,8 @@ class QueueStats:
     """One queue's state as the broker reports it.
 
     ``ready`` messages wait for a consumer; ``unacked`` ones are delivered and not yet
-    acknowledged; rates are messages per second over the broker's last sampling interval.
+    acknowledged; rates are messages per second over the broker's last sampling interval;
+    ``redelivered`` counts deliveries of messages delivered before.
 
     >>> stats = QueueStats("work", 7, 2, consumers=1, publish_rate=0.0, deliver_rate=1.5)
     >>> stats.backlog
@@ -25,6 +26,9 @@ class QueueStats:
     consumers: int
     publish_rate: float
     deliver_rate: float
+    redelivered: int = 0
+    """Messages the broker has delivered again since the queue was declared (taken back from a
+    consumer that went away without acknowledging them)."""
 
     @property
     def backlog(self) -> int:

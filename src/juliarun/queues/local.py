@@ -277,7 +277,7 @@ def start_local_broker(
     if not server.exists():
         raise QueueError(
             f"{server} is not installed",
-            hint="install Debian's rabbitmq-server package (scripts/testenv up rabbitmq)",
+            hint="install Debian's rabbitmq-server package",
         )
     with _locked(broker.path):
         broker.configure()

@@ -296,4 +296,5 @@ class RabbitMQQueue(Queue):
             consumers=int(data.get("consumers") or 0),
             publish_rate=rate("publish_details"),
             deliver_rate=rate("deliver_get_details"),
+            redelivered=int(rates.get("redeliver") or 0),
         )

@@ -2,10 +2,11 @@
 placement of a job's pods by a named, pluggable policy.
 
 Pure: it reads plain values (or Kubernetes JSON dicts through :meth:`Node.from_k8s` and
-:meth:`Pod.from_k8s`) and returns decisions; it calls no client. The fit judgement is the one of
-``backends/kubernetes/diagnosis.py`` (node selector, taints tolerated with the same semantics,
-cordoned nodes, transient ``node.kubernetes.io/`` taints, requests against allocatable), so the
-diagnosis, the co-locating scheduler and the cluster planner agree on whether a pod fits.
+:meth:`Pod.from_k8s`) and returns decisions; it calls no client. It is the only fit judgement
+(node selector, required node affinity, taints and tolerations, cordoned and not-ready nodes,
+transient ``node.kubernetes.io/`` taints, requests against allocatable): the Kubernetes
+diagnosis (``backends/kubernetes/diagnosis.py``), the co-locating scheduler and the cluster
+planner all ask it, so they agree on whether a pod fits.
 
 Resources are integers: cpu in millicores, memory in bytes, GPUs and pod slots as counts.
 Quantities round up, as the Kubernetes scheduler does (``MilliValue`` / ``Value``).
@@ -323,7 +324,7 @@ def affinity_to(node_names: Iterable[str]) -> tuple[Term, ...]:
 
 def k8s_requests(pod: Obj) -> dict[str, Decimal]:
     """The resources one pod requests, as the apiserver sends it: containers summed, an init
-    container's larger need wins (as ``diagnosis.pod_requests``)."""
+    container's larger need wins."""
     total: dict[str, Decimal] = {}
     spec = pod.get("spec", {})
     for c in spec.get("containers") or []:

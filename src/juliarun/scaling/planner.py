@@ -947,10 +947,10 @@ def _minimum(ledger: _Ledger, reasons: dict[int, str]) -> None:
 def _blocker(pod: Pod) -> str | None:
     if pod.critical:
         return f"runs critical pod {pod.key}"
-    if not pod.safe_to_evict:
-        return f"runs pod {pod.key}, not safe to evict"
     if not pod.interruptible:
         return f"runs pod {pod.key} of non-interruptible job {pod.job or pod.key}"
+    if not pod.safe_to_evict:
+        return f"runs pod {pod.key}, not safe to evict"
     return None
 
 

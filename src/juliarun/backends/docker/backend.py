@@ -18,7 +18,13 @@ import docker
 import docker.errors
 import requests
 
-from juliarun.backends.base import ClusterStatus, Component, NodeReadiness, NodeStatus
+from juliarun.backends.base import (
+    ClusterStatus,
+    Component,
+    NodeReadiness,
+    NodeStatus,
+    ServiceEndpoint,
+)
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.docker import storage as docker_storage
 from juliarun.backends.docker.engine import (
@@ -33,13 +39,17 @@ from juliarun.backends.docker.engine import (
     ensure_image,
     gpu_runtimes,
     image_registry,
+    root_cause,
     scope,
 )
+from juliarun.backends.docker.queues import DockerQueues
 from juliarun.backends.docker.runtime import JULIARUN_JL
 from juliarun.backends.local.backend import JULIARUN_JL as JULIARUN_JL_HOST
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
-from juliarun.errors import BackendError, ConfigError, SpecError
+from juliarun.errors import BackendError, ConfigError, JobNotFoundError, SpecError
+from juliarun.queues.base import Queue
+from juliarun.queues.image import BrokerImage, ensure_broker_image
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
 DEFAULT_IMAGE = "julia:1.10"
@@ -69,6 +79,7 @@ class DockerBackend(SupervisedBackend):
         metric_store: Mapping[str, Any] | None = None,
         max_workers: int = 64,
         kill_grace: float = 10.0,
+        broker_image: BrokerImage | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -88,6 +99,24 @@ class DockerBackend(SupervisedBackend):
         self.labels = dict(labels or {})
         self.names = Names(scope(self.home.resolve(), cluster))
         self._client: docker.DockerClient | None = None
+        self.broker_image = broker_image or BrokerImage()
+        self.queues = DockerQueues(
+            lambda: self.client,
+            self.names,
+            self.home,
+            cluster,
+            lambda: ensure_broker_image(self.broker_image, self.client),
+            clock=clock,
+            sleep=sleep,
+        )
+
+    def start_queue(self, name: str) -> Queue:
+        """A container of juliarun's broker image on this engine (see
+        :mod:`juliarun.backends.docker.queues`); the image is built once if missing."""
+        return self.queues.start(name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        return self.queues.delete(name, force=force)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -101,7 +130,7 @@ class DockerBackend(SupervisedBackend):
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise BackendError(
                 f"the Docker engine at {self.engine.endpoint} does not answer: {exc}",
-                hint="start it (scripts/testenv up docker) or set DOCKER_HOST",
+                hint="start the Docker engine, or set DOCKER_HOST to where it listens",
             ) from exc
         return info
 
@@ -294,6 +323,31 @@ class DockerBackend(SupervisedBackend):
             ),
         )
 
+    def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
+        """The address of the job's worker 0 on the engine's network (reached from this machine,
+        where the router runs as a local process)."""
+        spec = next((j for j in self.jobs() if j.name == name), None)
+        if spec is None:
+            raise JobNotFoundError(name, self.cluster)
+        deadline = self.clock() + timeout
+        while True:
+            try:
+                container = self.client.containers.get(self.names.container(f"{name}-0"))
+                container.reload()
+            except docker.errors.NotFound:
+                container = None
+            if container is not None and container.status == "running":
+                networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+                ip = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), "")
+                if ip:
+                    return ServiceEndpoint(spec.tenant, f"http://{ip}:{port}")
+            if self.clock() >= deadline:
+                raise BackendError(
+                    f"job {name!r} has no running worker with an address after {timeout} s",
+                    hint=f"juliarun.status(ctx, {name!r}, verbose=True) says why",
+                )
+            self.sleep(0.2)
+
     def cluster_status(self) -> ClusterStatus:
         components: list[Component] = []
         try:
@@ -313,7 +367,8 @@ class DockerBackend(SupervisedBackend):
             ConfigError,
         ) as exc:
             info = {}
-            components.append(Component("docker-engine", False, str(exc)))
+            reason = exc.message if isinstance(exc, ConfigError) else root_cause(exc)
+            components.append(Component("docker-engine", False, reason))
         registry = image_registry(self.image)
         reachable, detail = _registry_reachable(registry)
         components += [

@@ -100,9 +100,34 @@ class EngineConfig:
             )
         except docker.errors.DockerException as exc:
             raise ConfigError(
-                f"cannot connect to the Docker engine at {self.endpoint}: {exc}",
-                hint="start the engine, or set DOCKER_HOST (scripts/testenv up docker)",
+                f"cannot connect to the Docker engine at {self.endpoint}: {root_cause(exc)}",
+                hint="start the Docker engine, or set DOCKER_HOST to where it listens",
             ) from exc
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost reason of a connection error (docker wraps requests, which wraps urllib3,
+    which wraps the ``OSError``): its ``strerror`` when there is one, else the first line.
+
+    >>> inner = FileNotFoundError(2, "No such file or directory")
+    >>> root_cause(RuntimeError(("Connection aborted.", inner)))
+    'No such file or directory'
+    """
+    todo: list[object] = [exc]
+    seen: set[int] = set()
+    while todo:
+        item = todo.pop(0)
+        if id(item) in seen or not isinstance(item, BaseException | tuple):
+            continue
+        seen.add(id(item))
+        if isinstance(item, tuple):
+            todo.extend(item)
+            continue
+        if isinstance(item, OSError) and isinstance(item.strerror, str) and item.strerror:
+            return item.strerror
+        todo.extend([*item.args, item.__cause__, item.__context__])
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)

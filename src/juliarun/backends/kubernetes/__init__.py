@@ -9,7 +9,7 @@ output: read, follow), ``clusterview`` (health, pods waiting, node percentages),
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "NodeTypeRule",
     "Toleration",
     "api_client",
+    "bearer_api_client",
     "default_node_types",
 ]
 
@@ -65,3 +66,37 @@ def api_client(
             f"the kubeconfig cannot be used: {exc}",
             hint="check its current-context / the context name, and its credentials",
         ) from exc
+
+
+def bearer_api_client(
+    token: Callable[[], str],
+    *,
+    kubeconfig: Path | str | None = None,
+    config_dict: Mapping[str, Any] | None = None,
+    context: str | None = None,
+) -> Any:
+    """A ``kubernetes.client.ApiClient`` that acts as whoever ``token()`` names: the server and
+    CA come from the kubeconfig's cluster, the kubeconfig's own user credentials are not used
+    (no client certificate, no token), and every request carries ``Bearer <token()>``, so the
+    token source refreshes it when it is about to expire."""
+    from kubernetes.client import ApiClient, Configuration
+
+    loaded = api_client(kubeconfig=kubeconfig, config_dict=config_dict, context=context)
+    try:
+        source = loaded.configuration
+        conf = Configuration()
+        conf.host = source.host
+        conf.ssl_ca_cert = source.ssl_ca_cert
+        conf.verify_ssl = source.verify_ssl
+        conf.tls_server_name = getattr(source, "tls_server_name", None)
+        conf.proxy = source.proxy
+    finally:
+        loaded.close()
+
+    def refresh(configuration: Any) -> None:
+        configuration.api_key["authorization"] = token()
+
+    conf.api_key = {"authorization": token()}
+    conf.api_key_prefix = {"authorization": "Bearer"}
+    conf.refresh_api_key_hook = refresh  # type: ignore[assignment]  # typed as None there
+    return ApiClient(configuration=conf)

@@ -19,19 +19,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from juliarun.backends.base import ClusterStatus, CollectResult, JobStatus, NodeReadiness
+from juliarun.backends.base import (
+    ClusterStatus,
+    CollectResult,
+    JobStatus,
+    NodeReadiness,
+    ServiceEndpoint,
+)
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.kubernetes import diagnosis as dx
+from juliarun.backends.kubernetes import drain, nodes
 from juliarun.backends.kubernetes import manifests as mf
-from juliarun.backends.kubernetes import nodes
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.backends.kubernetes.clusterview import ClusterView
 from juliarun.backends.kubernetes.collector import KubernetesCollector
 from juliarun.backends.kubernetes.evidence import JobInspector
 from juliarun.backends.kubernetes.placement import PlacementController
+from juliarun.backends.kubernetes.podautoscaler import (
+    MetricsHost,
+    PodAutoscalerAttachment,
+    attach_pod_autoscaler,
+)
 from juliarun.backends.kubernetes.podlogs import PodLogs
 from juliarun.backends.kubernetes.prewarm import prewarm
+from juliarun.backends.kubernetes.queues import KubernetesQueues
 from juliarun.backends.kubernetes.routes import JobRoutes
 from juliarun.backends.kubernetes.volumes import Volumes, bundle_paths
 from juliarun.errors import (
@@ -44,6 +56,8 @@ from juliarun.errors import (
 )
 from juliarun.logs.base import LogLine, LogStore
 from juliarun.metrics.base import MetricStore
+from juliarun.queues.base import Queue
+from juliarun.queues.image import BrokerImage, ensure_broker_image
 from juliarun.specs import JobSpec, StorageSpec, validate_spec
 
 QUOTA_TTL = 10.0  # seconds a namespace's ResourceQuotas are reused by the submit check
@@ -84,6 +98,8 @@ class KubernetesBackend:
         kill_grace: float = 10.0,
         poll_interval: float = 0.5,
         create_namespace: bool = True,
+        broker_image: BrokerImage | None = None,
+        drain_timeout: float = 120.0,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -114,6 +130,16 @@ class KubernetesBackend:
             self.client, namespace, cluster=cluster, kind=self.kind, logger=self.log
         )
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self.broker_image = broker_image or BrokerImage()
+        self.drain_timeout = drain_timeout
+        self.queues = KubernetesQueues(
+            self.client,
+            namespace,
+            lambda: ensure_broker_image(self.broker_image),
+            clock=clock,
+            sleep=sleep,
+        )
+        self._metrics_host: MetricsHost | None = None
         if create_namespace:
             self.ensure_namespace()
 
@@ -378,8 +404,79 @@ class KubernetesBackend:
         current = dx.diagnose(job, []).status
         if current.done:
             raise BackendError(f"job {name!r} has already {current.phase}; it cannot be scaled")
-        self.client.merge_patch(self.routes.jobs_path(name), mf.scale_patch(workers))
+        current_count = int(job["spec"].get("completions") or 0)
+        path = self.routes.jobs_path(name)
+        # Indexes a drain finished (a scaler stopped between the drain and the new count) are
+        # completed: drop them first, so the count means running workers again.
+        floor = drain.completed_floor((job.get("status") or {}).get("completedIndexes"))
+        if floor is not None and 0 < floor < current_count and workers > floor:
+            self.client.merge_patch(path, mf.scale_patch(floor))
+        if 0 < workers < current_count:
+            drain.drain(
+                self.client.api_client,
+                self.routes.ns_of(name),
+                lambda: self.routes.job_pods(name),
+                workers,
+                timeout=self.drain_timeout,
+                log=self.log,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+        self.client.merge_patch(path, mf.scale_patch(workers))
         return self.status(name)
+
+    # -- queues (see .queues) ---------------------------------------------------------------
+
+    def start_queue(self, name: str) -> Queue:
+        """A RabbitMQ pod, Service and Secret in the backend's namespace (see
+        :mod:`juliarun.backends.kubernetes.queues`); the broker image is built once if the
+        registry does not have it."""
+        return self.queues.start(name)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> bool:
+        return self.queues.delete(name, force=force)
+
+    # -- the Kubernetes HPA option (see .podautoscaler) -------------------------------------
+
+    def pod_autoscaler(
+        self,
+        name: str,
+        read: Callable[[], float],
+        *,
+        target: float,
+        minimum: int,
+        maximum: int,
+        scale_down_window: int = 300,
+        interval: float = 1.0,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> PodAutoscalerAttachment:
+        """Let the cluster's HorizontalPodAutoscaler scale job ``name``'s workers from
+        ``read`` (served as an external metric; see :mod:`.podautoscaler`)."""
+        job = self.routes.get_job(name)
+        kind = (job["metadata"].get("labels") or {}).get(mf.KIND_LABEL, "Job")
+        if kind != "JuliaParBatchWorkers":
+            raise SpecError(kind, [("workers", "only JuliaParBatchWorkers jobs can be scaled")])
+        if self._metrics_host is None:
+            self._metrics_host = MetricsHost(
+                self.client, self.namespace, clock=self.clock, sleep=self.sleep
+            )
+        return attach_pod_autoscaler(
+            self.client,
+            self._metrics_host,
+            job["metadata"]["namespace"],
+            name,
+            read=read,
+            workers=lambda: self.status(name).desired_workers,
+            scale=lambda n: self.scale(name, n),
+            target=target,
+            minimum=minimum,
+            maximum=maximum,
+            scale_down_window=scale_down_window,
+            interval=interval,
+            on_change=on_change,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     # -- output (see .podlogs, .collector) ---------------------------------------------------
 
@@ -435,16 +532,42 @@ class KubernetesBackend:
 
     # -- the cluster view (see .clusterview) -------------------------------------------------
 
+    def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
+        """The pod IP of the job's first running worker (the router reaches pods directly:
+        no Service object, no kube-proxy in between)."""
+        self.routes.get_job(name)  # JobNotFoundError, and learns the namespace
+        deadline = self.clock() + timeout
+        while True:
+            running = sorted(
+                (
+                    p
+                    for p in self.routes.job_pods(name)
+                    if (p.get("status") or {}).get("podIP")
+                    and (p.get("status") or {}).get("phase") == "Running"
+                ),
+                key=lambda p: p["metadata"]["name"],
+            )
+            if running:
+                ip = running[0]["status"]["podIP"]
+                return ServiceEndpoint(self.routes.ns_of(name), f"http://{ip}:{port}")
+            if self.clock() >= deadline:
+                raise BackendError(
+                    f"job {name!r} has no running worker to serve port {port} after {timeout} s",
+                    hint=f"juliarun.status(ctx, {name!r}, verbose=True) says why",
+                )
+            self.sleep(self.poll_interval)
+
     def cluster_status(self) -> ClusterStatus:
         return self.view.status()
 
     def close(self) -> None:
+        if self._metrics_host is not None:
+            self._metrics_host.close()
         self.client.close()
 
 
 def not_configured(reason: str) -> ConfigError:
     return ConfigError(
         f"the kubernetes backend is not configured: {reason}",
-        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, e.g. "
-        'eval "$(scripts/testenv env)"',
+        hint="set JULIARUN_KUBECONFIG (or KUBECONFIG) to the cluster's kubeconfig file",
     )

@@ -14,6 +14,7 @@ from juliarun.backends.kubernetes import diagnosis as dx
 from juliarun.backends.kubernetes import manifests as mf
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.errors import BackendError
+from juliarun.scaling.placement import k8s_requests
 from juliarun.specs import parse_quantity
 
 
@@ -38,7 +39,7 @@ def node_status(
     }
     used: dict[str, Decimal] = {}
     for pod in pods:
-        for k, v in dx.pod_requests(pod).items():
+        for k, v in k8s_requests(pod).items():
             used[k] = used.get(k, Decimal(0)) + v
 
     def free(resource: str) -> int:

@@ -41,7 +41,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Literal
 
 from juliarun.backends.base import (
@@ -52,6 +51,7 @@ from juliarun.backends.base import (
     WorkerStatus,
 )
 from juliarun.backends.kubernetes import manifests as mf
+from juliarun.scaling import placement as pl
 from juliarun.specs import parse_quantity
 
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -226,62 +226,26 @@ def parse_scheduler_message(message: str) -> SchedulerMessage:
     return out
 
 
-def pod_requests(pod: Obj) -> dict[str, Decimal]:
-    """The resources one pod requests (containers summed; an init container's larger need
-    wins), as numbers."""
-    total: dict[str, Decimal] = {}
-    spec = pod.get("spec", {})
-    for c in spec.get("containers") or []:
-        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
-            total[k] = total.get(k, Decimal(0)) + parse_quantity(str(v))
-    for c in spec.get("initContainers") or []:
-        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
-            total[k] = max(total.get(k, Decimal(0)), parse_quantity(str(v)))
-    return total
-
-
-def _tolerates(pod: Obj, taint: Obj) -> bool:
-    if taint.get("effect") not in {"NoSchedule", "NoExecute"}:
-        return True
-    for tol in pod.get("spec", {}).get("tolerations") or []:
-        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
-            continue
-        if tol.get("operator") == "Exists" and (not tol.get("key") or tol["key"] == taint["key"]):
-            return True
-        if tol.get("key") == taint.get("key") and tol.get("value", "") == taint.get("value", ""):
-            return True
-    return False
-
-
-def transient_taint(taint: Obj) -> bool:
-    """A taint the node lifecycle puts on and takes off by itself (``node.kubernetes.io/...``:
-    not-ready, unreachable, memory/disk/pid pressure, network-unavailable, unschedulable)."""
-    return str(taint.get("key", "")).startswith("node.kubernetes.io/")
+def _fit(pod: Obj, node: Obj, *, now: bool = True, empty: bool = True) -> pl.Fit:
+    """The one placement model's verdict (:func:`juliarun.scaling.placement.fits`) on the
+    apiserver's objects: does ``pod`` fit ``node`` (empty, by default)."""
+    return pl.fits(pl.Pod.from_k8s(pod), pl.Node.from_k8s(node), now=now, empty=empty)
 
 
 def node_matches(pod: Obj, node: Obj, *, now: bool = True) -> bool:
-    """Whether ``node`` carries the pod's nodeSelector labels and it tolerates the taints;
-    with ``now=False``, whether it will once its transient state (not ready, cordoned,
-    under pressure) passes."""
-    labels = node.get("metadata", {}).get("labels") or {}
-    wanted = pod.get("spec", {}).get("nodeSelector") or {}
-    if any(labels.get(k) != v for k, v in wanted.items()):
-        return False
-    if now and node.get("spec", {}).get("unschedulable"):
-        return False
-    return all(
-        _tolerates(pod, t)
-        for t in node.get("spec", {}).get("taints") or []
-        if now or not transient_taint(t)
-    )
+    """Whether ``node`` takes the pod at all, resources aside (node selector, required node
+    affinity, taints, cordon and readiness: :func:`juliarun.scaling.placement.admits`); with
+    ``now=False``, whether it will once its transient state (not ready, cordoned, under
+    pressure) passes."""
+    return bool(pl.admits(pl.Pod.from_k8s(pod), pl.Node.from_k8s(node), now=now))
 
 
 def _fits_empty(pod: Obj, node: Obj) -> bool:
-    allocatable = node.get("status", {}).get("allocatable") or {}
-    for resource, amount in pod_requests(pod).items():
-        if amount > parse_quantity(str(allocatable.get(resource, "0"))):
-            return False
-    return True
+    return bool(_fit(pod, node, now=False))
+
+
+def _k8s_name(resource: str) -> str:
+    return mf.GPU_RESOURCE if resource == "gpu" else resource
 
 
 def _largest(nodes: Sequence[Obj], resource: str) -> str:
@@ -322,14 +286,8 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
     node_type = selector_labels.get(NODE_TYPE_LABEL)
     describe = f"kubectl describe pod {pod_name(pod)} -n {namespace}"
     if nodes is not None:
-        typed = [
-            n
-            for n in nodes
-            if all(
-                (n.get("metadata", {}).get("labels") or {}).get(k) == v
-                for k, v in selector_labels.items()
-            )
-        ]
+        judged = pl.Pod.from_k8s(pod)
+        typed = [n for n in nodes if pl.admits(judged, pl.Node.from_k8s(n)).kind != "selector"]
         if not typed:
             if node_type:
                 return Problem(
@@ -355,10 +313,10 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
         if not candidates:
             taints = sorted(
                 {
-                    f"{t.get('key')}={t.get('value', '')}:{t.get('effect')}"
+                    str(t)
                     for n in typed
-                    for t in n.get("spec", {}).get("taints") or []
-                    if not _tolerates(pod, t) and not transient_taint(t)
+                    for t in pl.Node.from_k8s(n).taints
+                    if not t.transient and not pl.tolerates(judged.tolerations, t)
                 }
             )
             return Problem(
@@ -370,15 +328,14 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
                 message or None,
                 fatal=True,
             )
-        if not any(_fits_empty(pod, n) for n in candidates):
-            asks = pod_requests(pod)
+        verdicts = [_fit(pod, n, now=False) for n in candidates]
+        if not any(verdicts):
+            short = set.intersection(*(set(v.short) for v in verdicts))
+            asks = judged.requests
             too_big = [
-                f"{r}={_shown(pod, r, v)} (largest node: {_largest(candidates, r)})"
-                for r, v in sorted(asks.items())
-                if all(
-                    v > parse_quantity(str((n["status"].get("allocatable") or {}).get(r, "0")))
-                    for n in candidates
-                )
+                f"{_k8s_name(r)}={_shown(pod, _k8s_name(r), asks.get(r))} (largest node: "
+                f"{_largest(candidates, _k8s_name(r))})"
+                for r in sorted(short, key=_k8s_name)
             ]
             where = f"{node_type} node" if node_type else "node"
             return Problem(
@@ -389,15 +346,17 @@ def unschedulable(pod: Obj, nodes: Sequence[Obj] | None, namespace: str) -> Prob
                 message or None,
                 fatal=True,
             )
-        if not any(node_matches(pod, n) for n in candidates):
+        # the nodes that would hold it once their transient state passes: none takes pods yet
+        fitting = [n for n, v in zip(candidates, verdicts, strict=True) if v]
+        if not any(node_matches(pod, n) for n in fitting):
             states = sorted(
                 {
-                    str(t.get("key", "")).removeprefix("node.kubernetes.io/")
-                    for n in candidates
-                    for t in n.get("spec", {}).get("taints") or []
-                    if transient_taint(t) and not _tolerates(pod, t)
+                    t.key.removeprefix("node.kubernetes.io/")
+                    for n in fitting
+                    for t in pl.Node.from_k8s(n).taints
+                    if t.transient and not pl.tolerates(judged.tolerations, t)
                 }
-                | {"cordoned" for n in candidates if n.get("spec", {}).get("unschedulable")}
+                | {"cordoned" for n in fitting if n.get("spec", {}).get("unschedulable")}
             )
             return Problem(
                 Category.NODE_NOT_SCHEDULABLE,
@@ -449,18 +408,14 @@ def waiting_kind(pod: Obj, nodes: Sequence[Obj]) -> Waiting | None:
     return "nodes" if any(_fits_empty(pod, n) for n in candidates) else "misfit"
 
 
-def _shown(pod: Obj, resource: str, total: Decimal) -> str:
+def _shown(pod: Obj, resource: str, total: int) -> str:
     """A request as the user wrote it (``100Gi``) when one container asks for it."""
     asked = [
         str(((c.get("resources") or {}).get("requests") or {})[resource])
         for c in pod.get("spec", {}).get("containers") or []
         if resource in ((c.get("resources") or {}).get("requests") or {})
     ]
-    return asked[0] if len(asked) == 1 else _fmt(total)
-
-
-def _fmt(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value == value.to_integral() else str(value)
+    return asked[0] if len(asked) == 1 else pl.format_quantity(resource, total)
 
 
 # ---------------------------------------------------------------------------------------------

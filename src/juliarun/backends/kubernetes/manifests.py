@@ -36,6 +36,8 @@ JOB_LABEL = "juliarun.io/job"
 TENANT_LABEL = "juliarun.io/tenant"
 KIND_LABEL = "juliarun.io/kind"
 NODE_TYPE_LABEL = "juliarun.io/node-type"
+INTERRUPTIBLE_LABEL = "juliarun.io/interruptible"  # "false": never remove the pod's node
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 PLACEMENT_GATE = "juliarun.io/placement"  # pods wait for juliarun's placement controller
 PLACEMENT_ANNOTATION = "juliarun.io/placement"  # on a Job: where it was placed, or why it waits
 SPEC_HASH = "juliarun.io/spec-hash"
@@ -97,6 +99,32 @@ def git_init_container(name: str, url: str, commit: str, image: str) -> dict[str
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": f"st-{name}", "mountPath": f"/mnt/{name}"}],
     }
+
+
+QUEUE_SECRET_ENV = "JULIARUN_QUEUE_SECRET"
+
+
+def queue_secret_env(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A job given a Kubernetes queue's ``env`` names the Secret of its broker
+    (``JULIARUN_QUEUE_SECRET``): its pods read the user and password from that Secret, so the
+    password is never in the Job object.
+
+    >>> [e["name"] for e in queue_secret_env({"JULIARUN_QUEUE_SECRET": "juliarun-queue-mq"})]
+    ['JULIARUN_QUEUE_USER', 'JULIARUN_QUEUE_PASSWORD']
+    >>> queue_secret_env({})
+    []
+    """
+    secret = env.get(QUEUE_SECRET_ENV)
+    if not secret:
+        return []
+    return [
+        {
+            "name": f"JULIARUN_QUEUE_{key.upper()}",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+        }
+        for key in ("user", "password")
+        if f"JULIARUN_QUEUE_{key.upper()}" not in env
+    ]
 
 
 def julia_helpers() -> str:
@@ -167,6 +195,30 @@ def ownership_labels(job: JobSpec) -> dict[str, str]:
     if job.resources.node_type:
         labels[NODE_TYPE_LABEL] = job.resources.node_type
     return labels
+
+
+def pod_labels(job: JobSpec, labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels of the job's pods: ``labels``, and ``juliarun.io/interruptible: "false"``
+    for a job that must not be interrupted (the cluster autoscaler keeps its nodes)."""
+    out = dict(labels)
+    if not job.interruptible:
+        out[INTERRUPTIBLE_LABEL] = "false"
+    return out
+
+
+def pod_annotations(job: JobSpec) -> dict[str, str]:
+    """The annotations of the job's pods: the Julia helpers, and for a job that must not be
+    interrupted ``cluster-autoscaler.kubernetes.io/safe-to-evict: "false"`` (which the
+    Kubernetes cluster-autoscaler honours too).
+
+    >>> from juliarun.specs import Batch
+    >>> pod_annotations(Batch("b", command=["true"], interruptible=False))[SAFE_TO_EVICT]
+    'false'
+    """
+    out = {JULIA_HELPERS: julia_helpers()}
+    if not job.interruptible:
+        out[SAFE_TO_EVICT] = "false"
+    return out
 
 
 def selector(name: str | None = None) -> str:
@@ -355,6 +407,7 @@ def job_manifest(
             {"name": "JULIA_PROJECT", "value": f"{root}/env"},
         ]
     env += [{"name": k, "value": v} for k, v in sorted(job.env.items())]
+    env += queue_secret_env(job.env)
     # The helpers travel as a pod annotation projected by the downward API: no ConfigMap.
     volumes.append(
         {
@@ -412,8 +465,8 @@ def job_manifest(
         else job.backoff_limit,
         "template": {
             "metadata": {
-                "labels": dict(labels),
-                "annotations": {JULIA_HELPERS: julia_helpers()},
+                "labels": pod_labels(job, labels),
+                "annotations": pod_annotations(job),
             },
             "spec": pod_spec,
         },

@@ -172,11 +172,23 @@ class PlacementController:
             return PlacementDecision(namespace, name, False, reason=plan.reason)
         for raw, pod in gated:
             node = plan.assignment[pod.key]
+            patch = node_affinity_patch(node)
+            version = (raw.get("metadata") or {}).get("resourceVersion")
+            if version:  # only the pod as read: a pod changed since is not placed blindly
+                patch["metadata"] = {"resourceVersion": version}
             try:
-                self.client.merge_patch(
-                    ns_path(namespace, "pods", raw["metadata"]["name"]), node_affinity_patch(node)
-                )
+                self.client.merge_patch(ns_path(namespace, "pods", raw["metadata"]["name"]), patch)
             except KubeApiError as exc:
+                if exc.status in {409, 422}:
+                    # changed since this pass read it (placed by another controller, say): what
+                    # the pass planned is stale; the next pass starts from what is there
+                    return PlacementDecision(
+                        namespace,
+                        name,
+                        False,
+                        reason=f"pod {pod.name} changed while being placed ({exc.status}); "
+                        "placing again on the next pass",
+                    )
                 if exc.status != 404:  # a pod deleted meanwhile: its job makes another
                     raise
             free[node] = free[node] - pod.requests

@@ -41,6 +41,7 @@ QUOTA_NAME = "juliarun-tenant"
 LIMITS_NAME = "juliarun-tenant"
 CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+SSR_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 RBAC = "rbac.authorization.k8s.io/v1"
 
 # What juliarun's backend does in a namespace, and nothing more (see KubernetesBackend):
@@ -368,6 +369,17 @@ def ensure_tenant(client: KubeClient, spec: TenantSpec) -> list[TenantObject]:
             client.delete(ns_path(spec.name, "rolebindings", name, group=RBAC))
             done.append(TenantObject("RoleBinding", name, spec.name, "deleted"))
     return done
+
+
+def who_am_i(client: KubeClient) -> tuple[str, list[str]]:
+    """The user name and groups the apiserver sees for ``client``'s credentials (a
+    SelfSubjectReview): the names a tenant's members are given, e.g. ``oidc1:alice`` in
+    ``oidc1:team-a``."""
+    review = client.post(
+        SSR_PATH, {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
+    info = (review.get("status") or {}).get("userInfo") or {}
+    return str(info.get("username") or ""), [str(g) for g in info.get("groups") or []]
 
 
 def remove_tenant(

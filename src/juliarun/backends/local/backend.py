@@ -15,12 +15,18 @@ from typing import Any, ClassVar
 
 import psutil
 
-from juliarun.backends.base import ClusterStatus, Component, NodeReadiness, NodeStatus
+from juliarun.backends.base import (
+    ClusterStatus,
+    Component,
+    NodeReadiness,
+    NodeStatus,
+    ServiceEndpoint,
+)
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.local import storage as local_storage
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
-from juliarun.errors import BackendError, SpecError
+from juliarun.errors import BackendError, JobNotFoundError, SpecError
 from juliarun.queues.base import Queue
 from juliarun.specs import Batch, JobSpec, StorageSpec
 
@@ -104,7 +110,7 @@ class LocalBackend(SupervisedBackend):
         if not isinstance(job, Batch) and shutil.which(self.julia) is None:
             raise BackendError(
                 f"julia executable {self.julia!r} not found",
-                hint="install it (scripts/testenv up julia) or set JULIARUN_JULIA",
+                hint="install Julia, or set JULIARUN_JULIA to its julia executable",
             )
 
     def start_queue(self, name: str) -> Queue:
@@ -172,6 +178,13 @@ class LocalBackend(SupervisedBackend):
     def _bundle_env(self, job: JobSpec) -> dict[str, str]:
         bundle = job_bundle(self.home, job)
         return {} if bundle is None else bundle.env()
+
+    def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
+        """Local workers are processes of this machine: the service is on loopback."""
+        spec = next((j for j in self.jobs() if j.name == name), None)
+        if spec is None:
+            raise JobNotFoundError(name, self.cluster)
+        return ServiceEndpoint(spec.tenant, f"http://127.0.0.1:{port}")
 
     def cluster_status(self) -> ClusterStatus:
         julia = shutil.which(self.julia)

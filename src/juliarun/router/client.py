@@ -1,0 +1,119 @@
+"""Registering a route and waiting until every router replica serves it (what
+``juliarun.expose`` does).
+
+>>> RouterClientSettings(url="http://127.0.0.1:8080", routes="file:/tmp/r.json").replica_urls()
+['http://127.0.0.1:8080']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from juliarun.router.config import RouterError
+from juliarun.router.kube import connect
+from juliarun.router.routes import ConfigMapRoutes, FileRoutes, Route, RouteSource
+
+
+class RouterClientSettings(BaseSettings):
+    """Where the router is, from ``JULIARUN_ROUTER_*``: ``URL`` (how users reach it),
+    ``REPLICAS`` (comma-separated base URLs of every replica, default ``URL``) and ``ROUTES``
+    (``file:<path>`` or ``configmap:<namespace>/<name>``; with ``KUBECONFIG`` for the latter)."""
+
+    model_config = SettingsConfigDict(env_prefix="JULIARUN_ROUTER_", extra="forbid")
+
+    url: str = Field(description="The router's public base URL.")
+    replicas: str = Field("", description="Comma-separated replica base URLs (default: url).")
+    routes: str = Field(description="file:<path> or configmap:<namespace>/<name>.")
+    kubeconfig: str | None = Field(None, description="Kubeconfig for a configmap route table.")
+    expect_replicas: int = Field(
+        0, ge=0, le=100, description="Replicas sharing the address (0: each has its own URL)."
+    )
+
+    def replica_urls(self) -> list[str]:
+        urls = [u.strip().rstrip("/") for u in self.replicas.split(",") if u.strip()]
+        return urls or [self.url.rstrip("/")]
+
+    def source(self) -> RouteSource:
+        kind, _, where = self.routes.partition(":")
+        if kind == "file" and where:
+            return FileRoutes(where)
+        if kind == "configmap" and "/" in where:
+            namespace, name = where.split("/", 1)
+            return ConfigMapRoutes(connect(self.kubeconfig), namespace, name)
+        raise RouterError(
+            f"JULIARUN_ROUTER_ROUTES={self.routes!r} names no route table",
+            hint="use file:<path> or configmap:<namespace>/<name>",
+        )
+
+
+@dataclass(frozen=True)
+class RouterClient:
+    """A router's replicas and its route table."""
+
+    url: str
+    replicas: tuple[str, ...]
+    routes: RouteSource
+    expect_replicas: int = 0  # > 0: replicas share the address; wait for that many to answer
+
+    @classmethod
+    def from_env(cls) -> RouterClient:
+        settings = RouterClientSettings()
+        return cls(
+            settings.url.rstrip("/"),
+            tuple(settings.replica_urls()),
+            settings.source(),
+            settings.expect_replicas,
+        )
+
+    def service_url(self, route: Route) -> str:
+        return f"{self.url}/s/{route.namespace}/{route.name}/"
+
+    def register(
+        self,
+        route: Route,
+        *,
+        timeout: float = 10.0,
+        expect_replicas: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> str:
+        """Write ``route`` and return its URL once every replica serves this version of it and
+        reaches its upstream. ``expect_replicas`` > 0: the replicas share one address
+        (SO_REUSEPORT); ask it on fresh connections until that many distinct replicas answered."""
+        expect = self.expect_replicas if expect_replicas is None else expect_replicas
+        self.routes.put(route)
+        deadline = clock() + timeout
+        waiting = list(self.replicas)
+        seen: set[str] = set()
+        path = f"/.juliarun/routes/{route.namespace}/{route.name}"
+        while waiting:
+            for replica in list(waiting):
+                try:  # a fresh connection each time: shared-port replicas answer in turn
+                    resp = httpx.get(replica + path, timeout=2, headers={"Connection": "close"})
+                    state = resp.json() if resp.status_code == 200 else {}
+                except (httpx.HTTPError, ValueError):
+                    state = {}
+                if state.get("version") == route.version and state.get("upstream_up"):
+                    seen.add(f"{replica} {state.get('replica')}")
+                    if expect <= 0 or len(seen) >= expect:
+                        waiting.remove(replica)
+            if not waiting:
+                break
+            if clock() >= deadline:
+                raise RouterError(
+                    f"route {route.namespace}/{route.name} is not live on "
+                    f"{', '.join(waiting)} after {timeout} s (or its upstream does not answer)",
+                    hint="check that the service listens on its port, and that those router "
+                    "replicas run and can read the route table",
+                )
+            sleep(0.005)
+        return self.service_url(route)
+
+    def unregister(self, namespace: str, name: str) -> bool:
+        return self.routes.remove(namespace, name)

@@ -1,0 +1,175 @@
+"""The router's configuration: the issuers it trusts (mapped like the apiserver maps them), where
+its route table lives, its signing key and its caches.
+
+The issuers can be read from the apiserver's own structured authentication configuration, so the
+router and the apiserver agree on who a token's bearer is:
+
+>>> cfg = authentication_config_issuers('''
+... apiVersion: apiserver.config.k8s.io/v1
+... kind: AuthenticationConfiguration
+... jwt:
+...   - issuer: {url: "https://idp.example", audiences: [cli]}
+...     claimMappings:
+...       username: {claim: sub, prefix: "oidc1:"}
+...       groups: {claim: groups, prefix: "oidc1:"}
+... ''')
+>>> cfg[0].url, cfg[0].audiences, cfg[0].username_prefix
+('https://idp.example', ['cli'], 'oidc1:')
+>>> RouterConfig(issuers=cfg, authz_ttl=-1)
+Traceback (most recent call last):
+...
+juliarun.errors.SpecError: invalid RouterConfig: authz_ttl: Input should be greater ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+
+from juliarun.errors import ConfigError, JuliaRunError
+from juliarun.specs import Name, _Model
+
+
+class RouterError(JuliaRunError):
+    """The router cannot do what was asked (a route that does not come up, a bad route)."""
+
+    default_hint = "check the router's log and `juliarun` route table"
+
+
+class IssuerConfig(_Model):
+    """One trusted OpenID Connect issuer, mapped to Kubernetes users and groups as the
+    apiserver's ``claimMappings`` map it."""
+
+    url: str = Field(description="The issuer URL (exactly the tokens' iss; https).")
+    audiences: list[str] = Field(min_length=1, description="Accepted aud values (any of them).")
+    ca_pem: str | None = Field(None, description="PEM CA bundle for the issuer's HTTPS.")
+    username_claim: str = Field("sub", description="Claim holding the user name.")
+    username_prefix: str = Field("", description="Prefix added to the user name.")
+    groups_claim: str = Field("groups", description="Claim holding the groups (a list).")
+    groups_prefix: str = Field("", description="Prefix added to each group.")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(f"must be an https URL (got {value!r})")
+        return value.rstrip("/")
+
+
+class RouteTableConfig(_Model):
+    """Where the routes live: a JSON file (local and Docker backends) or a ConfigMap (shared by
+    every replica on a cluster)."""
+
+    kind: Literal["file", "configmap"] = Field("file", description="file or configmap.")
+    path: str | None = Field(None, description="The JSON file (kind file).")
+    namespace: Name = Field("juliarun-router", description="The ConfigMap's namespace.")
+    name: Name = Field("juliarun-routes", description="The ConfigMap's name.")
+
+
+class SessionConfig(_Model):
+    """Sign-in for browsers, through one trusted issuer."""
+
+    issuer: str = Field(description="The issuer users sign in with (one of the trusted ones).")
+    client_id: str = Field(description="The router's client at that issuer.")
+    client_secret: SecretStr = Field(description="Its secret.")
+    redirect_uri: str = Field(description="Registered redirect; its path is the callback.")
+    scope: str = Field("openid profile email", description="Scopes asked for.")
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="How the client authenticates at the token endpoint."
+    )
+    lifetime: int = Field(8 * 3600, ge=60, le=7 * 86400, description="Longest session (s).")
+
+
+class StorageShare(_Model):
+    """A named storage the router serves over WebDAV at ``/storage/<namespace>/<name>/`` to the
+    members of tenant ``namespace``: both roles read, the ``edit`` role also writes."""
+
+    namespace: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="The tenant's namespace."
+    )
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="The storage name.")
+    path: str = Field(description="The storage's folder on the router's machine.")
+    read_only: bool = Field(False, description="Refuse every write, whoever asks.")
+
+
+class RouterConfig(_Model):
+    """Everything a router replica needs."""
+
+    issuers: list[IssuerConfig] = Field(min_length=1, description="Trusted issuers.")
+    kubeconfig: str | None = Field(
+        None, description="Kubeconfig of the router's own credentials (None: in-cluster)."
+    )
+    kube_server: str | None = Field(
+        None, description="In a pod: the apiserver's address (default: the kubernetes Service)."
+    )
+    routes: RouteTableConfig = Field(
+        default_factory=RouteTableConfig, description="The route table."
+    )
+    signing_key: str | None = Field(
+        None, description="File with the router's private JWK (shared by replicas); None: new."
+    )
+    public_url: str = Field("http://127.0.0.1:8080", description="How users reach the router.")
+    authz_ttl: float = Field(10.0, ge=0, le=300, description="Seconds an allow is cached.")
+    deny_ttl: float = Field(2.0, ge=0, le=300, description="Seconds a deny is cached.")
+    leeway: float = Field(0.0, ge=0, le=300, description="Clock skew allowed on exp/nbf (s).")
+    jwks_min_refresh: float = Field(
+        1.0, ge=0, le=3600, description="Least seconds between JWKS fetches for unknown keys."
+    )
+    downstream_ttl: int = Field(60, ge=5, le=3600, description="Life of the downstream token.")
+    upstream_timeout: float = Field(30.0, gt=0, le=3600, description="Upstream read timeout.")
+    session: SessionConfig | None = Field(
+        None, description="Browser sign-in (authorization code + cookie); None: bearer only."
+    )
+    storage: list[StorageShare] = Field(
+        default_factory=list, description="Named storage served over WebDAV (a drive)."
+    )
+
+
+def authentication_config_issuers(text: str, *, ca_pem: str | None = None) -> list[IssuerConfig]:
+    """The issuers of an apiserver ``AuthenticationConfiguration`` (YAML text), mapped the same
+    way (claims and prefixes); ``ca_pem`` overrides each issuer's ``certificateAuthority``."""
+    doc = yaml.safe_load(text) or {}
+    if doc.get("kind") != "AuthenticationConfiguration":
+        raise ConfigError(
+            "not an AuthenticationConfiguration",
+            hint="pass the file the apiserver takes with --authentication-config",
+        )
+    found = []
+    for entry in doc.get("jwt") or []:
+        issuer = entry.get("issuer") or {}
+        maps: dict[str, Any] = entry.get("claimMappings") or {}
+        user: dict[str, Any] = maps.get("username") or {}
+        groups: dict[str, Any] = maps.get("groups") or {}
+        found.append(
+            IssuerConfig(
+                url=issuer.get("url", ""),
+                audiences=list(issuer.get("audiences") or []),
+                ca_pem=ca_pem or issuer.get("certificateAuthority"),
+                username_claim=user.get("claim") or "sub",
+                username_prefix=user.get("prefix") or "",
+                groups_claim=groups.get("claim") or "groups",
+                groups_prefix=groups.get("prefix") or "",
+            )
+        )
+    return found
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    """A :class:`RouterConfig` from a YAML or JSON file; ``issuers`` may instead be given as
+    ``authentication_config: <path>`` (the apiserver's file) plus extra ``audiences``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read router config {path}: {exc}") from exc
+    authn = data.pop("authentication_config", None)
+    extra_audiences: dict[str, list[str]] = data.pop("extra_audiences", None) or {}
+    if authn:
+        issuers = authentication_config_issuers(Path(authn).read_text())
+        data["issuers"] = [
+            {**i.model_dump(), "audiences": [*i.audiences, *extra_audiences.get(i.url, [])]}
+            for i in issuers
+        ] + list(data.get("issuers") or [])
+    return RouterConfig.model_validate(data)
