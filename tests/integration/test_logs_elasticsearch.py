@@ -480,6 +480,7 @@ def _node_start(es: Elasticsearch) -> int:
     return int(node["jvm"]["start_time_in_millis"])
 
 
+@pytest.mark.serial  # restarts the shared Elasticsearch (docs/testing.md)
 def test_no_line_is_lost_or_doubled_when_elasticsearch_restarts_mid_job(
     es_env: Path, es_client: Elasticsearch
 ) -> None:

@@ -365,6 +365,7 @@ def _testenv(action: str) -> None:
     )
 
 
+@pytest.mark.serial  # stops the shared InfluxDB (docs/testing.md)
 def test_outage_loses_and_duplicates_nothing(influx_bucket: str, tmp_path: Path) -> None:
     """3000 points over ~10 s; InfluxDB is stopped after ~3 s and started again ~3 s later."""
     failures: list[WriteFailure] = []
@@ -417,6 +418,7 @@ def test_outage_loses_and_duplicates_nothing(influx_bucket: str, tmp_path: Path)
     assert spooled_files(tmp_path / "spool") == []
 
 
+@pytest.mark.serial  # stops the shared InfluxDB (docs/testing.md)
 def test_a_local_jobs_points_survive_an_outage_exactly_once(
     juliarun_home: Path, influx_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

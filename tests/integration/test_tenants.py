@@ -90,6 +90,8 @@ def job(name: str, **extra: Any) -> Batch:
 
 
 @pytest.mark.kwok
+# its jobs in a tenant namespace are in every admin context's juliarun.list(): not beside others
+@pytest.mark.serial
 def test_tenant_users_manage_their_own_jobs_and_are_denied_elsewhere(
     admin: KubeClient,
     tenant_names: tuple[str, str],
@@ -170,6 +172,8 @@ def test_tenant_users_manage_their_own_jobs_and_are_denied_elsewhere(
 
 
 @pytest.mark.kwok
+# its jobs in a tenant namespace are in every admin context's juliarun.list(): not beside others
+@pytest.mark.serial
 def test_a_tenant_job_submitted_by_the_admin_lands_in_the_tenant_namespace(
     admin: KubeClient,
     tenant_names: tuple[str, str],
