@@ -105,6 +105,8 @@ def julia_job(name: str, image: str, **extra: Any) -> Batch:
     return Batch(name, ["julia", "-e", code], image=image, cpu="100m", memory="256Mi", **extra)
 
 
+# serial: its jobs run in tenant namespaces, which every admin context lists cluster-wide
+@pytest.mark.serial
 def test_users_of_two_issuers_work_in_their_tenants_and_are_refused_the_other(
     admin: KubeClient,
     tenants: tuple[str, str, str],

@@ -102,6 +102,8 @@ def router_client(url: str, namespace: str) -> RouterClient:
     return RouterClient(url, (url,), routes, expect_replicas=2)
 
 
+# serial: its job runs in a tenant namespace, which every admin context lists cluster-wide
+@pytest.mark.serial
 def test_a_julia_job_on_the_cluster_is_exposed_through_two_router_replicas(
     cluster_router: tuple[str, str],
     tenants: tuple[str, str, str, str],
