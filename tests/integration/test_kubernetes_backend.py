@@ -281,6 +281,9 @@ def test_gpu_job_without_a_gpu_node_says_so_within_two_polls(
 
 
 @pytest.mark.kwok
+# serial: in the parallel phase its pod twice never became Unschedulable within 60 s (it passes
+# alone in about a second); the cause is not found yet, see docs/testing.md
+@pytest.mark.serial
 def test_request_larger_than_any_node_is_a_resource_misfit(
     kube_ctx: Context, kwok_nodes: NodeFactory
 ) -> None:

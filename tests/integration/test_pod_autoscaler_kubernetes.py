@@ -69,7 +69,7 @@ def test_the_hpa_scales_the_workers_up_and_down_from_the_served_metric(
         backlog["value"] = 7  # ceil(7 / 2) = 4 workers
         wait_for(
             lambda: juliarun.status(kube_ctx, job).desired_workers == 4,
-            90,
+            150,
             1,
             "the HPA to scale the workers to 4",
         )

@@ -629,6 +629,33 @@ class MetricsHost:
                 self._server = server
             self._server.register(namespace, name, read)
             self._names.add((namespace, name))
+        self.wait_served(namespace, name)
+
+    def wait_served(self, namespace: str, name: str, timeout: float = 60) -> None:
+        """Wait until the apiserver routes a read of metric ``name`` to this server (the
+        aggregation layer may take a while to route a just-registered APIService, while its
+        discovery already answers)."""
+        path = f"/apis/{METRICS_GROUP}/{METRICS_VERSION}/namespaces/{namespace}/{name}"
+        deadline = self.clock() + timeout
+        last = ""
+        while True:
+            try:
+                body = self.client.get(path)
+                if body.get("kind") == "ExternalMetricValueList":
+                    return
+                last = f"unexpected answer {str(body)[:200]}"
+            except KubeApiError as exc:
+                if exc.status == 503 and f"metric {name!r} failed" in str(exc):  # its own error
+                    return
+                last = str(exc)
+            if self.clock() > deadline:
+                raise BackendError(
+                    f"the apiserver does not route external metric {namespace}/{name} to "
+                    f"juliarun's metrics server: {last}",
+                    hint="check the APIService v1beta1.external.metrics.k8s.io and the "
+                    "apiserver's aggregation flags",
+                )
+            self.sleep(0.5)
 
     def unregister(self, namespace: str, name: str) -> None:
         with self._lock:
