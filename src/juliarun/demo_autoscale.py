@@ -125,7 +125,16 @@ def run(
             time.sleep(0.5)
     finally:
         handle.stop()
-    results = [body.decode() for body in queue.take("done")]
+    # A message a drained worker had been sent but not started goes back to the queue as that
+    # worker closes, and the remaining worker may be handling it just now (the broker's own
+    # counts lag by seconds): collect results until every message has one, or a minute passes.
+    results: list[str] = []
+    settle = time.monotonic() + 60
+    while True:
+        results += [body.decode() for body in queue.take("done")]
+        if len(results) >= published or time.monotonic() > settle:
+            break
+        time.sleep(0.5)
     redelivered = queue.stats("work").redelivered
     counts = Counter(results)
     most = max([d.desired for d in scaler.decisions] + [1])

@@ -49,6 +49,10 @@ def apiservice(ctx: Context) -> Any:
     )
 
 
+# serial: in CI's parallel phase the HPA controller twice got "could not find the requested
+# resource" for the metric for minutes while the same read through the apiserver answered (it
+# passes alone in under a minute); the cause is not found, see docs/testing.md
+@pytest.mark.serial
 def test_the_hpa_scales_the_workers_up_and_down_from_the_served_metric(
     kube_ctx: Context, kwok_nodes: NodeFactory
 ) -> None:
