@@ -155,4 +155,10 @@ def test_bad_settings_are_refused_before_anything_is_created(kube_ctx: Context) 
     with pytest.raises(SpecError) as info:
         juliarun.PodAutoscaler(kube_ctx, "w", lambda: 1.0, target=0, min_workers=3, max_workers=2)
     assert [f for f, _ in info.value.errors] == ["target", "min_workers"]
-    assert apiservice(kube_ctx) is None
+    b = backend(kube_ctx)
+    assert b._metrics_host is None  # no metrics server was started for it
+    for path in (
+        f"/apis/autoscaling/v2/namespaces/{b.namespace}/horizontalpodautoscalers/w",
+        f"/apis/juliarun.io/v1/namespaces/{b.namespace}/workerpools/w",
+    ):
+        assert b.client.get_or_none(path) is None

@@ -104,6 +104,10 @@ def worker(
         log.close()
 
 
+# `prefect deploy --all` registers every juliarun deployment on the shared server, as each
+# `juliarun serve` does: one at a time with them (a test reading a deployment's schedule saw it
+# replaced)
+@pytest.mark.xdist_group("shared-names")
 def test_prefect_deploy_all_then_a_worker_runs_run_job(
     pool: str,
     worker: subprocess.Popen[bytes],
