@@ -14,9 +14,14 @@ from kubernetes import client
 import juliarun
 from juliarun.api import Context
 from juliarun.backends.kubernetes import KubernetesBackend
+from juliarun.backends.kubernetes.client import ns_path
 from juliarun.backends.kubernetes.manifests import NODE_TYPE_LABEL
-from juliarun.backends.kubernetes.podautoscaler import APISERVICE_NAME
-from juliarun.errors import MetricError, SpecError
+from juliarun.backends.kubernetes.podautoscaler import (
+    APISERVICE_NAME,
+    SERVICE_NAME,
+    register_metrics_api,
+)
+from juliarun.errors import ConfigError, MetricError, SpecError
 from juliarun.specs import JuliaParBatchWorkers
 from tests.integration.fixtures.kubernetes import NodeFactory, wait_for
 
@@ -162,3 +167,41 @@ def test_bad_settings_are_refused_before_anything_is_created(kube_ctx: Context) 
         f"/apis/juliarun.io/v1/namespaces/{b.namespace}/workerpools/w",
     ):
         assert b.client.get_or_none(path) is None
+
+
+# serial: an APIService nobody answers breaks the cluster's API discovery while it exists
+@pytest.mark.serial
+def test_another_adapters_apiservice_is_never_taken_over(kube_ctx: Context) -> None:
+    b = backend(kube_ctx)
+    path = f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE_NAME}"
+    assert b.client.get_or_none(path) is None
+    foreign = {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": APISERVICE_NAME, "labels": {"app.kubernetes.io/managed-by": "keda"}},
+        "spec": {
+            "service": {"name": "keda-metrics-apiserver", "namespace": "keda", "port": 443},
+            "group": "external.metrics.k8s.io",
+            "version": "v1beta1",
+            "insecureSkipTLSVerify": True,
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    }
+    b.client.post("/apis/apiregistration.k8s.io/v1/apiservices", foreign)
+    try:
+        with pytest.raises(ConfigError, match="keda/keda-metrics-apiserver"):
+            register_metrics_api(b.client, b.namespace, _Unstarted(), "127.0.0.1")
+        # refused before anything was created, and KEDA's registration is untouched
+        assert b.client.get_or_none(ns_path(b.namespace, "services", SERVICE_NAME)) is None
+        after = b.client.get(path)
+        assert after["spec"]["service"]["namespace"] == "keda"
+    finally:
+        b.client.delete(path)
+
+
+class _Unstarted:
+    """Stands for a metrics server never started (the refusal comes before it is used)."""
+
+    port = 0
+    ca_bundle = b""

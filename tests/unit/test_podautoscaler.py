@@ -76,33 +76,3 @@ def test_the_hpa_aims_at_the_target_per_worker_with_the_chosen_window() -> None:
     }
     assert (spec["minReplicas"], spec["maxReplicas"]) == (1, 10)
     assert spec["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 0}}
-
-
-def test_another_adapters_apiservice_is_never_taken_over(tmp_path: object) -> None:
-    from typing import Any
-
-    import pytest
-
-    from juliarun.backends.kubernetes.podautoscaler import register_metrics_api
-    from juliarun.errors import ConfigError
-
-    class Cluster:  # what the apiserver holds: KEDA's APIService
-        written: list[str] = []
-
-        def get_or_none(self, path: str) -> Any:
-            return {
-                "metadata": {"labels": {"app.kubernetes.io/managed-by": "keda"}},
-                "spec": {"service": {"namespace": "keda", "name": "keda-metrics-apiserver"}},
-            }
-
-        def post(self, path: str, body: Any) -> Any:
-            self.written.append(path)
-
-    api = server(tmp_path)
-    try:
-        cluster = Cluster()
-        with pytest.raises(ConfigError, match="keda/keda-metrics-apiserver"):
-            register_metrics_api(cluster, "jr", api, "10.0.0.1")  # type: ignore[arg-type]
-        assert cluster.written == []  # refused before anything was created
-    finally:
-        api.stop()
