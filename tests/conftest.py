@@ -4,11 +4,13 @@ per test process, the ``serial`` marker, and xdist groups for tests that share a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         for job in backend.jobs():
             backend.delete(job.name, force=True)
     shutil.rmtree(home, ignore_errors=True)
+
+
+_SUPERVISOR_LOGS = 5  # at most this many logs per failed test, the last 20 lines of each
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the logs of the job supervisors it started (under its
+    ``tmp_path``): a job that failed as "the job's supervisor exited unexpectedly" says why
+    only there, and a CI machine's temporary directories are gone once the run ends."""
+    report = yield
+    if report.failed and report.when in ("call", "teardown"):
+        funcargs = getattr(item, "funcargs", {})
+        root = funcargs.get("tmp_path")
+        if isinstance(root, Path) and root.is_dir():
+            logs = sorted(root.rglob("supervisor.log"), key=lambda p: p.stat().st_mtime)
+            for log in logs[-_SUPERVISOR_LOGS:]:
+                with contextlib.suppress(OSError):
+                    tail = log.read_text(errors="replace").splitlines()[-20:]
+                    report.sections.append((f"supervisor log {log}", "\n".join(tail)))
+    return report
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:

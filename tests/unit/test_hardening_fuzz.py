@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
+import typer.testing
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +31,19 @@ from juliarun.scaling.policy import HPAPolicy, ScalingPolicy, ScalingRules
 CASES: Counter[str] = Counter()
 MINIMUM = 5000
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _command_built_once() -> Any:
+    """Typer's test runner builds the whole click command tree again on every call (about 20 ms
+    idle, over 150 ms on a loaded machine); the `juliarun` process builds it once, and so do the
+    thousands of calls here."""
+    built = typer.main.get_command(app)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(typer.testing, "_get_command", lambda _app: built)
+    yield
+    patch.undo()
+
 
 # Every spec model, with one valid input to mutate (a mutation of a valid spec reaches the
 # deeper rules; a spec made from nothing is refused at its first field).

@@ -251,6 +251,37 @@ def test_workers_die_with_their_supervisor(backend: LocalBackend) -> None:
     backend.delete("orphan", force=True)
 
 
+def test_a_dead_supervisors_worker_pid_now_another_process_is_not_signalled(
+    backend: LocalBackend,
+) -> None:
+    """Pids wrap (at 32768 on this machine): by the time a status read finds the supervisor
+    dead, the pid its state gives a worker may be another process's, here a session leader
+    like any other job's supervisor. That process is left alone."""
+    backend.submit(Batch("reused", command=["sleep", "600"]), {})
+    status = eventually(
+        lambda: (s := backend.status("reused")).workers and s.workers[0].pid and s,
+        what="the worker to run",
+    )
+    worker = status.workers[0].pid
+    jobdir = backend._jobdir("reused")
+    os.kill(jobdir.read_launch()["pid"], signal.SIGKILL)
+    eventually(lambda: worker is not None and not group_alive(worker), what="the worker to die")
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state_file = jobdir.path / "state.json"
+        state = json.loads(state_file.read_text())
+        state["workers"][0]["pid"] = other.pid  # what a wrapped pid looks like
+        state_file.write_text(json.dumps(state))
+        assert str(backend.status("reused")) == (
+            "failed: the job's supervisor exited unexpectedly; its workers were stopped"
+        )
+        assert other.poll() is None and alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    backend.delete("reused", force=True)
+
+
 # -- odd input, one line --------------------------------------------------------------------
 
 

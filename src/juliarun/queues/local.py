@@ -355,8 +355,9 @@ def stop_local_broker(
     deadline = clock() + (0 if force else grace)
     while clock() < deadline and _group_alive(pid):
         sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    if _group_alive(pid):  # an empty group's id may be another process's by now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     deadline = clock() + 10
     while clock() < deadline and _group_alive(pid):
         sleep(0.05)

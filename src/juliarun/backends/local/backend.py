@@ -4,10 +4,8 @@ process on the machine sees the same jobs."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +22,7 @@ from juliarun.backends.base import (
 )
 from juliarun.backends.bundles import job_bundle
 from juliarun.backends.local import storage as local_storage
+from juliarun.backends.local.runtime import kill_worker_group
 from juliarun.backends.supervised.backend import Plan, SupervisedBackend
 from juliarun.backends.supervised.jobdir import JobDir
 from juliarun.errors import BackendError, JobNotFoundError, SpecError
@@ -167,8 +166,7 @@ class LocalBackend(SupervisedBackend):
     def _remove_workers(self, jobdir: JobDir, state: Mapping[str, Any]) -> None:
         for worker in state.get("workers", []):
             if worker.get("pid"):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(worker["pid"]), signal.SIGKILL)
+                kill_worker_group(int(worker["pid"]), str(worker.get("id")))
 
     # -- Backend protocol ------------------------------------------------------------------
 

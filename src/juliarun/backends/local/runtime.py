@@ -68,6 +68,28 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
+def kill_worker_group(pid: int, worker_id: str) -> bool:
+    """SIGKILL the process group of worker ``worker_id`` whose leader had ``pid``, when it is
+    still that worker's: a pid from a state file may have been given to another process since
+    (pids wrap at 32768 on many machines), and that process must never be signalled. Once the
+    leader is gone its group is signalled only while other members keep the group id in use
+    (the kernel gives no new process a pid that is still a group's id). Returns whether a
+    signal was sent."""
+    try:
+        leader = psutil.Process(pid)
+        if leader.environ().get("JULIARUN_WORKER") != worker_id:
+            return False  # the pid is another process's now
+    except psutil.NoSuchProcess:
+        pass  # the leader is gone: only its orphans can still hold the group id
+    except psutil.Error:
+        return False  # not ours to read, so not ours to kill
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 class ProcessHandle:
     """One worker process group."""
 
@@ -84,20 +106,32 @@ class ProcessHandle:
     def pid(self) -> int:
         return self.proc.pid
 
+    def _running(self) -> bool:
+        """Whether the main process still runs, asked without reaping it: until it is reaped
+        its pid (its group's id) is given to no other process, so signalling the group is
+        safe."""
+        if self.proc.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # not waitable here: let Popen tell
+            return self.proc.poll() is None
+
     def poll(self) -> Exit | None:
-        code = self.proc.poll()
-        if code is None:
+        if self._running():
             return None
-        # The worker ends with its main process (as a container does): whatever it left
-        # running in its process group would hold the output pipes open and outlive it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.returncode is None:
+            # The worker ends with its main process (as a container does): whatever it left
+            # running in its process group would hold the output pipes open and outlive it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait()
         for reader in self.readers:
             reader.join(timeout=5)
         return Exit.of_code(code)
 
     def terminate(self, *, force: bool) -> None:
-        if self.proc.poll() is None:
+        if self._running():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL if force else signal.SIGTERM)
 

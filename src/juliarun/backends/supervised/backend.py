@@ -291,13 +291,13 @@ class SupervisedBackend(ABC):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1 if force else signal.SIGTERM)
             deadline = self.clock() + (0 if force else self.kill_grace) + 15
-            while self.clock() < deadline and psutil.pid_exists(pid):
-                with contextlib.suppress(psutil.Error):
-                    if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                        break
+            # Alive means that pid with that start time: once it has exited, its pid may be
+            # another process's (pids wrap), never to be waited for or killed.
+            while self.clock() < deadline and self._supervisor_alive(supervisor):
                 self.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            if self._supervisor_alive(supervisor):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self._remove_workers(jobdir, jobdir.read_state())
         trash = jobdir.path.with_name(f".deleted-{name}-{uuid.uuid4().hex[:8]}")
         jobdir.path.rename(trash)
