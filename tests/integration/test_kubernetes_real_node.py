@@ -84,9 +84,6 @@ def test_an_onfailure_worker_that_fails_once_is_restarted_in_place(
     assert juliarun.delete(kube_ctx, job, force=True)
 
 
-# its reason is read as the Job fails: beside other workers' pods it twice read the pod's
-# CrashLoopBackOff instead of the exit (passes alone in 5 s); not yet understood
-@pytest.mark.serial
 def test_a_worker_that_fails_past_its_backoff_limit_fails_the_job(
     kube_ctx: Context, base_image_on_node: str
 ) -> None:

@@ -101,6 +101,21 @@ def test_crashloop_is_reported_while_restarts_remain() -> None:
     assert status.category == C.CRASH_LOOP
 
 
+def test_a_crashloop_the_job_ended_reads_as_its_last_exit() -> None:
+    """The Job controller marks the Job failed past its backoff limit while the kubelet still
+    shows the container waiting in CrashLoopBackOff: no restart comes, the last exit is why."""
+    data = recorded("crashloop")
+    job = copy.deepcopy(data["job"])
+    job.setdefault("status", {})["conditions"] = [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"},
+    ]  # fmt: skip
+    status = diagnose(job, data["pods"], [], data["nodes"]).status
+    assert (status.phase, status.reason) == ("failed", "worker crashy-0 exited with code 1")
+    assert status.category == C.EXIT_CODE
+
+
 def test_no_node_of_the_type() -> None:
     status = run("no_gpu_node").status
     assert (status.phase, status.reason) == ("failed", "unschedulable: no node of type gpu")

@@ -423,8 +423,12 @@ def _shown(pod: Obj, resource: str, total: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Problem | None:
-    """What is wrong with one pod's main container, if anything."""
+def pod_problem(
+    pod: Obj, job_name: str, namespace: str, restart: str, *, job_failed: bool = False
+) -> Problem | None:
+    """What is wrong with one pod's main container, if anything. Once the Job has failed
+    (``job_failed``) a container still shown in ``CrashLoopBackOff`` will not be restarted: its
+    last exit is the reason."""
     name = pod_name(pod)
     wid = worker_id(job_name, pod)
     describe = f"kubectl describe pod {name} -n {namespace}"
@@ -436,6 +440,8 @@ def pod_problem(pod: Obj, job_name: str, namespace: str, restart: str) -> Proble
     last = (cs.get("lastState") or {}).get("terminated") or {}
     term = state.get("terminated") or {}
     waiting = state.get("waiting") or {}
+    if job_failed and not term and waiting.get("reason") == "CrashLoopBackOff":
+        term, waiting = last, {}
     limit = _memory_limit(pod)
     if term.get("reason") == "OOMKilled" or (
         waiting.get("reason") == "CrashLoopBackOff" and last.get("reason") == "OOMKilled"
@@ -703,9 +709,10 @@ def diagnose(
     )
     report = Report(status)
 
+    job_failed = condition_true(job, "Failed") or condition_true(job, "FailureTarget")
     problems: list[tuple[Problem, str | None]] = []
     for pod, _ in newest:
-        problem = pod_problem(pod, name, namespace, restart)
+        problem = pod_problem(pod, name, namespace, restart, job_failed=job_failed)
         if problem is None and placement_gated(pod):
             problem = placement_wait(job)
         if problem is None and waiting_to_mount(pod):
