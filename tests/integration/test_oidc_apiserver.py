@@ -207,3 +207,34 @@ def test_a_token_signed_by_an_unknown_key_is_rejected(
     resp = oidc_kube.review(forged)
 
     assert resp.status_code == 401, resp.text
+
+
+def test_a_refused_sign_in_says_to_sign_in_again(
+    oidc_issuers: OIDCIssuers, oidc_kube: OIDCKube
+) -> None:
+    """A signed-in user's 401 names their sign-in and `juliarun login`, not the kubeconfig
+    (whose own credentials were never sent)."""
+    from juliarun.backends.kubernetes import bearer_api_client
+    from juliarun.backends.kubernetes.client import KubeApiError, KubeClient
+    from juliarun.blocks import KubernetesCluster, OIDCCredentials
+    from tests.integration.fixtures.kubernetes import kubeconfig_path
+
+    issuer = claims(oidc_issuers.token(unique_user("gina"), issuer="1"))["iss"]
+    cluster = KubernetesCluster(
+        oidc=OIDCCredentials(issuer=issuer, client_id="juliarun-cli"),
+        kubeconfig_path=str(kubeconfig_path()),
+    )
+    genuine = oidc_issuers.token(unique_user("gina"), ["team-a"], issuer="1")
+    forged = resign(genuine, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    kube = KubeClient(
+        bearer_api_client(lambda: forged, kubeconfig=kubeconfig_path()),
+        unauthorized_hint=cluster.unauthorized_hint(),
+        retries=0,
+    )
+    with pytest.raises(KubeApiError) as caught:
+        kube.get("/api/v1/namespaces/default/pods")
+    assert caught.value.status == 401
+    assert caught.value.hint == (
+        f"the apiserver refused your sign-in at {issuer} (expired, revoked or not trusted by "
+        f"this cluster): run `juliarun login --issuer {issuer}` again"
+    )

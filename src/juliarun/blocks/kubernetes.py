@@ -180,4 +180,23 @@ class KubernetesCluster(Cluster):
             kill_grace=self.kill_grace,
             poll_interval=settings.poll_interval,
             broker_image=settings.broker_image(),
+            unauthorized_hint=self.unauthorized_hint(),
+        )
+
+    def unauthorized_hint(self) -> str | None:
+        """What to do when the apiserver answers 401: for a signed-in user, sign in again (the
+        kubeconfig's own credentials are not what was refused).
+
+        >>> creds = OIDCCredentials(issuer="https://id.example.org", client_id="juliarun-cli")
+        >>> cluster = KubernetesCluster(oidc=creds, kubeconfig_path="~/.kube/config")
+        >>> print(cluster.unauthorized_hint())
+        the apiserver refused your sign-in at https://id.example.org (expired, revoked or not
+        trusted by this cluster): run `juliarun login --issuer https://id.example.org` again
+        """
+        if self.oidc is None:
+            return None
+        issuer = self.oidc.issuer
+        return (
+            f"the apiserver refused your sign-in at {issuer} (expired, revoked or not trusted "
+            f"by this cluster): run `juliarun login --issuer {issuer}` again"
         )

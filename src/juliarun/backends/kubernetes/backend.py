@@ -100,13 +100,20 @@ class KubernetesBackend:
         create_namespace: bool = True,
         broker_image: BrokerImage | None = None,
         drain_timeout: float = 120.0,
+        unauthorized_hint: str | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.log = logger or logging.getLogger("juliarun.kubernetes")
         self.client = KubeClient(
-            api_client, qps=qps, burst=burst, logger=self.log, clock=clock, sleep=sleep
+            api_client,
+            qps=qps,
+            burst=burst,
+            unauthorized_hint=unauthorized_hint,
+            logger=self.log,
+            clock=clock,
+            sleep=sleep,
         )
         self.namespace = namespace
         self.node_types = dict(node_types) if node_types is not None else mf.default_node_types()

@@ -103,11 +103,17 @@ class KubeForbiddenError(KubeApiError, PermissionDeniedError):
         self.namespace = namespace
 
 
-def api_error(method: str, path: str, status: int, body: Any) -> KubeApiError:
-    """The error for an error status: RBAC denials are :class:`KubeForbiddenError`."""
+def api_error(
+    method: str, path: str, status: int, body: Any, *, unauthorized_hint: str | None = None
+) -> KubeApiError:
+    """The error for an error status: RBAC denials are :class:`KubeForbiddenError`; a 401
+    carries ``unauthorized_hint`` when the caller knows better than "the kubeconfig" who was
+    refused (a signed-in user's ID token)."""
     message = body.get("message") if isinstance(body, dict) else None
     if status == 403 and isinstance(message, str) and _FORBIDDEN.search(message):
         return KubeForbiddenError(method, path, body)
+    if status == 401 and unauthorized_hint:
+        return KubeApiError(method, path, status, body, hint=unauthorized_hint)
     return KubeApiError(method, path, status, body)
 
 
@@ -157,11 +163,13 @@ class KubeClient:
         retries: int = 5,
         backoff: float = 0.2,
         timeout: float = 30.0,
+        unauthorized_hint: str | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api_client = api_client
+        self.unauthorized_hint = unauthorized_hint
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
@@ -247,7 +255,9 @@ class KubeClient:
                     if raw:
                         return text
                     return json.loads(text) if text else {}
-                err = api_error(method, path, status, _decode(data))
+                err = api_error(
+                    method, path, status, _decode(data), unauthorized_hint=self.unauthorized_hint
+                )
                 if not err.transient or attempt >= limit:
                     raise err
                 delay = _retry_after(resp) or self.backoff * 2**attempt
@@ -273,7 +283,13 @@ class KubeClient:
             ) from exc
         if int(resp.status) >= 400:
             data = resp.read()
-            raise api_error("GET", path, int(resp.status), _decode(data))
+            raise api_error(
+                "GET",
+                path,
+                int(resp.status),
+                _decode(data),
+                unauthorized_hint=self.unauthorized_hint,
+            )
         return StreamedResponse(resp.response)
 
     # -- conveniences ---------------------------------------------------------------------
