@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (run-job/run-job, ...) and a run may be picked up by any of them alive.
 SHARED_NAMES_GROUP = "shared-names"
 SERVE_FIXTURES = frozenset({"serve_juliarun", "served"})
+SERVE_FIXTURES_MODULE = "tests.integration.fixtures.prefect"
 # Tests with kwok nodes run on one xdist worker too: a job's pods go to any node of its node type
 # (highcpu, highmem, gpu, spot...) and status views are cluster-wide, so one test's nodes would
 # take another test's pods. Marked `kwok` or using the `kwok_nodes` fixture puts a test there.
@@ -120,11 +121,24 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _shared_serve(item: pytest.Item) -> bool:
+    """Whether the test takes a `juliarun serve` fixture of the shared Prefect server (those of
+    ``tests/integration/fixtures/prefect.py``); a module's own fixture of the same name, serving
+    on a private Prefect server (the browser tests'), shares nothing."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
+    for name in SERVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        chain = defs.get(name, ())  # overridden ones first: the last is the one used
+        if chain and getattr(chain[-1].func, "__module__", "") == SERVE_FIXTURES_MODULE:
+            return True
+    return False
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if SERVE_FIXTURES & fixtures:
+        if _shared_serve(item):
             item.add_marker(pytest.mark.xdist_group(SHARED_NAMES_GROUP))
         if item.get_closest_marker("kwok") or KWOK_FIXTURES & fixtures:
             item.add_marker(pytest.mark.xdist_group(KWOK_GROUP))

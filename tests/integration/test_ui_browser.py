@@ -43,7 +43,14 @@ from tests.integration.prefect_ui import (
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-pytestmark = [pytest.mark.browser, pytest.mark.prefect_server, pytest.mark.julia]
+# One worker runs the module (its Prefect server and `juliarun serve` are module fixtures, made
+# once), beside the shared-names group: they serve on a server of their own.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.prefect_server,
+    pytest.mark.julia,
+    pytest.mark.xdist_group("browser-ui"),
+]
 
 
 @dataclass(frozen=True)
