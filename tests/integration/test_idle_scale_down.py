@@ -23,6 +23,7 @@ import pytest
 from juliarun import api
 from juliarun.backends.base import JobStatus
 from juliarun.backends.supervised.jobdir import JobDir
+from juliarun.logs import LogQuery
 from juliarun.queues import Queue
 from juliarun.scaler import JobScaler
 from juliarun.scaling.metrics import BoundedMetric
@@ -82,7 +83,7 @@ def idle_first(ctx: api.Context, code: Path, job_name: str) -> None:
             "/mnt/code/worker.jl",
             "code",
             nworkers=3,
-            cpu="50m",
+            cpu="1",
             memory="300Mi",
             env=queue.env,
         )
@@ -132,14 +133,16 @@ def idle_first(ctx: api.Context, code: Path, job_name: str) -> None:
         assert sum(results.values()) == 2
         assert sorted(p.name for p in code.glob("started-*")) == ["started-a-1", "started-b-1"]
         assert queue.depth("work") == 0
-        assert [busy_file(w).exists() for w in ids] == [False, False, False]
+        # the result is published inside the handler: the ack and the file's removal follow
+        wait_for(lambda: not any(busy_file(w).exists() for w in ids), "idle workers", 30)
 
         # Index 0 comes back under its old id; with every worker idle the highest go first.
         api.scale(ctx, job_name, 3)
         up = running(ctx, job_name)
         assert [(w.id, w.state) for w in up.workers] == [(w, "running") for w in ids]
         assert up.workers[0].pid != pids[ids[0]]
-        wait_for(lambda: consumers_idle(queue, 3), "three consumers", timeout=60)
+        said = wait_for(lambda: messages(ctx, job_name, ids[0], 3), "index 0's lines", 60)
+        assert said == ["consuming", "handled 0", "consuming"]  # one worker id, both runs
         api.scale(ctx, job_name, 1)
         down = removed(ctx, job_name, 2)
         assert states(down) == {
@@ -165,6 +168,12 @@ def removed(ctx: api.Context, name: str, n: int) -> JobStatus:
     return result
 
 
+def messages(ctx: api.Context, job: str, worker: str, n: int) -> list[str] | None:
+    """The lines ``worker`` printed, once there are ``n``."""
+    said = [line.message for line in ctx.logs.query(LogQuery(job=job, worker=worker))]
+    return said if len(said) >= n else None
+
+
 def running(ctx: api.Context, name: str) -> JobStatus:
     """The job's status once every worker it wants runs."""
 
@@ -174,11 +183,6 @@ def running(ctx: api.Context, name: str) -> JobStatus:
 
     result: JobStatus = wait_for(check, "every worker running", timeout=60)
     return result
-
-
-def consumers_idle(queue: Queue, n: int) -> bool:
-    stats = queue.stats("work")
-    return bool(stats.consumers == n and stats.unacked == 0)
 
 
 def job_exists(ctx: api.Context, name: str) -> bool:
