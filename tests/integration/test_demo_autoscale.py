@@ -12,12 +12,7 @@ import pytest
 
 from juliarun.demo_autoscale import run
 
-pytestmark = [
-    pytest.mark.julia,
-    pytest.mark.rabbitmq,
-    # its local broker "mq" is the Erlang node juliarun-mq@localhost, one per machine
-    pytest.mark.xdist_group("shared-names"),
-]
+pytestmark = [pytest.mark.julia, pytest.mark.rabbitmq]
 
 
 def test_the_process_autoscaler_demo_scales_up_and_back_and_loses_nothing(

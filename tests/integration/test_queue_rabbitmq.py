@@ -8,7 +8,9 @@ marker when it begins, so exactly-once and redelivery are counted, not guessed.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -16,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pika
@@ -314,7 +317,6 @@ def local_home(tmp_path: Path, rabbitmq_endpoints: dict[str, str]) -> Iterator[P
         delete_local_broker(home, "local", name, force=True)
 
 
-@pytest.mark.xdist_group("shared-names")  # broker "work": node juliarun-work@localhost
 def test_local_broker_start_is_idempotent_and_delete_removes_it(local_home: Path) -> None:
     q = start_local_broker(local_home, "local", "work")
     broker = LocalBroker(local_home, "local", "work")
@@ -345,6 +347,52 @@ def test_local_broker_start_is_idempotent_and_delete_removes_it(local_home: Path
     assert delete_local_broker(local_home, "local", "work") is False
 
 
+def test_two_homes_run_brokers_of_the_same_name_at_once_and_delete_them_apart(
+    tmp_path: Path, rabbitmq_endpoints: dict[str, str]
+) -> None:
+    """Every Erlang node of the machine registers with the one EPMD: the node name carries a
+    hash of the home, so two homes (and two clusters of one home) start a broker "twin" at the
+    same time, each with its own messages, and deleting one leaves the others running."""
+    homes = [tmp_path / "a" / "home", tmp_path / "b" / "home", tmp_path / "a" / "home"]
+    clusters = ["local", "local", "other"]
+    brokers = [LocalBroker(h, c, "twin") for h, c in zip(homes, clusters, strict=True)]
+    assert len({b.node for b in brokers}) == 3
+    assert all(re.fullmatch(r"juliarun-twin-[0-9a-f]{10}@localhost", b.node) for b in brokers)
+    queues: list[RabbitMQQueue] = []
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            starting = [
+                pool.submit(start_local_broker, h, c, "twin")
+                for h, c in zip(homes, clusters, strict=True)
+            ]
+            queues = [f.result() for f in starting]
+        pids = [b.pid() for b in brokers]
+        assert None not in pids and len(set(pids)) == 3
+        assert len({q.url for q in queues}) == 3
+        for i, q in enumerate(queues):
+            q.declare("jobs")
+            assert q.publish("jobs", [f"{i}-{k}" for k in range(i + 1)]) == i + 1
+        assert [q.depth("jobs") for q in queues] == [1, 2, 3]  # each broker its own messages
+        node = json.loads((brokers[0].path / "broker.json").read_text())["node"]
+        assert node == brokers[0].node
+        queues[0].close()
+        assert delete_local_broker(homes[0], "local", "twin") is True
+        assert not brokers[0].path.exists() and brokers[0].pid() is None
+        assert [b.pid() for b in brokers[1:]] == pids[1:]  # the others run on
+        assert [q.depth("jobs") for q in queues[1:]] == [2, 3]
+        assert sorted(q.take("jobs") for q in queues[1:]) == [
+            [b"1-0", b"1-1"],
+            [b"2-0", b"2-1", b"2-2"],
+        ]
+    finally:
+        for q in queues:
+            q.close()
+        for h, c in zip(homes, clusters, strict=True):
+            delete_local_broker(h, c, "twin", force=True)
+    assert all(b.pid() is None for b in brokers)
+    assert not any(psutil.pid_exists(p) and _pgid(p) == p for p in pids)
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -355,7 +403,6 @@ def _pgid(pid: int) -> int | None:
 # counts redeliveries across a broker stop/start: failed once (one id handled 3 times) beside
 # other workers on a loaded machine
 @pytest.mark.serial
-@pytest.mark.xdist_group("shared-names")  # broker "work": node juliarun-work@localhost
 def test_a_broker_restart_loses_nothing_and_workers_reconnect(
     local_home: Path, julia_throws: str, tmp_path: Path
 ) -> None:

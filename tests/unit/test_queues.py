@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from juliarun.errors import QueueError, SpecError
 from juliarun.queues import QueueStats
-from juliarun.queues.local import delete_local_broker, start_local_broker
+from juliarun.queues.local import LocalBroker, delete_local_broker, start_local_broker
 from juliarun.queues.rabbitmq import RabbitMQQueue, mask_url
 
 
@@ -58,3 +59,13 @@ def test_not_an_amqp_url_is_a_queue_error() -> None:
 def test_backlog_is_ready_plus_unacked() -> None:
     stats = QueueStats("w", ready=3, unacked=4, consumers=2, publish_rate=1.0, deliver_rate=0.5)
     assert stats.backlog == 7
+
+
+def test_a_broker_started_before_node_names_had_a_hash_keeps_its_node(tmp_path: Path) -> None:
+    """Its Mnesia data (durable queues, messages) is kept under the node's name."""
+    broker = LocalBroker(tmp_path / "home", "local", "old")
+    broker.path.mkdir(parents=True)
+    (broker.path / "broker.json").write_text(
+        json.dumps({"node": "juliarun-old@localhost", "ports": {"amqp": 1}})
+    )
+    assert broker.node == "juliarun-old@localhost"

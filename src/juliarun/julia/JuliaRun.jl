@@ -234,6 +234,24 @@ end
 log_queue(msg) = (println(stderr, "juliarun queue: ", msg); flush(stderr))
 
 """
+    mark_busy(on::Bool)
+
+Tell the platform whether this worker is handling a message: the file `JULIARUN_BUSY_FILE`
+(set by the local and Docker backends) exists exactly while it does, so a scale-down removes
+idle workers first. Best effort: a file that cannot be written never stops the work.
+"""
+function mark_busy(on::Bool)
+    path = get(ENV, "JULIARUN_BUSY_FILE", "")
+    isempty(path) && return nothing
+    try
+        on ? touch(path) : rm(path; force=true)
+    catch err
+        err isa InterruptException && rethrow()
+    end
+    nothing
+end
+
+"""
     consume(handler, queue; prefetch=1, max_backoff=5.0, give_up_after=300.0) -> Int
 
 Take messages from `queue` and call `handler(body::String)` for each, one at a time. A message
@@ -244,7 +262,8 @@ acknowledged. A lost connection is retried with exponential backoff (0.1 s doubl
 acknowledged when it was lost are redelivered (delivery is at least once).
 
 On SIGTERM the message in hand is finished and acknowledged, the connection is closed, and
-`consume` returns the number of messages handled, so the script can end with status 0.
+`consume` returns the number of messages handled, so the script can end with status 0. While a
+message is in hand the worker reads as busy to the platform (see `mark_busy`).
 """
 function consume(handler, queue::AbstractString; prefetch::Integer=1, max_backoff::Real=5.0,
                  give_up_after::Real=300.0)
@@ -277,6 +296,7 @@ function consume(handler, queue::AbstractString; prefetch::Integer=1, max_backof
                     f.command == "MESSAGE" || continue
                     ack = header(f, "ack")
                     busy[] = true
+                    mark_busy(true)
                     ok = try
                         handler(String(f.body))
                         true
@@ -289,9 +309,11 @@ function consume(handler, queue::AbstractString; prefetch::Integer=1, max_backof
                     write(sock[], encode_frame(ok ? "ACK" : "NACK", ["id" => ack]))
                     ok && (handled += 1)
                     busy[] = false
+                    mark_busy(false)
                 end
             catch err
                 busy[] = false
+                mark_busy(false)
                 (err isa QueueError || err isa InterruptException) && rethrow()
                 stop_requested() && break
                 now = time()
@@ -308,6 +330,7 @@ function consume(handler, queue::AbstractString; prefetch::Integer=1, max_backof
             end
         end
     finally
+        mark_busy(false)
         close(watcher)
         s = sock[]
         if s !== nothing && isopen(s)

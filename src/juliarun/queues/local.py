@@ -2,17 +2,19 @@
 
 Each broker is its own ``rabbitmq-server`` (Debian's package) with everything under
 ``<home>/clusters/<cluster>/queues/<name>/``: config, Mnesia data, logs, Erlang cookie. It is a
-node ``juliarun-<name>@localhost`` listening on loopback only, on ports chosen free at its
-first start and kept (clients reconnect to the same endpoints after a restart). Its user and
-password are generated at the first start and kept in files only the owner can read (0600);
-they are never logged. The process group is recorded (PID and start time) and
-stopped by that PID.
+node ``juliarun-<name>-<hash>@localhost`` (see :func:`node_name`: unique per home, cluster and
+name, since every node of the machine registers with the one EPMD) listening on loopback only,
+on ports chosen free at its first start and kept (clients reconnect to the same endpoints after
+a restart). Its user and password are generated at the first start and kept in files only the
+owner can read (0600); they are never logged. The process group is recorded (PID and start
+time) and stopped by that PID.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -73,6 +75,29 @@ def broker_dir(home: Path, cluster: str, name: str) -> Path:
     return Path(home) / "clusters" / cluster / "queues" / name
 
 
+def node_name(home: Path, cluster: str, name: str) -> str:
+    """The Erlang node of the broker ``name`` of ``cluster`` under ``home``:
+    ``juliarun-<name>-<hash>@localhost``, where ``<hash>`` is 10 hex digits of a SHA-256 of the
+    resolved home path, the cluster and the name. Every Erlang node of the machine registers its
+    name with the one EPMD, so two homes (or clusters) starting a broker of the same name at
+    once would clash on ``juliarun-<name>``; the hash keeps them apart. The name part stays
+    within what Erlang and ``rabbitmq-server`` accept: letters, digits and ``-``, at most 60
+    characters (a broker name has at most 40).
+
+    >>> a = node_name(Path("/home/a/.juliarun"), "local", "mq")
+    >>> a.startswith("juliarun-mq-") and a.endswith("@localhost"), len(a.split("@")[0])
+    (True, 22)
+    >>> a == node_name(Path("/home/a/.juliarun/../.juliarun"), "local", "mq")
+    True
+    >>> len({a, node_name(Path("/home/b/.juliarun"), "local", "mq"),
+    ...      node_name(Path("/home/a/.juliarun"), "other", "mq")})
+    3
+    """
+    where = str(Path(home).resolve())
+    digest = hashlib.sha256("\0".join((where, cluster, name)).encode()).hexdigest()[:10]
+    return f"juliarun-{name}-{digest}@localhost"
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = []
     try:
@@ -117,10 +142,13 @@ class LocalBroker:
         self.cluster = cluster
         self.name = check_name(name)
         self.path = broker_dir(home, cluster, name)
+        self._node = node_name(home, cluster, name)
 
     @property
     def node(self) -> str:
-        return f"juliarun-{self.name}@localhost"
+        """The node recorded at the first start (its Mnesia data is under that name, so a
+        broker keeps it), else the one :func:`node_name` gives."""
+        return str(self._read("broker.json").get("node") or self._node)
 
     def _read(self, file: str) -> dict[str, Any]:
         try:

@@ -193,6 +193,11 @@ class DockerRuntime:
             "environment": {
                 **launch.env,
                 "JULIARUN_METRICS_FILE": f"{METRICS_DIR}/{launch.metrics_file.name}",
+                **(
+                    {"JULIARUN_BUSY_FILE": f"{METRICS_DIR}/{launch.busy_file.name}"}
+                    if launch.busy_file is not None
+                    else {}
+                ),
             },
             "working_dir": c.get("working_dir"),
             "mounts": mounts,

@@ -159,7 +159,8 @@ def _read(pipe: IO[bytes] | None, stream: Stream, sink: LineSink) -> None:
 
 class ProcessRuntime:
     """Starts ``runtime.command`` in ``runtime.cwd`` with the worker's environment (see
-    :func:`worker_env`); ``JULIARUN_METRICS_FILE`` is the metrics file itself."""
+    :func:`worker_env`); ``JULIARUN_METRICS_FILE`` and ``JULIARUN_BUSY_FILE`` are the files
+    themselves."""
 
     def __init__(self, job: Mapping[str, Any]) -> None:
         config = job["runtime"]
@@ -170,9 +171,10 @@ class ProcessRuntime:
         self._preexec = _die_with_parent()
 
     def start(self, launch: WorkerLaunch, sink: LineSink) -> ProcessHandle:
-        env = worker_env(
-            os.environ, {**launch.env, "JULIARUN_METRICS_FILE": str(launch.metrics_file)}
-        )
+        files = {"JULIARUN_METRICS_FILE": str(launch.metrics_file)}
+        if launch.busy_file is not None:
+            files["JULIARUN_BUSY_FILE"] = str(launch.busy_file)
+        env = worker_env(os.environ, {**launch.env, **files})
         try:
             proc = subprocess.Popen(
                 self.command,

@@ -66,6 +66,10 @@ class JobDir:
     def metrics_file(self, worker_id: str) -> Path:
         return self.path / "metrics" / f"{worker_id}.lp"
 
+    def busy_file(self, worker_id: str) -> Path:
+        """Present while the worker handles a message (see ``WorkerLaunch.busy_file``)."""
+        return self.path / "metrics" / f"{worker_id}.busy"
+
     def exists(self) -> bool:
         return self.job_file.exists()
 

@@ -37,6 +37,11 @@ class WorkerLaunch:
     each runtime names ``metrics_file`` as its worker sees it)."""
     metrics_file: Path
     """The file on this machine the supervisor ingests metric lines from."""
+    busy_file: Path | None = None
+    """Beside ``metrics_file``: the file a worker holds while it handles a message
+    (``JuliaRun.consume`` creates it before the handler and removes it after the ack); each
+    runtime names it as its worker sees it in ``JULIARUN_BUSY_FILE``. The supervisor only
+    checks whether it exists, to remove idle workers first on scale-down."""
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,28 @@ exponential backoff, follows the desired worker count written by ``scale``, and 
 state for every other process to read.
 
 SIGTERM stops the workers gracefully (SIGTERM, then SIGKILL after the grace period); SIGUSR1
-kills them at once. Run as ``python -m juliarun.backends.supervised.supervisor JOBDIR``.
+kills them at once.
+
+Scale-down removes idle workers first (see :func:`removal_order`): a worker is busy while its
+busy file exists (``JuliaRun.consume`` holds it while a message is in hand). So the indexes that
+run are a set, not always ``0..n-1``: a scale-up takes the lowest free indexes again, and a
+removed index that comes back is started again under its old worker id.
+
+Run as ``python -m juliarun.backends.supervised.supervisor JOBDIR``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import queue
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +67,25 @@ SAMPLE_EVERY = 5.0
 KILL_WAIT = 10.0
 
 
+def removal_order(workers: Mapping[int, tuple[str, bool]]) -> list[int]:
+    """The order in which a scale-down removes workers, given each index's state and whether
+    it is busy (handling a message): first those holding nothing (not running: waiting to
+    restart, or ended), then the running idle ones, then the busy ones; among equals the
+    highest index first.
+
+    >>> removal_order({0: ("running", True), 1: ("running", False), 2: ("running", True)})
+    [1, 2, 0]
+    >>> removal_order({0: ("running", False), 1: ("restarting", False), 2: ("running", False)})
+    [1, 2, 0]
+    """
+
+    def rank(index: int) -> tuple[int, int]:
+        state, busy = workers[index]
+        return (0 if state != "running" else 2 if busy else 1, -index)
+
+    return sorted(workers, key=rank)
+
+
 @dataclass
 class _Worker:
     status: WorkerStatus
@@ -91,6 +119,8 @@ class Supervisor:
         self.tick = tick
         self.spec: dict[str, Any] = self.job["spec"]
         self.workers: dict[int, _Worker] = {}
+        # The indexes that should run (the desired count of them); scale changes this set.
+        self.active: set[int] = set()
         self.stop_mode: str | None = None
         self.reason: str | None = None
         self.hint: str | None = None
@@ -152,7 +182,14 @@ class Supervisor:
 
     def _reconcile(self, desired: int) -> None:
         t = self.clock()
-        for index in range(desired):
+        if len(self.active) < desired:
+            free = (i for i in itertools.count() if i not in self.active)
+            while len(self.active) < desired:
+                self.active.add(next(free))
+        elif len(self.active) > desired:
+            order = removal_order({i: self._activity(i) for i in self.active})
+            self.active.difference_update(order[: len(self.active) - desired])
+        for index in sorted(self.active):
             w = self.workers.get(index)
             if w is None:
                 self._start(index)
@@ -163,7 +200,7 @@ class Supervisor:
         surplus = [
             w
             for index, w in self.workers.items()
-            if index >= desired and w.status.state in ("running", "restarting", "waiting")
+            if index not in self.active and w.status.state in ("running", "restarting", "waiting")
         ]
         if surplus:
             self._terminate(surplus, force=False)
@@ -172,6 +209,15 @@ class Supervisor:
                 w.status.reason = "scaled down"
                 if w.handle is not None:
                     w.handle.discard()
+
+    def _activity(self, index: int) -> tuple[str, bool]:
+        """The worker's state and whether it is busy: its busy file exists (checked with
+        ``lstat``, never followed or read: the file is the worker's to write)."""
+        w = self.workers.get(index)
+        if w is None:
+            return ("waiting", False)
+        busy = w.status.state == "running" and os.path.lexists(self.jobdir.busy_file(w.status.id))
+        return (w.status.state, busy)
 
     def _poll(self) -> None:
         for w in self.workers.values():
@@ -207,7 +253,7 @@ class Supervisor:
             self.hint = f"see its output with `juliarun tail {self.jobdir.name}`"
 
     def _phase(self, desired: int) -> str:
-        states = [w.status.state for i, w in self.workers.items() if i < desired]
+        states = [w.status.state for i, w in self.workers.items() if i in self.active]
         if any(s == "failed" for s in states):
             return "failed"
         if desired > 0 and len(states) == desired and all(s == "succeeded" for s in states):
@@ -227,6 +273,7 @@ class Supervisor:
         w.restart_at = None
         self.workers[index] = w
         metrics_file = self.jobdir.metrics_file(worker_id)
+        busy_file = self.jobdir.busy_file(worker_id)
         if w.metrics is None:
             w.metrics = MetricsFile(metrics_file, owners=self.runtime.metrics_owners)
         try:
@@ -237,6 +284,9 @@ class Supervisor:
             status.reason = f"cannot prepare its metrics file: {exc.strerror}"
             self.reason = self.reason or f"worker {worker_id} {status.reason}"
             return
+        # An earlier attempt killed with a message in hand left it: the new one holds none.
+        with contextlib.suppress(OSError):
+            busy_file.unlink(missing_ok=True)
         launch = WorkerLaunch(
             id=worker_id,
             index=index,
@@ -250,6 +300,7 @@ class Supervisor:
                 "JULIARUN_RESTARTS": str(restarts),
             },
             metrics_file=metrics_file,
+            busy_file=busy_file,
         )
         # The worker's reader threads hold its lines until it is published as running: a job
         # whose lines are searchable reads as running, never as still waiting.
