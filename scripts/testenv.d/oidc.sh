@@ -44,9 +44,6 @@ OIDC_ISSUER2_CLIENT=juliarun-issuer2
 # The redirect the CLI client registers: any port on loopback matches it (RFC 8252; hydra honours it).
 OIDC_CLI_REDIRECT=http://127.0.0.1/callback
 OIDC_ROUTER_REDIRECT=https://127.0.0.1/oauth2/callback
-# ... and on loopback over http, any port (RFC 8252 matching, as for the CLI): a test router's own callback,
-# so a real browser's sign-in comes back to the router process that started it.
-OIDC_ROUTER_LOOPBACK_REDIRECT=http://127.0.0.1/oauth2/callback
 # Where scripts/testenv token's sign-ins end (nothing listens there: the helper stops at the redirect).
 OIDC_TOKEN_REDIRECT=http://127.0.0.1:8085/callback
 OIDC_AUTHN_CONFIG=$OIDC_HOME/authentication-config.yaml
@@ -290,7 +287,7 @@ _oidc_clients() {
     \"client_secret\": \"$(cat "$OIDC_HOME/router-client-secret")\",
     \"token_endpoint_auth_method\": \"client_secret_post\", \"grant_types\": [\"authorization_code\", \"refresh_token\"],
     \"response_types\": [\"code\"], \"scope\": \"openid offline_access profile email\",
-    \"redirect_uris\": [\"$OIDC_ROUTER_REDIRECT\", \"$OIDC_ROUTER_LOOPBACK_REDIRECT\"]}"
+    \"redirect_uris\": [\"$OIDC_ROUTER_REDIRECT\"]}"
 }
 
 # --- component interface --------------------------------------------------------------------------

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.kubernetes, pytest.mark.oidc, pytest.mark.prefect_server]
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
-LOOPBACK_CALLBACK = "http://127.0.0.1/oauth2/callback"  # registered by scripts/testenv.d/oidc.sh
 
 
 @dataclass
@@ -59,11 +60,28 @@ class Env:
         return self.router.url + "/prefect/api"
 
 
-def _registered_callbacks() -> list[str]:
+@contextmanager
+def router_client(redirect_uri: str) -> Iterator[tuple[str, str]]:
+    """A confidential client of the module's own at hydra (issuer 1) whose redirect is this
+    router's callback, so a real browser's sign-in comes back to it; (id, secret), deleted
+    after."""
     admin = os.environ.get("JULIARUN_OIDC_ISSUER1_ADMIN") or "http://127.0.0.1:4445"
-    resp = httpx.get(f"{admin}/admin/clients/juliarun-router", timeout=10)
-    resp.raise_for_status()
-    return list(resp.json().get("redirect_uris") or [])
+    client_id, secret = f"gate-router-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(24)
+    body = {
+        "client_id": client_id,
+        "client_secret": secret,
+        "token_endpoint_auth_method": "client_secret_post",
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+        "scope": "openid profile email",
+        "redirect_uris": [redirect_uri],
+    }
+    resp = httpx.post(f"{admin}/admin/clients", json=body, timeout=10)
+    assert resp.status_code == 201, resp.text
+    try:
+        yield client_id, secret
+    finally:
+        httpx.delete(f"{admin}/admin/clients/{client_id}", timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -84,24 +102,26 @@ def env(
     tmp = tmp_path_factory.mktemp("router-prefect")
     port = free_port()
     public = f"http://127.0.0.1:{port}"
-    issuer1 = oidc_issuers.config["issuers"]["1"]
-    session = {
-        "issuer": issuer1["issuer"],
-        "client_id": "juliarun-router",
-        "client_secret": issuer1["clients"]["juliarun-router"]["secret"],
-        # the router's own callback: hydra matches any loopback port (RFC 8252)
-        "redirect_uri": f"{public}/oauth2/callback",
-        "token_auth": "client_secret_post",
-    }
     settings = {
         "PREFECT_SERVER_UI_SERVE_BASE": "/prefect",
         "PREFECT_SERVER_UI_API_URL": f"{public}/prefect/api",
+        # the UI's files with this base path written in: its own copy (by default they go to
+        # the installed package, where any other server rewrites them with its base)
+        "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(tmp / "ui"),
     }
     try:
         with (
             prefect_server(tmp, free_port(), **settings) as direct,
             echo_server() as echo,
+            router_client(f"{public}/oauth2/callback") as (client_id, secret),
         ):
+            session = {
+                "issuer": oidc_issuers.issuer_url("1"),
+                "client_id": client_id,
+                "client_secret": secret,
+                "redirect_uri": f"{public}/oauth2/callback",
+                "token_auth": "client_secret_post",
+            }
             rule = {"namespace": tenant}
             config = router_config(
                 tmp,
@@ -215,25 +235,23 @@ def test_a_browser_signs_in_and_opens_a_deployment_in_the_prefect_ui(
 
     from tests.integration.prefect_ui import open_page, page_text, wait_for
 
-    assert LOOPBACK_CALLBACK in _registered_callbacks(), (
-        "the router's hydra client lacks the loopback callback: scripts/testenv up oidc"
-    )
     name = f"gate-ui-{uuid.uuid4().hex[:6]}"
-    _, deployment_id, _ = asyncio.run(
+    run_id, deployment_id, _ = asyncio.run(
         _create_and_read_a_run(env.api, env.issuers.token(env.alice), name)
     )
     page = f"{env.router.url}/prefect/v2/deployments/deployment/{deployment_id}"
-    chrome.get(page)
+    chrome.get(page)  # not signed in: the router sends the browser to the issuer
     user = wait_for(
         chrome, "the issuer's sign-in form", lambda: chrome.find_elements(By.ID, "user")
     )
+    assert chrome.current_url.startswith(env.issuers.issuer_url("1").replace("4444", "4446"))
     user[0].send_keys(env.alice)
     chrome.find_element(By.ID, "submit").click()
-    wait_for(chrome, "the way back to the UI", lambda: chrome.current_url == page)
-    cookies = {c["name"]: c for c in chrome.get_cookies()}
-    assert cookies["__Host-juliarun"]["httpOnly"] and cookies["__Host-juliarun"]["secure"]
-    text = open_page(
-        chrome, page, f"deployment {name}-dep", lambda: f"{name}-dep" in page_text(chrome)
-    )
-    assert text
-    assert name in page_text(chrome)
+    wait_for(chrome, "the way back to the UI", lambda: chrome.current_url.startswith(page))
+    session = next(c for c in chrome.get_cookies() if c["name"] == "__Host-juliarun")
+    assert session["httpOnly"] and session["secure"]
+    # the UI renders the deployment from the API it calls through the router, with the session
+    # (open_page loads it again if the first render stalls, as a person would on a busy machine)
+    open_page(chrome, page, f"deployment {name}-dep", lambda: f"{name}-dep" in page_text(chrome))
+    run_page = f"{env.router.url}/prefect/v2/runs/flow-run/{run_id}"
+    open_page(chrome, run_page, f"run {name}-run", lambda: f"{name}-run" in page_text(chrome))
