@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,7 +31,7 @@ from juliarun.backends.kubernetes import KubeClient, api_client
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.specs import TenantSpec
 from tests.integration.fixtures.kubernetes import kubeconfig_path
-from tests.integration.fixtures.oidc import OIDCIssuers
+from tests.integration.fixtures.oidc import OIDCIssuers, claims
 from tests.integration.router_env import (
     RouterProcess,
     echo_server,
@@ -255,3 +258,44 @@ def test_a_browser_signs_in_and_opens_a_deployment_in_the_prefect_ui(
     open_page(chrome, page, f"deployment {name}-dep", lambda: f"{name}-dep" in page_text(chrome))
     run_page = f"{env.router.url}/prefect/v2/runs/flow-run/{run_id}"
     open_page(chrome, run_page, f"run {name}-run", lambda: f"{name}-run" in page_text(chrome))
+
+
+def test_prefects_command_line_with_juliarun_token_as_its_key(env: Env, tmp_path: Path) -> None:
+    """``PREFECT_API_KEY=$(juliarun token)`` after ``juliarun login``: the cached session's ID
+    token (the one session, no issuer named) is Prefect's key at the router."""
+    from juliarun.auth import OIDCClient, TokenCache, login_browser
+    from tests.integration.login_browser import HeadlessBrowser
+
+    conf = env.issuers.config["issuers"]["1"]
+    client = OIDCClient(
+        issuer=conf["issuer"],
+        client_id=conf["default_client"],
+        scopes=conf["scope"].split(),
+        ca_file=str(env.issuers.ca),
+    )
+    browser = HeadlessBrowser(env.issuers.ca)
+    try:
+        TokenCache(tmp_path).save(login_browser(client, browser.opener(env.alice), timeout=60))
+    finally:
+        browser.close()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JULIARUN_OIDC", "PREFECT"))}
+    base["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    token = subprocess.run(
+        [sys.executable, "-m", "juliarun.cli_login", "token"],
+        env={**base, "JULIARUN_HOME": str(tmp_path), "JULIARUN_OIDC_CA": str(env.issuers.ca)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert claims(token)["sub"] == env.alice
+    name = f"gate-cli-{uuid.uuid4().hex[:6]}"
+    run_id, _, _ = asyncio.run(_create_and_read_a_run(env.api, token, name))
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "inspect", run_id],
+        env={**base, "PREFECT_HOME": str(tmp_path), "PREFECT_API_URL": env.api,
+             "PREFECT_API_KEY": token},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0 and f"{name}-run" in shown.stdout, shown.stderr[-2000:]
