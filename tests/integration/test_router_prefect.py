@@ -13,6 +13,7 @@ page of the Prefect UI through the router; on failure its last page stays under 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import subprocess
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from websockets.typing import Subprotocol
 
 from juliarun.backends.kubernetes import KubeClient, api_client
 from juliarun.backends.kubernetes import tenants as tn
@@ -223,6 +225,23 @@ def test_the_upstream_gets_the_routers_identity_not_the_clients(env: Env) -> Non
     assert "authorization" not in seen and "x-remote-group" in seen
     ui = httpx.get(env.router.url + "/team/echo/v2/runs", headers=sent).json()
     assert ui["path"] == "/team/echo/v2/runs"  # the UI keeps its path (its serve base)
+
+
+def test_the_event_stream_websocket_passes_for_members_only(env: Env) -> None:
+    """The UI's live events: ``<path>/api/events/out`` is relayed to the server's websocket."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = "ws" + env.api.removeprefix("http") + "/events/out"
+    member = {"Authorization": f"Bearer {env.issuers.token(env.alice)}"}
+    with connect(url, subprotocols=[Subprotocol("prefect")], additional_headers=member) as ws:
+        ws.send(json.dumps({"type": "auth", "token": None}))  # Prefect's own handshake
+        assert json.loads(ws.recv(timeout=30)) == {"type": "auth_success"}
+    viewer = {"Authorization": f"Bearer {env.issuers.token(env.bob)}"}
+    for headers in ({}, viewer):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, subprotocols=[Subprotocol("prefect")], additional_headers=headers)
+        assert refused.value.response.status_code == 403
 
 
 @pytest.fixture
