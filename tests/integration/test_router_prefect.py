@@ -39,6 +39,7 @@ from tests.integration.router_env import (
     echo_server,
     free_port,
     prefect_server,
+    raw_request,
     router_config,
     start_router,
 )
@@ -225,6 +226,10 @@ def test_the_upstream_gets_the_routers_identity_not_the_clients(env: Env) -> Non
     assert "authorization" not in seen and "x-remote-group" in seen
     ui = httpx.get(env.router.url + "/team/echo/v2/runs", headers=sent).json()
     assert ui["path"] == "/team/echo/v2/runs"  # the UI keeps its path (its serve base)
+    # sent byte for byte: a prefix spelled with escapes is no prefix, dot segments are refused
+    assert raw_request(env.router.port, "/team/ech%6f/api/flows", token) == 404
+    assert raw_request(env.router.port, "/team/echo/api/../../../s/x/y/", token) == 400
+    assert raw_request(env.router.port, "/team/echo/api%2f..%2fx", token) == 400
 
 
 def test_the_event_stream_websocket_passes_for_members_only(env: Env) -> None:

@@ -414,8 +414,11 @@ class RouterApp:
             raise RefusedError(404, f"no service {namespace}/{name}")
         return who, namespace, name, rest
 
-    def front(self, path: str) -> PrefectFront | None:
-        """The Prefect server served at ``path``, if any."""
+    def front(self, scope: Scope) -> PrefectFront | None:
+        """The Prefect server the request's path is under, if any (read from the raw path: a
+        prefix spelled with escapes is not one)."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = raw.split(b"?", 1)[0].decode("latin-1")
         for front in self.prefect:
             if path == front.path or path.startswith(front.path + "/"):
                 return front
@@ -568,7 +571,7 @@ class RouterApp:
         if scope["path"].startswith(OWN):
             await self.own(scope, send)
             return
-        front = self.front(scope["path"])
+        front = self.front(scope)
         try:
             if front is not None:
                 who, url = await self.check_prefect(scope, front)
@@ -675,7 +678,7 @@ class RouterApp:
         from websockets.exceptions import ConnectionClosed, WebSocketException
 
         await receive()  # websocket.connect
-        front = self.front(scope["path"])
+        front = self.front(scope)
         try:
             if front is not None:
                 who, url = await self.check_prefect(scope, front)
