@@ -1,6 +1,7 @@
-"""``juliarun login`` / ``logout`` / ``whoami``: signing in with OpenID Connect from a shell.
+"""``juliarun login`` / ``logout`` / ``whoami`` / ``token``: signing in with OpenID Connect
+from a shell.
 
-``register(app)`` adds the three commands to the ``juliarun`` command line; ``python -m
+``register(app)`` adds the four commands to the ``juliarun`` command line; ``python -m
 juliarun.cli_login`` runs them on their own.
 """
 
@@ -16,7 +17,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from juliarun.auth import DeviceCode, OIDCClient, TokenCache, TokenSet, login_browser, login_device
+from juliarun.auth import (
+    DeviceCode,
+    OIDCClient,
+    TokenCache,
+    TokenSet,
+    TokenSource,
+    login_browser,
+    login_device,
+)
 from juliarun.auth.settings import load_oidc_settings
 from juliarun.errors import ConfigError, JuliaRunError
 from juliarun.settings import load_settings
@@ -230,12 +239,35 @@ def whoami(
         )
 
 
+def token(issuer: IssuerOpt = None, client_id: ClientOpt = None) -> None:
+    """Print a valid ID token of the cached session (refreshed first when it is about to
+    expire), for tools that take a bearer token: ``PREFECT_API_KEY=$(juliarun token)`` in front
+    of a router-fronted Prefect, ``curl -H "Authorization: Bearer $(juliarun token)"``."""
+    try:
+        cache = TokenCache(load_settings().home)
+        if issuer or client_id or load_oidc_settings().issuer:
+            client = resolve_client(issuer, client_id)
+        else:  # no default issuer: the one cached session, if there is exactly one
+            sessions = cache.all()
+            if len(sessions) != 1:
+                raise ConfigError(
+                    f"{len(sessions)} cached sessions and no issuer given",
+                    hint="pass --issuer (see `juliarun whoami`), or `juliarun login` first",
+                )
+            client = resolve_client(sessions[0].issuer, sessions[0].client_id)
+        id_token = TokenSource(client, cache).id_token()
+    except JuliaRunError as exc:
+        raise _fail(exc) from None
+    typer.echo(id_token)
+
+
 HELP = {"help_option_names": ["-h", "--help"]}
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``login``, ``logout`` and ``whoami`` to ``app``."""
+    """Add ``login``, ``logout``, ``whoami`` and ``token`` to ``app``."""
     app.command("login", context_settings=HELP)(login)
+    app.command("token", context_settings=HELP)(token)
     app.command("logout", context_settings=HELP)(logout)
     app.command("whoami", context_settings=HELP)(whoami)
 

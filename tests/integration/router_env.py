@@ -113,6 +113,49 @@ def start_router(config: Path, port: int | None = None, *, timeout: float = 60) 
         time.sleep(0.05)
 
 
+@contextmanager
+def prefect_server(root: Path, port: int, **settings: str) -> Iterator[str]:
+    """A Prefect server of the test's own on ``port`` (home ``root``, ``settings`` as
+    ``PREFECT_*`` variables): its API and UI only (no scheduler or other services, no block
+    registration: quicker to start), until healthy; yields its API URL, stops it by its PID."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    env.update(settings)
+    api = f"http://127.0.0.1:{port}/api"
+    log = root / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port), "--no-services"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not healthy:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class EchoHandler(BaseHTTPRequestHandler):
     """Answers with what it received: method, path, headers (every value of each), body.
     ``/stream`` sends ``one``, waits for the test's ``release`` event, then sends ``two``."""

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from juliarun.router.app import RouterApp, Signer
 from juliarun.router.authz import Authorizer
-from juliarun.router.config import RouterConfig, RouterError, StorageShare, load_config
+from juliarun.router.config import (
+    PrefectFront,
+    RouterConfig,
+    RouterError,
+    StorageShare,
+    load_config,
+)
 from juliarun.router.kube import connect
 from juliarun.router.routes import ConfigMapRoutes, FileRoutes, Route, RouteSource
 from juliarun.router.session import Sessions
@@ -16,6 +22,7 @@ from juliarun.router.tokens import TokenValidator
 __all__ = [
     "ConfigMapRoutes",
     "FileRoutes",
+    "PrefectFront",
     "Route",
     "RouteSource",
     "RouterApp",
@@ -64,4 +71,5 @@ def build_app(config: RouterConfig, *, replica: str = "") -> RouterApp:
         sessions=sessions,
         replica=replica,
         storage=config.storage,
+        prefect=config.prefect,
     )

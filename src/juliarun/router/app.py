@@ -15,6 +15,11 @@ Each request to ``/s/<namespace>/<name>/<path>`` is
 
 Responses stream through as they come; websockets are relayed both ways.
 
+A Prefect server can be fronted the same way (``prefect`` in the configuration): its UI at
+``<path>/`` and its API at ``<path>/api/``, each request authenticated (bearer or browser
+session) and authorized by a SubjectAccessReview on the configured resource, identity headers
+stripped as above (see :class:`juliarun.router.config.PrefectFront`).
+
 The router's own endpoints live under ``/.juliarun/``: ``healthz``, ``jwks.json`` and
 ``routes/<namespace>/<name>`` (the version of a route this replica serves: how ``expose`` knows a
 route is live everywhere).
@@ -45,7 +50,7 @@ from yarl import URL
 
 from juliarun.errors import JuliaRunError
 from juliarun.router.authz import AuthorizationUnavailableError, Authorizer, Target
-from juliarun.router.config import StorageShare
+from juliarun.router.config import PrefectFront, StorageShare
 from juliarun.router.routes import RouteSource, Table
 from juliarun.router.session import (
     LOGIN_COOKIE,
@@ -262,8 +267,10 @@ class RouterApp:
         sessions: Sessions | None = None,
         replica: str = "",
         storage: Sequence[StorageShare] = (),
+        prefect: Sequence[PrefectFront] = (),
     ) -> None:
         self.replica = replica
+        self.prefect = list(prefect)
         self.shares = {(s.namespace, s.name): s for s in storage}
         self._dav: dict[tuple[str, str], Any] = {}
         self.sessions = sessions
@@ -407,9 +414,44 @@ class RouterApp:
             raise RefusedError(404, f"no service {namespace}/{name}")
         return who, namespace, name, rest
 
+    def front(self, scope: Scope) -> PrefectFront | None:
+        """The Prefect server the request's path is under, if any (read from the raw path: a
+        prefix spelled with escapes is not one)."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = raw.split(b"?", 1)[0].decode("latin-1")
+        for front in self.prefect:
+            if path == front.path or path.startswith(front.path + "/"):
+                return front
+        return None
+
+    async def check_prefect(self, scope: Scope, front: PrefectFront) -> tuple[Identity, str]:
+        """(identity, upstream URL) of an allowed request to a fronted Prefect server: the API
+        (``<path>/api/...``) goes to the server's ``/api/...``, the UI keeps its path."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw_path.split(b"?", 1)[0]
+        why = bad_path(raw_path)
+        if why is not None:
+            raise RefusedError(400, f"path refused: {why}")
+        rest = raw_path.decode("latin-1")[len(front.path) :]
+        who = await self.identify(scope["headers"])
+        target = Target(front.namespace, front.name, front.resource, front.group, front.verb)
+        try:
+            allowed = await self.authorizer.allowed(who, target)
+        except AuthorizationUnavailableError as exc:
+            log.warning("authorization unavailable: %s", exc)
+            raise RefusedError(503, "authorization unavailable") from exc
+        if not allowed:
+            raise RefusedError(403, f"{who.user} may not reach Prefect at {front.path}")
+        path = rest if rest == "/api" or rest.startswith("/api/") else front.path + rest
+        query = scope.get("query_string") or b""
+        return who, front.upstream + path + ("?" + query.decode("latin-1") if query else "")
+
     def downstream_headers(
-        self, scope: Scope, who: Identity, namespace: str, name: str
+        self, scope: Scope, who: Identity, namespace: str, name: str, *, front: str = ""
     ) -> list[tuple[bytes, bytes]]:
+        """What the upstream gets: the client's headers less identity ones, and the router's
+        (the assertion's audience is ``<namespace>/<name>``, or ``prefect:<path>`` for the
+        Prefect server at ``front``)."""
         out = []
         for k, v in scope["headers"]:
             if stripped(k.decode("latin-1")):
@@ -422,14 +464,15 @@ class RouterApp:
             out.append((k, v))
         client = scope.get("client")
         host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        audience = f"prefect:{front}" if front else f"{namespace}/{name}"
         out += [
             (b"x-remote-user", who.user.encode()),
             *((b"x-remote-group", g.encode()) for g in who.groups),
-            (ASSERTION_HEADER.encode(), self.signer.assertion(who, f"{namespace}/{name}").encode()),
+            (ASSERTION_HEADER.encode(), self.signer.assertion(who, audience).encode()),
             (b"x-forwarded-for", (client[0] if client else "").encode()),
             (b"x-forwarded-proto", scope.get("scheme", "http").encode()),
             (b"x-forwarded-host", host),
-            (b"x-forwarded-prefix", f"{PREFIX}{namespace}/{name}".encode()),
+            (b"x-forwarded-prefix", (front or f"{PREFIX}{namespace}/{name}").encode()),
         ]
         return out
 
@@ -528,8 +571,17 @@ class RouterApp:
         if scope["path"].startswith(OWN):
             await self.own(scope, send)
             return
+        front = self.front(scope)
         try:
-            who, namespace, name, rest = await self.check(scope)
+            if front is not None:
+                who, url = await self.check_prefect(scope, front)
+                headers = self.downstream_headers(scope, who, "", "", front=front.path)
+            else:
+                who, namespace, name, rest = await self.check(scope)
+                route = self.table[f"{namespace}.{name}"]
+                query = scope.get("query_string") or b""
+                url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
+                headers = self.downstream_headers(scope, who, namespace, name)
         except RefusedError as exc:
             log.info("refused %s %s: %s", scope["method"], scope["path"], exc.reason)
             if exc.headers == LOGIN and wants_page(scope):
@@ -539,10 +591,17 @@ class RouterApp:
                 return
             await _respond(send, exc.status, {"error": exc.reason}, **exc.headers)
             return
-        route = self.table[f"{namespace}.{name}"]
-        query = scope.get("query_string") or b""
-        url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
-        headers = self.downstream_headers(scope, who, namespace, name)
+        await self.forward(scope, receive, send, url, headers)
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Relay the request to ``url`` with ``headers``, and its answer back, streamed."""
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
 
         async def body() -> Any:
@@ -619,19 +678,26 @@ class RouterApp:
         from websockets.exceptions import ConnectionClosed, WebSocketException
 
         await receive()  # websocket.connect
+        front = self.front(scope)
         try:
-            who, namespace, name, rest = await self.check(scope)
+            if front is not None:
+                who, url = await self.check_prefect(scope, front)
+                sent = self.downstream_headers(scope, who, "", "", front=front.path)
+            else:
+                who, namespace, name, rest = await self.check(scope)
+                route = self.table[f"{namespace}.{name}"]
+                query = scope.get("query_string") or b""
+                url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
+                sent = self.downstream_headers(scope, who, namespace, name)
         except RefusedError as exc:
             log.info("refused websocket %s: %s", scope["path"], exc.reason)
             await send({"type": "websocket.close", "code": 1008})
             return
-        route = self.table[f"{namespace}.{name}"]
-        query = scope.get("query_string") or b""
-        url = "ws" + route.upstream[4:] + rest + ("?" + query.decode("latin-1") if query else "")
+        url = "ws" + url[4:]  # http(s):// → ws(s)://
         skip = {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in self.downstream_headers(scope, who, namespace, name)
+            for k, v in sent
             if k not in skip and k != b"sec-websocket-protocol"
         ]
         try:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from juliarun.errors import ConfigError, JuliaRunError
 from juliarun.specs import Name, _Model
@@ -95,6 +96,49 @@ class StorageShare(_Model):
     read_only: bool = Field(False, description="Refuse every write, whoever asks.")
 
 
+class PrefectFront(_Model):
+    """A Prefect server behind the router, so its UI and API get OpenID Connect sign-in.
+
+    Served at ``path``: the UI at ``<path>/`` (forwarded unchanged: start the server with
+    ``PREFECT_SERVER_UI_SERVE_BASE=<path>``) and the API at ``<path>/api/`` (forwarded to the
+    server's ``/api/``: set ``PREFECT_SERVER_UI_API_URL=<public_url><path>/api``). Each request
+    needs a bearer ID token (Prefect's client sends ``PREFECT_API_KEY`` as one) or a browser
+    session, and is allowed when a SubjectAccessReview says the user may ``verb``
+    ``resource`` (in API ``group``) in ``namespace``: by default, may create Jobs there (the
+    tenant's ``edit`` role), since whoever reaches an open-source Prefect server can run flows.
+    """
+
+    path: str = Field(
+        "/prefect",
+        pattern=r"^/[a-z0-9][-a-z0-9]*(/[a-z0-9][-a-z0-9]*)*$",
+        description="The path prefix on the router (one or more lower-case segments).",
+    )
+    upstream: str = Field(description="http://host:port of the Prefect server.")
+    namespace: Name = Field(description="The namespace the access review is about (the team's).")
+    verb: str = Field("create", pattern=r"^[a-z]+$", description="The verb reviewed.")
+    group: str = Field("batch", description="The API group of the resource ('' for core).")
+    resource: str = Field("jobs", pattern=r"^[a-z0-9.-]+$", description="The resource reviewed.")
+    name: str = Field("", description="A resource name to review (''; any).")
+
+    @field_validator("upstream")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s)://host:port URL (got {value!r})")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"must name only scheme, host and port (got {value!r})")
+        return value.rstrip("/")
+
+    @field_validator("path")
+    @classmethod
+    def _not_the_routers(cls, value: str) -> str:
+        first = value.split("/")[1]
+        if first in ("s", "storage"):
+            raise ValueError(f"/{first}/ is the router's own (pick another path)")
+        return value
+
+
 class RouterConfig(_Model):
     """Everything a router replica needs."""
 
@@ -126,6 +170,20 @@ class RouterConfig(_Model):
     storage: list[StorageShare] = Field(
         default_factory=list, description="Named storage served over WebDAV (a drive)."
     )
+    prefect: list[PrefectFront] = Field(
+        default_factory=list, description="Prefect servers fronted (UI and API), one per path."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> RouterConfig:
+        paths = [p.path for p in self.prefect]
+        callback = urlsplit(self.session.redirect_uri).path if self.session else None
+        for path in paths:
+            if paths.count(path) > 1 or any(o.startswith(path + "/") for o in paths):
+                raise ValueError(f"prefect: path {path} is served twice (or holds another's)")
+            if callback and (callback == path or callback.startswith(path + "/")):
+                raise ValueError(f"prefect: path {path} holds the sign-in callback {callback}")
+        return self
 
 
 def authentication_config_issuers(text: str, *, ca_pem: str | None = None) -> list[IssuerConfig]:
