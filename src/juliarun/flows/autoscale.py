@@ -7,7 +7,6 @@ event, the run ending with a table of nodes per pool."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -57,7 +56,8 @@ def process_autoscaler(  # noqa: PLR0917 - flow parameters are the form in the U
         scale_down_after=scale_down_after,
     )
     plot_scaling(job, decisions)
-    changes = sum(1 for a, b in itertools.pairwise(decisions) if a["workers"] != b["workers"])
+    # The first decision may be a change too (from the count the job had when the run began)
+    changes = sum(1 for d in decisions if d["workers"] != d["from"])
     return {"job": job, "decisions": len(decisions), "changes": changes}
 
 

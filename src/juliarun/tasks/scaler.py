@@ -91,6 +91,7 @@ def run_queue_scaler(
     return [
         {
             "at": datetime.fromtimestamp(d.at, UTC).isoformat(timespec="seconds"),
+            "from": d.current,
             "workers": d.desired,
             "value": d.value,
             "backlog": d.inputs.get("backlog"),
