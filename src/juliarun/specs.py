@@ -601,8 +601,10 @@ class JobSpec(_Model):
         WithJsonSchema({"anyOf": [{"type": "array", "items": _NAME_SCHEMA}, _NAME_SCHEMA]}),
     ] = Field(
         default_factory=list,
-        description="Names of storage to mount at /mnt/<name> (storage defined beforehand, "
-        "or by the run's storage parameter).",
+        description="Storage to mount, by name, each at /mnt/<name>. Storage is named and "
+        "defined once: a juliarun Storage block saved in the Prefect UI (Blocks; the block's "
+        "name is the storage name), `juliarun storage define NAME`, or define_storage in "
+        "Python.",
     )
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
     image: Annotated[str, AfterValidator(_image_ref)] | None = Field(

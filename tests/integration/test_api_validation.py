@@ -106,3 +106,25 @@ def test_the_server_names_the_field_and_the_rule(
 def test_a_bad_quantity_is_named_at_its_field(deployment: UUID) -> None:
     detail = _refused(deployment, {**BATCH, "resources": {"cpu": "lots"}})
     assert detail.startswith(f"{PREFIX} 'job.resources.cpu'. Failure reason: 'lots' does not match")
+
+
+def test_one_storage_notion_on_the_server_and_definitions_still_taken(deployment: UUID) -> None:
+    """The deployment's form, as the server keeps it, has one storage: the job's names. A run
+    created through the API with storage definitions beside the job (as before) is taken."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        schema = client.read_deployment(deployment).parameter_openapi_schema
+        assert schema is not None
+        assert "storage" not in schema["properties"]
+        assert schema["definitions"]["Batch"]["properties"]["storage"]["description"].startswith(
+            "Storage to mount, by name, each at /mnt/<name>."
+        )
+        definitions = [{"name": "code", "kind": "host", "path": "/srv/code"}]
+        run = client.create_flow_run_from_deployment(
+            deployment, parameters={"job": {**BATCH, "storage": ["code"]}, "storage": definitions}
+        )
+        try:
+            assert run.parameters["storage"] == definitions
+        finally:
+            client.delete_flow_run(run.id)

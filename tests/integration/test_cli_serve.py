@@ -217,6 +217,9 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path: Path) -> None:
         _wait(lambda: _healthy(url), "the private Prefect server was not healthy", 120, server_log)
         serve = _start_serve(url, env, serve_log)
         assert _deployment(url, "cluster-report/cluster-report")["name"] == "cluster-report"
+        # the Storage block type is registered: the UI offers to save the storage jobs name
+        with urllib.request.urlopen(f"{url}/block_types/slug/juliarun-storage", timeout=10) as r:
+            assert json.load(r)["name"] == "juliarun Storage"
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, serve_log.read_text()[-3000:]
         text = serve_log.read_text(errors="replace")

@@ -106,11 +106,22 @@ def test_descriptions_are_plain_text() -> None:
         for markup in ("``", ":class:", ":func:"):
             assert markup not in text, (flow.name, markup)
     described = parameter_schema(run_job).model_dump()["properties"]
-    assert all(described[p].get("description") for p in ("job", "cluster", "storage"))
-    assert (
-        "mounts storage by the names in its own storage field"
-        in described["storage"]["description"]
-    )
+    assert all(described[p].get("description") for p in ("job", "cluster", "timeout"))
+
+
+def test_the_form_has_one_storage_notion() -> None:
+    """Storage is named and defined once (a Storage block, the CLI, Python); a job's storage
+    field names what it mounts, and that is the only storage in the run forms. Python and API
+    callers may still pass definitions to the flow (not in the form)."""
+    for flow in (run_job, run_pipeline):
+        schema = parameter_schema(flow).model_dump()
+        assert "storage" not in schema["properties"], flow.name
+        assert "StorageSpec" not in schema["definitions"], flow.name
+        for kind in ("JuliaBatch", "JuliaParBatchWorkers", "Batch"):
+            text = schema["definitions"][kind]["properties"]["storage"]["description"]
+            assert text.startswith("Storage to mount, by name, each at /mnt/<name>."), text
+            assert "juliarun Storage block saved in the Prefect UI" in text
+            assert "juliarun storage define NAME" in text
 
 
 def test_a_refused_spec_fails_the_run_with_juliaruns_message() -> None:

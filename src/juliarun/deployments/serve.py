@@ -257,11 +257,14 @@ def serve(cluster: str = "local", api_url: str | None = None) -> None:
     from prefect.logging import get_logger
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from juliarun.blocks.storage import Storage
     from juliarun.settings import load_settings
 
     url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         served = deployments(cluster)
+        # the forms name storage the jobs mount: the UI's Blocks page offers to save it
+        Storage.register_type_and_schema()
         names = ", ".join(d.name for d in served)
         print(f"serving {names} at {url.removesuffix('/api')}", flush=True)
         runner = _runner(signal.getsignal(signal.SIGTERM))
