@@ -991,7 +991,7 @@ def serve(
     ] = "local",
     api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default: env).")] = None,
 ) -> None:
-    """Serve every juliarun deployment until Ctrl-C: run-job, run-pipeline,
+    """Serve every juliarun deployment until Ctrl-C or SIGTERM: run-job, run-pipeline,
     process-autoscaler and cluster-autoscaler (triggered from the UI or Python), cluster-report
     (every 15 minutes), prune-bundles and prune-storage (daily), evaluate-alerts (every minute
     when JULIARUN_ALERT_RULES names rules)."""
@@ -1018,15 +1018,17 @@ def _main_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
 
 @contextlib.contextmanager
 def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
-    """Ctrl-C while the Prefect server at ``api_url`` is gone stops at once.
+    """Ctrl-C or SIGTERM while the Prefect server at ``api_url`` is gone stops at once.
 
     Stopping gracefully, Prefect's runner pauses each deployment's schedule and waits for the
     flow runs in progress, which report their end; with the server gone every one of those
     calls retries it with growing pauses (PREFECT_CLIENT_MAX_RETRIES), for over a minute. So
-    on Ctrl-C the server is asked once: when it answers, the graceful stop goes on as asyncio
-    would start it (the runner's task is cancelled; a second Ctrl-C interrupts); when it does
-    not, the flow-run processes are ended, one line says what was left, and the process exits
-    (130) without reporting to a server that is not there. Their jobs keep running."""
+    on Ctrl-C or SIGTERM the server is asked once: when it answers, the graceful stop goes on
+    as asyncio would start it on Ctrl-C (the runner's task is cancelled; a second signal
+    interrupts); when it does not, the flow-run processes are ended, one line says what was
+    left, and the process exits (130 after Ctrl-C, 143 after SIGTERM) without reporting to a
+    server that is not there. Their jobs keep running. (juliarun.deployments.serve keeps this
+    SIGTERM handler in charge once Prefect's runner starts.)"""
     import os
     import signal
 
@@ -1034,10 +1036,10 @@ def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
 
     from juliarun.deployments.serve import healthy
 
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     interrupts = 0
 
-    def on_interrupt(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         nonlocal interrupts
         interrupts += 1
         if healthy(api_url, timeout=2):
@@ -1069,13 +1071,15 @@ def stop_at_once_when_gone(api_url: str) -> Iterator[None]:
         )
         sys.stderr.flush()
         sys.stdout.flush()
-        os._exit(130)
+        os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main() -> None:

@@ -601,8 +601,10 @@ class JobSpec(_Model):
         WithJsonSchema({"anyOf": [{"type": "array", "items": _NAME_SCHEMA}, _NAME_SCHEMA]}),
     ] = Field(
         default_factory=list,
-        description="Names of storage to mount at /mnt/<name> (storage defined beforehand, "
-        "or by the run's storage parameter).",
+        description="Storage to mount, by name, each at /mnt/<name>. Storage is named and "
+        "defined once: a juliarun Storage block saved in the Prefect UI (Blocks; the block's "
+        "name is the storage name), `juliarun storage define NAME`, or define_storage in "
+        "Python.",
     )
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
     image: Annotated[str, AfterValidator(_image_ref)] | None = Field(
@@ -742,11 +744,70 @@ class Batch(JobSpec):
 _JOB_KINDS = {"JuliaBatch", "JuliaParBatchWorkers", "Batch"}
 
 
+# Keywords that only constrain a value: a form's copy of a job kind leaves them to the rules.
+_RULE_KEYWORDS = frozenset(
+    {
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+    }
+)
+
+
+def _form_copy(schema: Any, resolve: Any, root: bool = True) -> Any:
+    """A job kind's schema as the form shows it: every field, type, choice, default and
+    description, with references inlined, but none of the value rules (patterns, lengths,
+    bounds, a nested object's required or unknown fields), which the union's rules check
+    instead. Only the kind's own required fields and its closed set of fields stay."""
+    if isinstance(schema, list):
+        return [_form_copy(item, resolve, root=False) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        target = resolve({"$ref": schema["$ref"]})
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return {**_form_copy(target, resolve, root), **_form_copy(rest, resolve, root)}
+    copied: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _RULE_KEYWORDS:
+            continue
+        if not root and (key == "required" or (key == "additionalProperties" and not value)):
+            continue
+        if key == "properties":
+            copied[key] = {
+                name: _form_copy(sub, resolve, root=False) for name, sub in value.items()
+            }
+        elif key in ("default", "examples", "enum", "const", "required"):
+            copied[key] = value
+        else:
+            copied[key] = _form_copy(value, resolve, root=False)
+    return copied
+
+
 class _JobUnionSchema:
-    """The union of job kinds as a form sees it: besides one member per kind (tabs in
-    Prefect's form), ``kind`` itself is required and one of the kinds, so a spec without a
-    kind is refused as "'kind' is a required property" rather than as matching several
-    kinds. Only the JSON schema changes; validation is the discriminated union's."""
+    """The union of job kinds as Prefect validates it and a form shows it.
+
+    - **The rules**: ``kind`` is required and one of the kinds, and the full schema of the
+      spec's kind applies by kind (``if``/``then``): a refused spec is reported at the field
+      and with the rule ("'Bad_Name' does not match ...", "'kind' is a required property"),
+      not as matching none of the kinds.
+    - **The form**: one member per kind (tabs in Prefect's form) in ``oneOf``, each a copy of
+      the kind's schema without value rules (patterns, lengths, bounds), so the union itself
+      only fails where the rules report at the job's level too (a missing or unknown field)
+      and Prefect's message names the field rather than "is not valid under any of the given
+      schemas".
+
+    Only the JSON schema changes; validation is the discriminated union's."""
 
     def __get_pydantic_json_schema__(
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
@@ -755,8 +816,6 @@ class _JobUnionSchema:
         kinds = ["JuliaBatch", "JuliaParBatchWorkers", "Batch"]
         schema["required"] = ["kind"]
         schema["properties"] = {"kind": {"enum": kinds}}
-        # The member of the spec's kind, applied by kind: its errors are reported as such
-        # (a field's pattern, an unknown field), not only as matching no member.
         members: dict[str, str] = schema["discriminator"]["mapping"]  # kind -> $ref
         schema["allOf"] = [
             {
@@ -764,6 +823,9 @@ class _JobUnionSchema:
                 "then": {"$ref": members[kind]},
             }
             for kind in kinds
+        ]
+        schema["oneOf"] = [
+            _form_copy({"$ref": members[kind]}, handler.resolve_ref_schema) for kind in kinds
         ]
         return schema
 

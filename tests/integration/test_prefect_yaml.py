@@ -8,6 +8,7 @@ CLI, as a person runs them; the worker is stopped by its PID."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,13 +95,21 @@ def worker(
     try:
         yield proc
     finally:
+        # Prefect's worker (3.9) does not exit on a first SIGTERM: it forwards it to itself as
+        # SIGINT, which reaches asyncio.run's handler and cancels the CLI's task once, and the
+        # worker stays idle in its event loop (it waited out the 30s this teardown allowed).
+        # Its handler turns a second SIGTERM into SIGKILL: Prefect's own way to end it.
+        for _ in range(2):
+            if proc.poll() is not None:
+                break
+            os.kill(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=3)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            proc.kill()
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # its flow-run processes, if any
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
 

@@ -106,11 +106,22 @@ def test_descriptions_are_plain_text() -> None:
         for markup in ("``", ":class:", ":func:"):
             assert markup not in text, (flow.name, markup)
     described = parameter_schema(run_job).model_dump()["properties"]
-    assert all(described[p].get("description") for p in ("job", "cluster", "storage"))
-    assert (
-        "mounts storage by the names in its own storage field"
-        in described["storage"]["description"]
-    )
+    assert all(described[p].get("description") for p in ("job", "cluster", "timeout"))
+
+
+def test_the_form_has_one_storage_notion() -> None:
+    """Storage is named and defined once (a Storage block, the CLI, Python); a job's storage
+    field names what it mounts, and that is the only storage in the run forms. Python and API
+    callers may still pass definitions to the flow (not in the form)."""
+    for flow in (run_job, run_pipeline):
+        schema = parameter_schema(flow).model_dump()
+        assert "storage" not in schema["properties"], flow.name
+        assert "StorageSpec" not in schema["definitions"], flow.name
+        for kind in ("JuliaBatch", "JuliaParBatchWorkers", "Batch"):
+            text = schema["definitions"][kind]["properties"]["storage"]["description"]
+            assert text.startswith("Storage to mount, by name, each at /mnt/<name>."), text
+            assert "juliarun Storage block saved in the Prefect UI" in text
+            assert "juliarun storage define NAME" in text
 
 
 def test_a_refused_spec_fails_the_run_with_juliaruns_message() -> None:
@@ -149,3 +160,38 @@ def test_the_form_names_the_field_it_refuses(schema: dict[str, Any]) -> None:
         if isinstance(e, dict)
     }
     assert by_field == {"name": [f"'Bad_Name' does not match '{NAME_PATTERN}'"]}
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        (
+            {**BATCH, "name": "Bad_Name"},
+            f"'job.name'. Failure reason: 'Bad_Name' does not match '{NAME_PATTERN}'",
+        ),
+        (
+            {**BATCH, "storage": ["ok", "Bad"]},
+            f"'job.storage[1]'. Failure reason: 'Bad' does not match '{NAME_PATTERN}'",
+        ),
+        ({**BATCH, "command": []}, "'job.command'. Failure reason: [] should be non-empty"),
+    ],
+)
+def test_a_refused_value_is_named_at_its_field(
+    schema: dict[str, Any], job: dict[str, Any], message: str
+) -> None:
+    """Prefect's one-line message (what its API answers) names the field and the rule, not
+    "is not valid under any of the given schemas": the union's members, which the form shows
+    as tabs, carry no value rules; the kind's rules apply by kind."""
+    assert _check(schema, job) == f"Validation failed for field {message}"
+
+
+def test_the_form_members_carry_every_field_but_no_value_rule(schema: dict[str, Any]) -> None:
+    members = {m["title"]: m for m in schema["properties"]["job"]["oneOf"]}
+    assert list(members) == ["JuliaBatch", "JuliaParBatchWorkers", "Batch"]
+    for kind, member in members.items():
+        rules = schema["definitions"][kind]
+        assert list(member["properties"]) == list(rules["properties"])
+        assert member["required"] == rules["required"]
+        assert member["properties"]["kind"]["enum"] == [kind]
+        assert "pattern" not in str(member) and "maxLength" not in str(member)
+    assert members["Batch"]["properties"]["resources"]["properties"]["cpu"]["type"] == "string"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -243,15 +244,49 @@ def start_server(home: Path, port: int = 4200, wait: float = 120.0) -> str:
 
 def serve(cluster: str = "local", api_url: str | None = None) -> None:
     """Serve the deployments until interrupted, against ``api_url`` (default: PREFECT_API_URL,
-    else a server started here)."""
-    from prefect import serve as prefect_serve
+    else a server started here).
+
+    As ``prefect.serve`` does, with one difference: a SIGTERM handler the caller installed
+    (``juliarun serve`` installs one that stops at once when the server is gone) stays in
+    charge of SIGTERM; Prefect's runner would otherwise replace it with its own graceful stop,
+    which retries a dead server for many seconds."""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.flows import _display_serve_start_message
+    from prefect.logging import get_logger
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from juliarun.blocks.storage import Storage
     from juliarun.settings import load_settings
 
     url = api_url or os.environ.get("PREFECT_API_URL") or start_server(load_settings().home)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         served = deployments(cluster)
+        # the forms name storage the jobs mount: the UI's Blocks page offers to save it
+        Storage.register_type_and_schema()
         names = ", ".join(d.name for d in served)
         print(f"serving {names} at {url.removesuffix('/api')}", flush=True)
-        prefect_serve(*served)
+        runner = _runner(signal.getsignal(signal.SIGTERM))
+        for deployment in served:
+            runner.add_deployment(deployment)
+        _display_serve_start_message(*served)
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal) as exc:  # as prefect.serve ends
+            get_logger("juliarun.serve").info(f"Received {type(exc).__name__}, shutting down...")
+
+
+def _runner(host_sigterm: Any) -> Any:
+    """Prefect's runner as ``prefect.serve`` makes it (schedules paused on a graceful stop),
+    leaving SIGTERM to ``host_sigterm`` when that is a Python handler of the caller's."""
+    from prefect.runner import Runner
+
+    class HostSigtermRunner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            if callable(host_sigterm):
+                host_sigterm(*args)
+            else:
+                super().handle_sigterm(*args, **kwargs)
+
+    return HostSigtermRunner(pause_on_shutdown=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic.json_schema import SkipJsonSchema
+
 from juliarun.builders.bundles import check_bake_bundle
 from juliarun.errors import SpecError
 from juliarun.flows._flow import flow
@@ -76,7 +78,7 @@ def prune_storage(cluster: str = "local") -> list[str]:
 )
 def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
     job: AnyJob,
-    storage: list[StorageSpec] | None = None,
+    storage: SkipJsonSchema[list[StorageSpec] | None] = None,
     bundle: BundleSpec | None = None,
     image: ImageSpec | None = None,
     cluster: str = "local",
@@ -97,8 +99,9 @@ def run_pipeline(  # noqa: PLR0917 - flow parameters are the form in the UI
 
     Args:
         job: The job: pick its kind, then fill in its fields (required ones first).
-        storage: Storage to define (or update) before the job starts, each with its name,
-            kind and location; the job mounts storage by the names in its own storage field.
+        storage: (Python and API callers; not in the form.) Storage definitions recorded
+            before the job starts, as define_storage does: the job mounts storage by the
+            names in its own storage field, whichever way each name was defined.
         bundle: Julia packages to precompile into a bundle the job mounts (optional).
         image: A container image to build and run the job in (optional).
         cluster: Where the job runs: local, docker, kubernetes, or the name of a saved

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import Flow
 from prefect.client.schemas.objects import FlowRun, State
+from pydantic.json_schema import SkipJsonSchema
 
 from juliarun.errors import JobFailedError, JobNotFoundError, SpecError
 from juliarun.flows._flow import flow
@@ -45,7 +46,7 @@ def _delete_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]
 def run_job(
     job: AnyJob,
     cluster: str = "local",
-    storage: list[StorageSpec] | None = None,
+    storage: SkipJsonSchema[list[StorageSpec] | None] = None,
     timeout: float | None = None,
     delete_after: bool = False,
 ) -> dict[str, Any]:
@@ -58,9 +59,9 @@ def run_job(
         job: The job: pick its kind, then fill in its fields (required ones first).
         cluster: Where the job runs: local, docker, kubernetes, or the name of a saved
             cluster block.
-        storage: Storage to define (or update) before the job starts, each with its name,
-            kind and location; the job mounts storage by the names in its own storage field.
-            Leave empty when the storage the job names is defined already.
+        storage: (Python and API callers; not in the form.) Storage definitions recorded
+            before the job starts, as define_storage does: the job mounts storage by the
+            names in its own storage field, whichever way each name was defined.
         timeout: Seconds to wait for the job to finish; empty waits as long as it runs.
         delete_after: Delete the job (its workers and records) once it finished.
     """
