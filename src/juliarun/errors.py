@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class JuliaRunError(Exception):
     """Root of every error juliarun raises on purpose.
@@ -89,6 +91,39 @@ class JobExistsError(JuliaRunError):
             f"a different job named {name!r} already exists on cluster {cluster!r}",
             hint=f"delete it first (`juliarun delete {name}`) or choose another name",
         )
+
+
+_STACK_FRAME = re.compile(r"^\s*\[\d+\] ")
+
+
+def fold_stack_frames(lines: list[str]) -> list[str]:
+    """``lines`` with each run of Julia stack frames (`` [3] f() at file.jl:5``) folded into one
+    line saying how many there were: a failure's message names the error, while the frames are
+    in the job's own lines (a run's logs, ``juliarun tail``), so they are not said twice.
+
+    >>> print("\\n".join(fold_stack_frames(["ERROR: LoadError: boom", "Stacktrace:",
+    ...     " [1] error(::String) at ./error.jl:33", " [2] f() at /m/x.jl:3",
+    ...     "in expression starting at /m/x.jl:5"])))
+    ERROR: LoadError: boom
+    Stacktrace: (2 frames, in the job's output)
+    in expression starting at /m/x.jl:5
+    """
+    out: list[str] = []
+    frames = 0
+    for line in [*lines, None]:
+        if line is not None and _STACK_FRAME.match(line):
+            frames += 1
+            continue
+        if frames:
+            summary = f"({frames} frame{'s' if frames > 1 else ''}, in the job's output)"
+            if out and out[-1].rstrip().endswith("Stacktrace:"):
+                out[-1] = f"{out[-1].rstrip()} {summary}"
+            else:
+                out.append(summary)
+            frames = 0
+        if line is not None:
+            out.append(line)
+    return out
 
 
 class JobFailedError(JuliaRunError):

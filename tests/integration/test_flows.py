@@ -109,6 +109,45 @@ def test_run_job_fails_with_the_jobs_reason(prefect_api: str, juliarun_home: Pat
     assert juliarun.list(juliarun.init()) == []
 
 
+@pytest.mark.julia
+def test_a_failed_julia_runs_stack_trace_is_in_its_logs_once(
+    prefect_api: str, code: Path, julia: str
+) -> None:
+    """The job's lines carry the Julia stack trace; the failure (which Prefect logs twice: the
+    exception, then the final state) names the error and folds the frames."""
+    (code / "throw.jl").write_text('println("before")\nf() = error("boom from julia")\nf()\n')
+    name = _unique("throws")
+    job = juliarun.JuliaBatch(name, "/mnt/code/throw.jl", "code")
+    state = run_job(
+        job,
+        storage=[juliarun.StorageSpec(name="code", kind="host", path=str(code))],
+        delete_after=True,
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(JobFailedError) as info:
+        state.result()
+    assert info.value.last_lines[:2] == [
+        "ERROR: LoadError: boom from julia",
+        "Stacktrace: (7 frames, in the job's output)",
+    ]
+    frame = "[1] error(::String) at ./error.jl:33"
+    run_id = state.state_details.flow_run_id
+    deadline = time.monotonic() + 30  # run logs reach the API in batches
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+            )
+            text = "\n".join(entry.message for entry in logs)
+            if "Finished in state Failed" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert f"{name}-0 |  {frame}" in text
+    assert text.count(frame) == 1, text
+    assert text.count("boom from julia") == 3, text  # the job's line, the exception, the state
+
+
 def test_run_job_rejects_unknown_storage_before_submitting(
     prefect_api: str, juliarun_home: Path
 ) -> None:

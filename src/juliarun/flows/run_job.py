@@ -8,7 +8,7 @@ from prefect import Flow
 from prefect.client.schemas.objects import FlowRun, State
 from pydantic.json_schema import SkipJsonSchema
 
-from juliarun.errors import JobFailedError, JobNotFoundError, SpecError
+from juliarun.errors import JobFailedError, JobNotFoundError, SpecError, fold_stack_frames
 from juliarun.flows._flow import flow
 from juliarun.flows._specs import job_run_name, job_spec, rejected, specs
 from juliarun.specs import AnyJob, StorageSpec
@@ -79,7 +79,12 @@ def run_job(
     if delete_after:
         delete_job(cluster, job.name)
     if status.phase == "failed":
+        # The job's lines (its stack trace too) are in the run's logs already: the failure
+        # names the error, and Prefect repeats its message twice (the exception, the state).
         raise JobFailedError(
-            job.name, status.reason or "unknown", last_lines=status.last_lines, hint=status.hint
+            job.name,
+            status.reason or "unknown",
+            last_lines=fold_stack_frames(status.last_lines),
+            hint=status.hint,
         )
     return {"job": job.name, "status": str(status), "workers": rows}
