@@ -16,6 +16,13 @@ Two costs of a flow called from Python are Prefect's defaults rather than the fl
   server names no block (the usual case), runs with exactly the storage and persistence Prefect
   would have chosen (the local result path, ``PREFECT_RESULTS_PERSIST_BY_DEFAULT``). When the
   server or the settings name a block, Prefect's own path runs unchanged.
+- **A new API client per run.** Each top-level run builds its own Prefect client and closes it
+  when it ends: a TLS context loaded from the certificate bundle, a CSRF token fetched, a new
+  connection (tens of milliseconds before the run's first request). A top-level in-process
+  call uses one client per thread instead, kept open for as long as the settings stay the
+  same object (``temporary_settings`` makes a new one) in the same process; the client is
+  Prefect's own, built as Prefect builds it. A client the caller entered themselves
+  (``SyncClientContext``) is used as Prefect would use it.
 
 Runs started from a deployment (``juliarun serve``, a worker) do not go through ``__call__`` and
 keep Prefect's behaviour as it is.
@@ -23,6 +30,8 @@ keep Prefect's behaviour as it is.
 
 from __future__ import annotations
 
+import contextvars
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +40,7 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from prefect import Flow
-from prefect.context import FlowRunContext, SettingsContext, TaskRunContext
+from prefect.context import FlowRunContext, SettingsContext, SyncClientContext, TaskRunContext
 from prefect.settings import Settings, get_current_settings
 
 R = TypeVar("R")
@@ -42,6 +51,7 @@ SERVER_DEFAULT_TTL = 60.0
 _lock = threading.Lock()
 _quiet: dict[int, tuple[Settings, Settings]] = {}
 _server_default: dict[str, tuple[float, UUID | None]] = {}
+_clients = threading.local()  # .entry: (settings, pid, the started SyncClientContext)
 
 
 def _without_heartbeat(settings: Settings) -> Settings | None:
@@ -86,6 +96,30 @@ def _server_default_storage(settings: Settings, clock: Callable[[], float]) -> U
     return block_id
 
 
+def _client_context(settings: Settings) -> SyncClientContext:
+    """This thread's started Prefect client context for ``settings``: built and entered once
+    (as Prefect's engine enters its own, API version check included) and left open; one built
+    for other settings, or in the parent of a forked process, is closed and replaced."""
+    entry: tuple[Settings, int, SyncClientContext] | None = getattr(_clients, "entry", None)
+    if entry is not None:
+        cached_settings, pid, cached = entry
+        if cached_settings is settings and pid == os.getpid() and not cached.client._closed:
+            return cached
+        _clients.entry = None
+        if pid == os.getpid():
+            cached.client.__exit__(None, None, None)
+    client_context = SyncClientContext()
+    # Entered in a copy of the context: the client starts, and stays started, but the
+    # context variable is set only for the calls that use it (see JuliaRunFlow.__call__).
+    try:
+        contextvars.copy_context().run(client_context.__enter__)
+    except BaseException:  # the API version check failed: Prefect's engine would raise it too
+        client_context.client.__exit__(None, None, None)
+        raise
+    _clients.entry = (settings, os.getpid(), client_context)
+    return client_context
+
+
 class JuliaRunFlow(Flow[Any, Any]):
     """A Prefect flow whose in-process calls return as soon as their work is done."""
 
@@ -112,9 +146,23 @@ class JuliaRunFlow(Flow[Any, Any]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         settings = get_current_settings()
-        target: Flow[Any, Any] = self
-        if FlowRunContext.get() is None and TaskRunContext.get() is None:
-            target = self._top_level(settings, time.monotonic)
+        if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+            return self._call(settings, self, args, kwargs)
+        if SyncClientContext.get() is not None or self.isasync:
+            return self._call(settings, self._top_level(settings, time.monotonic), args, kwargs)
+        token = SyncClientContext.__var__.set(_client_context(settings))
+        try:
+            return self._call(settings, self._top_level(settings, time.monotonic), args, kwargs)
+        finally:
+            SyncClientContext.__var__.reset(token)
+
+    def _call(
+        self,
+        settings: Settings,
+        target: Flow[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         call = cast(Callable[..., Any], Flow.__call__)
         quiet = _without_heartbeat(settings)
         if quiet is None:

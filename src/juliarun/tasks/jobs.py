@@ -123,9 +123,10 @@ def watch_job(
     return status
 
 
-@task(cache_policy=NONE)
-def job_summary(status: JobStatus) -> list[dict[str, Any]]:
-    """Publish a table artifact: one row per worker with exit code, restarts and duration."""
+def publish_job_summary(status: JobStatus) -> list[dict[str, Any]]:
+    """Publish a table artifact of the run (``job-<name>``): one row per worker with exit
+    code, restarts and duration; returns the rows. ``run_job`` calls it in its own body (a
+    task run per job costs tens of milliseconds), :func:`job_summary` is the same as a task."""
     rows: list[dict[str, Any]] = [
         {
             "worker": w.id,
@@ -145,12 +146,26 @@ def job_summary(status: JobStatus) -> list[dict[str, Any]]:
 
 
 @task(cache_policy=NONE)
+def job_summary(status: JobStatus) -> list[dict[str, Any]]:
+    """Publish a table artifact: one row per worker with exit code, restarts and duration."""
+    return publish_job_summary(status)
+
+
+@task(cache_policy=NONE)
 def scale_job(cluster: str, name: str, workers: int) -> JobStatus:
     with context(cluster) as ctx:
         return api.scale(ctx, name, workers)
 
 
+def remove_job(cluster: str, name: str, force: bool = False) -> bool:
+    """Delete the job (its workers and records) with the run's context, saying so in the
+    run's logs; ``run_job`` calls it in its own body, :func:`delete_job` is the same as a task."""
+    with context(cluster) as ctx:
+        deleted = api.delete(ctx, name, force=force)
+    get_run_logger().info("deleted job %s", name)
+    return deleted
+
+
 @task(cache_policy=NONE)
 def delete_job(cluster: str, name: str, force: bool = False) -> bool:
-    with context(cluster) as ctx:
-        return api.delete(ctx, name, force=force)
+    return remove_job(cluster, name, force=force)
