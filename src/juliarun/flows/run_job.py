@@ -12,7 +12,7 @@ from juliarun.flows._flow import flow
 from juliarun.flows._specs import job_run_name, job_spec, rejected, specs
 from juliarun.specs import AnyJob, StorageSpec
 from juliarun.tasks import prepare_storage, submit_job, watch_job
-from juliarun.tasks.jobs import publish_job_summary, remove_job
+from juliarun.tasks.jobs import finish_job
 
 
 def _delete_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -69,11 +69,9 @@ def run_job(
         prepare_storage(cluster, job.storage, storage or [])
     submitted = submit_job(cluster, job)
     status = watch_job(cluster, job.name, timeout, tenant=job.tenant, submitted=submitted)
-    # The table and the deletion are one call each, made here rather than as tasks of their
-    # own: a task run costs tens of milliseconds, most of a short job's overhead.
-    rows = publish_job_summary(status)
-    if delete_after:
-        remove_job(cluster, job.name)
+    # The worker table and the deletion are made here rather than as tasks of their own (a
+    # task run costs tens of milliseconds, most of a short job's overhead), and overlap.
+    rows = finish_job(cluster, status, delete=delete_after)
     if status.phase == "failed":
         raise JobFailedError(
             job.name, status.reason or "unknown", last_lines=status.last_lines, hint=status.hint
