@@ -24,6 +24,7 @@ import juliarun
 from juliarun.blocks import LocalCluster, Storage
 from juliarun.errors import ConfigError, JobFailedError
 from juliarun.flows import cluster_report, run_job
+from juliarun.settings import Settings
 
 pytestmark = pytest.mark.prefect_server
 
@@ -107,6 +108,53 @@ def test_run_job_fails_with_the_jobs_reason(prefect_api: str, juliarun_home: Pat
         state.result()
     assert info.value.last_lines == ["about to fail"]
     assert juliarun.list(juliarun.init()) == []
+
+
+def test_run_job_deleting_its_job_keeps_the_table_the_lines_and_one_settings_read(
+    prefect_api: str, juliarun_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from juliarun.tasks import _context
+
+    reads: list[str] = []
+    load = _context.load_settings
+
+    def counting() -> Settings:
+        reads.append("read")
+        return load()
+
+    monkeypatch.setattr(_context, "load_settings", counting)
+    name = _unique("gone")
+    state = run_job(
+        juliarun.Batch(name, command=["bash", "-c", "echo bye"]),
+        delete_after=True,
+        return_state=True,
+    )
+    assert state.is_completed()
+    result = state.result()
+    assert result["status"] == "succeeded"
+    assert reads == ["read"]  # submit, watch and the deletion: one read of the settings per run
+    assert juliarun.list(juliarun.init()) == []
+    run_id = state.state_details.flow_run_id
+    wanted = {f"{name}-0 | bye", f"deleted job {name}"}
+    deadline = time.monotonic() + 30  # run logs reach the API in batches, shortly after the run
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"job-{name}"]))
+        )
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+            )
+            messages = {entry.message for entry in logs}
+            if wanted <= messages or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert wanted <= messages
+    assert [a.flow_run_id for a in artifacts] == [run_id]
+    table = artifacts[0].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert rows == result["workers"]
+    assert [(r["worker"], r["exit_code"]) for r in rows] == [(f"{name}-0", 0)]
 
 
 def test_run_job_rejects_unknown_storage_before_submitting(
