@@ -110,19 +110,9 @@ def test_run_job_fails_with_the_jobs_reason(prefect_api: str, juliarun_home: Pat
     assert juliarun.list(juliarun.init()) == []
 
 
-def test_run_job_deleting_its_job_keeps_the_table_the_lines_and_one_settings_read(
-    prefect_api: str, juliarun_home: Path, monkeypatch: pytest.MonkeyPatch
+def test_run_job_deleting_its_job_keeps_the_table_and_the_lines(
+    prefect_api: str, juliarun_home: Path
 ) -> None:
-    from juliarun.tasks import _context
-
-    reads: list[str] = []
-    load = _context.load_settings
-
-    def counting() -> Settings:
-        reads.append("read")
-        return load()
-
-    monkeypatch.setattr(_context, "load_settings", counting)
     name = _unique("gone")
     state = run_job(
         juliarun.Batch(name, command=["bash", "-c", "echo bye"]),
@@ -132,7 +122,6 @@ def test_run_job_deleting_its_job_keeps_the_table_the_lines_and_one_settings_rea
     assert state.is_completed()
     result = state.result()
     assert result["status"] == "succeeded"
-    assert reads == ["read"]  # submit, watch and the deletion: one read of the settings per run
     assert juliarun.list(juliarun.init()) == []
     run_id = state.state_details.flow_run_id
     wanted = {f"{name}-0 | bye", f"deleted job {name}"}
@@ -155,6 +144,29 @@ def test_run_job_deleting_its_job_keeps_the_table_the_lines_and_one_settings_rea
     rows = json.loads(table) if isinstance(table, str) else table
     assert rows == result["workers"]
     assert [(r["worker"], r["exit_code"]) for r in rows] == [(f"{name}-0", 0)]
+
+
+def test_runs_read_the_settings_again_only_when_the_environment_changed(
+    prefect_api: str, juliarun_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from juliarun.tasks import _context
+
+    reads: list[int] = []
+    load = _context.load_settings
+
+    def counting() -> Settings:
+        settings = load()
+        reads.append(settings.local_max_workers)
+        return settings
+
+    monkeypatch.setattr(_context, "load_settings", counting)
+    monkeypatch.setenv("JULIARUN_LOCAL_MAX_WORKERS", "7")  # an environment no run has seen
+    for _ in range(2):
+        assert run_job(juliarun.Batch(_unique("env"), ["true"]), delete_after=True)
+    assert reads == [7]  # submit, watch and the deletion of two runs: one read
+    monkeypatch.setenv("JULIARUN_LOCAL_MAX_WORKERS", "5")
+    assert run_job(juliarun.Batch(_unique("env"), ["true"]), delete_after=True)
+    assert reads == [7, 5]  # the next run has the changed setting
 
 
 def test_run_job_rejects_unknown_storage_before_submitting(
