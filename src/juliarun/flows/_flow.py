@@ -19,10 +19,11 @@ Two costs of a flow called from Python are Prefect's defaults rather than the fl
 - **A new API client per run.** Each top-level run builds its own Prefect client and closes it
   when it ends: a TLS context loaded from the certificate bundle, a CSRF token fetched, a new
   connection (tens of milliseconds before the run's first request). A top-level in-process
-  call uses one client per thread instead, kept open for as long as the settings stay the
-  same object (``temporary_settings`` makes a new one) in the same process; the client is
-  Prefect's own, built as Prefect builds it. A client the caller entered themselves
-  (``SyncClientContext``) is used as Prefect would use it.
+  call of a synchronous flow uses one client per thread instead, kept open for as long as the
+  settings stay the same object (``temporary_settings`` makes a new one) in the same process;
+  the client is Prefect's own, built and entered as Prefect's engine does it (an idle
+  connection the server closed is replaced by the next request, as in any long run). A client
+  the caller entered themselves (``SyncClientContext``) is used as Prefect would use it.
 
 Runs started from a deployment (``juliarun serve``, a worker) do not go through ``__call__`` and
 keep Prefect's behaviour as it is.
