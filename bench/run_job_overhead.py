@@ -56,6 +56,7 @@ def main() -> None:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
             return flow(name)
 
+    load_before = os.getloadavg()[0]
     direct(-1)  # warm-up: imports, SQLite files
     flow("flow-warm")  # warm-up: Prefect client / temporary server
     base, orchestrated, with_heartbeat = [], [], []
@@ -66,7 +67,8 @@ def main() -> None:
     b = statistics.median(base)
     o = statistics.median(orchestrated)
     h = statistics.median(with_heartbeat)
-    print(f"rounds={args.rounds} poll_interval={poll}s")
+    load_after = os.getloadavg()[0]
+    print(f"rounds={args.rounds} poll_interval={poll}s load={load_before:.2f}..{load_after:.2f}")
     print(f"backend directly          : median {b * 1000:8.1f} ms per job")
     print(f"run_job                   : median {o * 1000:8.1f} ms per job")
     print(f"run_job, user's heartbeat : median {h * 1000:8.1f} ms per job")
