@@ -14,6 +14,8 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.context import FlowRunContext, SyncClientContext
 from prefect.settings import (
+    PREFECT_API_KEY,
+    PREFECT_API_REQUEST_TIMEOUT,
     PREFECT_API_URL,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     get_current_settings,
@@ -119,25 +121,36 @@ def test_inprocess_calls_of_a_thread_share_one_open_client(
 ) -> None:
     built = _count_clients(monkeypatch)
     clients = _recorded()
-    for _ in range(3):
-        client_probe()
-        assert SyncClientContext.get() is None  # the caller's context is left as it was
+    with temporary_settings(updates={PREFECT_API_REQUEST_TIMEOUT: 59}):  # no client has these
+        for _ in range(3):
+            client_probe()
+            assert SyncClientContext.get() is None  # the caller's context is left as it was
     assert len(built) == 1  # Prefect's own path builds one per run
     assert clients == [built[0]] * 3
     assert not built[0]._closed  # left open for the next call
     assert str(built[0].api_url).rstrip("/") == prefect_api.rstrip("/")
 
 
-def test_new_settings_get_a_new_client_and_the_old_one_is_closed(
+def test_the_client_settings_decide_which_client_a_call_uses(
     prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clients = _recorded()
     client_probe()
-    built = _count_clients(monkeypatch)
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}):  # new settings
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}):  # not the client's
         client_probe()
-    assert len(built) == 1 and clients[1] is built[0] and clients[1] is not clients[0]
-    assert clients[0]._closed and not clients[1]._closed
+    assert clients[1] is clients[0]
+    built = _count_clients(monkeypatch)
+    for key in ("key-a", "key-b", "key-a"):  # a secret: told apart by its value
+        with temporary_settings(updates={PREFECT_API_KEY: key}):
+            client_probe()
+    assert len(built) == 2 and clients[2:] == [built[0], built[1], built[0]]
+    for timeout in range(61, 61 + _flow.MAX_CLIENTS - 2):  # the thread has 3 clients so far
+        with temporary_settings(updates={PREFECT_API_REQUEST_TIMEOUT: timeout}):
+            client_probe()
+    assert len(built) == _flow.MAX_CLIENTS and clients[5:] == built[2:]
+    # The thread keeps MAX_CLIENTS clients: the least recently used (the first) was closed.
+    assert clients[0]._closed
+    assert not any(client._closed for client in built)
 
 
 def test_another_thread_has_a_client_of_its_own(prefect_api: str) -> None:

@@ -19,11 +19,12 @@ Two costs of a flow called from Python are Prefect's defaults rather than the fl
 - **A new API client per run.** Each top-level run builds its own Prefect client and closes it
   when it ends: a TLS context loaded from the certificate bundle, a CSRF token fetched, a new
   connection (tens of milliseconds before the run's first request). A top-level in-process
-  call of a synchronous flow uses one client per thread instead, kept open for as long as the
-  settings stay the same object (``temporary_settings`` makes a new one) in the same process;
-  the client is Prefect's own, built and entered as Prefect's engine does it (an idle
-  connection the server closed is replaced by the next request, as in any long run). A client
-  the caller entered themselves (``SyncClientContext``) is used as Prefect would use it.
+  call of a synchronous flow uses its thread's client instead, kept open, one per client
+  settings (the API's address, credentials, TLS, timeouts, headers: a
+  ``temporary_settings`` that changes none of them, a heartbeat frequency say, shares it); the
+  client is Prefect's own, built and entered as Prefect's engine does it (an idle connection
+  the server closed is replaced by the next request, as in any long run). A client the caller
+  entered themselves (``SyncClientContext``) is used as Prefect would use it.
 
 Runs started from a deployment (``juliarun serve``, a worker) do not go through ``__call__`` and
 keep Prefect's behaviour as it is.
@@ -49,10 +50,14 @@ R = TypeVar("R")
 SERVER_DEFAULT_TTL = 60.0
 """Seconds a read of the server's default result storage is reused."""
 
+MAX_CLIENTS = 4
+"""Prefect clients a thread keeps open, one per client settings (the least recently used
+beyond this are closed)."""
+
 _lock = threading.Lock()
 _quiet: dict[int, tuple[Settings, Settings]] = {}
 _server_default: dict[str, tuple[float, UUID | None]] = {}
-_clients = threading.local()  # .entry: (settings, pid, the started SyncClientContext)
+_clients = threading.local()  # .entries: [(client settings, pid, started SyncClientContext)]
 
 
 def _without_heartbeat(settings: Settings) -> Settings | None:
@@ -97,18 +102,33 @@ def _server_default_storage(settings: Settings, clock: Callable[[], float]) -> U
     return block_id
 
 
+def _client_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a Prefect client is built from (the API's address, credentials, TLS,
+    timeouts, headers, CSRF and retries, the ephemeral server): two settings objects that agree
+    on these get the same client, whatever else differs (a heartbeat frequency, a log level)."""
+    return {
+        "api": settings.api.model_dump(),  # secrets stay SecretStr: compared by their value
+        "client": settings.client.model_dump(),
+        "cloud": settings.cloud.api_url,
+        "ephemeral": settings.server.ephemeral.model_dump(),
+        "unit_test_mode": settings.testing.unit_test_mode,
+    }
+
+
 def _client_context(settings: Settings) -> SyncClientContext:
     """This thread's started Prefect client context for ``settings``: built and entered once
-    (as Prefect's engine enters its own, API version check included) and left open; one built
-    for other settings, or in the parent of a forked process, is closed and replaced."""
-    entry: tuple[Settings, int, SyncClientContext] | None = getattr(_clients, "entry", None)
-    if entry is not None:
-        cached_settings, pid, cached = entry
-        if cached_settings is settings and pid == os.getpid() and not cached.client._closed:
-            return cached
-        _clients.entry = None
-        if pid == os.getpid():
-            cached.client.__exit__(None, None, None)
+    (as Prefect's engine enters its own, API version check included) and left open. A thread
+    keeps the clients of its :data:`MAX_CLIENTS` most recently used client settings; the one
+    dropped beyond them is closed, and a forked child builds its own."""
+    wanted = _client_settings(settings)
+    pid = os.getpid()
+    entries: list[tuple[dict[str, Any], int, SyncClientContext]] = _clients.__dict__.setdefault(
+        "entries", []
+    )
+    for i, (built_for, built_in, client_context) in enumerate(entries):
+        if built_for == wanted and built_in == pid and not client_context.client._closed:
+            entries.append(entries.pop(i))  # the most recently used last
+            return client_context
     client_context = SyncClientContext()
     # Entered in a copy of the context: the client starts, and stays started, but the
     # context variable is set only for the calls that use it (see JuliaRunFlow.__call__).
@@ -117,7 +137,11 @@ def _client_context(settings: Settings) -> SyncClientContext:
     except BaseException:  # the API version check failed: Prefect's engine would raise it too
         client_context.client.__exit__(None, None, None)
         raise
-    _clients.entry = (settings, os.getpid(), client_context)
+    entries.append((wanted, pid, client_context))
+    while len(entries) > MAX_CLIENTS:
+        _, built_in, dropped = entries.pop(0)
+        if built_in == pid:  # a parent's client is the parent's to close
+            dropped.client.__exit__(None, None, None)
     return client_context
 
 
