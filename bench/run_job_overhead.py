@@ -7,8 +7,20 @@ Prints the median seconds per job for the backend called directly, for run_job a
 calls it in-process (no flow-run heartbeat: see ``juliarun.flows._flow``), and for run_job with
 a heartbeat frequency the user chose (Prefect's heartbeat thread sleeps in whole seconds and
 is joined when the run ends, so such a run waits for the rest of that second), and their
-ratios. Goal: run_job's overhead over the backend called directly at most 150 ms per job. Uses
-PREFECT_API_URL when set (scripts/testenv env), else Prefect's temporary local server.
+ratios, and the load average before and after. Goal: run_job's overhead over the backend called
+directly at most 150 ms per job. Uses PREFECT_API_URL when set (scripts/testenv env), else
+Prefect's temporary local server.
+
+Measured 2026-12-04 against the test environment's Prefect server, on 2 cores shared with other
+work (the overhead follows the load: most of it is the Prefect API's answers):
+
+    load 3.4, 30 rounds: direct 525 ms, run_job 697 ms (+172 ms), user's heartbeat +569 ms
+    load 3.0, 10 rounds: direct 631 ms, run_job 788 ms (+157 ms); main before: +388 ms
+    load 4.3, 20 rounds: direct 522 ms, run_job 795 ms (+273 ms); main before: +555 ms
+
+What is left is Prefect's own per run: five API calls before the body (flow, flow run, its
+name, Running, the run read back), two task runs (submit, watch: ~20-25 ms each in-process),
+the worker table's artifact and the final Completed state.
 """
 
 from __future__ import annotations
@@ -56,6 +68,7 @@ def main() -> None:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
             return flow(name)
 
+    load_before = os.getloadavg()[0]
     direct(-1)  # warm-up: imports, SQLite files
     flow("flow-warm")  # warm-up: Prefect client / temporary server
     base, orchestrated, with_heartbeat = [], [], []
@@ -66,7 +79,8 @@ def main() -> None:
     b = statistics.median(base)
     o = statistics.median(orchestrated)
     h = statistics.median(with_heartbeat)
-    print(f"rounds={args.rounds} poll_interval={poll}s")
+    load_after = os.getloadavg()[0]
+    print(f"rounds={args.rounds} poll_interval={poll}s load={load_before:.2f}..{load_after:.2f}")
     print(f"backend directly          : median {b * 1000:8.1f} ms per job")
     print(f"run_job                   : median {o * 1000:8.1f} ms per job")
     print(f"run_job, user's heartbeat : median {h * 1000:8.1f} ms per job")

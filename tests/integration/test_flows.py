@@ -24,6 +24,7 @@ import juliarun
 from juliarun.blocks import LocalCluster, Storage
 from juliarun.errors import ConfigError, JobFailedError
 from juliarun.flows import cluster_report, run_job
+from juliarun.settings import Settings
 
 pytestmark = pytest.mark.prefect_server
 
@@ -146,6 +147,65 @@ def test_a_failed_julia_runs_stack_trace_is_in_its_logs_once(
     assert f"{name}-0 |  {frame}" in text
     assert text.count(frame) == 1, text
     assert text.count("boom from julia") == 3, text  # the job's line, the exception, the state
+
+
+def test_run_job_deleting_its_job_keeps_the_table_and_the_lines(
+    prefect_api: str, juliarun_home: Path
+) -> None:
+    name = _unique("gone")
+    state = run_job(
+        juliarun.Batch(name, command=["bash", "-c", "echo bye"]),
+        delete_after=True,
+        return_state=True,
+    )
+    assert state.is_completed()
+    result = state.result()
+    assert result["status"] == "succeeded"
+    assert juliarun.list(juliarun.init()) == []
+    run_id = state.state_details.flow_run_id
+    wanted = {f"{name}-0 | bye", f"deleted job {name}"}
+    deadline = time.monotonic() + 30  # run logs reach the API in batches, shortly after the run
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"job-{name}"]))
+        )
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+            )
+            messages = {entry.message for entry in logs}
+            if wanted <= messages or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert wanted <= messages
+    assert [a.flow_run_id for a in artifacts] == [run_id]
+    table = artifacts[0].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert rows == result["workers"]
+    assert [(r["worker"], r["exit_code"]) for r in rows] == [(f"{name}-0", 0)]
+
+
+def test_runs_read_the_settings_again_only_when_the_environment_changed(
+    prefect_api: str, juliarun_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from juliarun.tasks import _context
+
+    reads: list[int] = []
+    load = _context.load_settings
+
+    def counting() -> Settings:
+        settings = load()
+        reads.append(settings.local_max_workers)
+        return settings
+
+    monkeypatch.setattr(_context, "load_settings", counting)
+    monkeypatch.setenv("JULIARUN_LOCAL_MAX_WORKERS", "7")  # an environment no run has seen
+    for _ in range(2):
+        assert run_job(juliarun.Batch(_unique("env"), ["true"]), delete_after=True)
+    assert reads == [7]  # submit, watch and the deletion of two runs: one read
+    monkeypatch.setenv("JULIARUN_LOCAL_MAX_WORKERS", "5")
+    assert run_job(juliarun.Batch(_unique("env"), ["true"]), delete_after=True)
+    assert reads == [7, 5]  # the next run has the changed setting
 
 
 def test_run_job_rejects_unknown_storage_before_submitting(

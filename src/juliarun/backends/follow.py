@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from juliarun.backends.base import (
     Backend,
@@ -59,13 +60,16 @@ def follow_job(
     lines: int | None = None,
     timeout: float | None = None,
     poll_interval: float = 0.5,
+    created_at: datetime | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Followed:
     """Hand every line of job ``name`` (of ``worker`` / ``stream`` when given; the last
     ``lines`` of those already written, then new ones) to ``on_line`` until the job ends, or
     for at most ``timeout`` seconds (the job is left running, and the status returned is not
     ``done``: :meth:`Followed.raise_if_running` turns that into :class:`JobTimeoutError`).
-    ``on_status`` sees the job's status as it is polled (at most every ``poll_interval``)."""
+    ``on_status`` sees the job's status as it is polled (at most every ``poll_interval``).
+    ``created_at`` is the job's creation time when the caller has it (the status its submit
+    returned): lines followed in the store start there, without reading the status first."""
     deadline = None if timeout is None else clock() + timeout
     count = 0
     polled_at: float | None = None
@@ -107,7 +111,7 @@ def follow_job(
         for line in backend.logs(name, follow=True, lines=lines, worker=worker, stop=watching):
             hand_on(line)
     else:
-        since = backend.status(name).created_at
+        since = created_at or backend.status(name).created_at
         query = LogQuery(
             job=name,
             worker=worker,

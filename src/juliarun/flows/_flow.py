@@ -16,6 +16,15 @@ Two costs of a flow called from Python are Prefect's defaults rather than the fl
   server names no block (the usual case), runs with exactly the storage and persistence Prefect
   would have chosen (the local result path, ``PREFECT_RESULTS_PERSIST_BY_DEFAULT``). When the
   server or the settings name a block, Prefect's own path runs unchanged.
+- **A new API client per run.** Each top-level run builds its own Prefect client and closes it
+  when it ends: a TLS context loaded from the certificate bundle, a CSRF token fetched, a new
+  connection (tens of milliseconds before the run's first request). A top-level in-process
+  call of a synchronous flow uses its thread's client instead, kept open, one per client
+  settings (the API's address, credentials, TLS, timeouts, headers: a
+  ``temporary_settings`` that changes none of them, a heartbeat frequency say, shares it); the
+  client is Prefect's own, built and entered as Prefect's engine does it (an idle connection
+  the server closed is replaced by the next request, as in any long run). A client the caller
+  entered themselves (``SyncClientContext``) is used as Prefect would use it.
 
 Runs started from a deployment (``juliarun serve``, a worker) do not go through ``__call__`` and
 keep Prefect's behaviour as it is.
@@ -23,6 +32,8 @@ keep Prefect's behaviour as it is.
 
 from __future__ import annotations
 
+import contextvars
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +42,7 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from prefect import Flow
-from prefect.context import FlowRunContext, SettingsContext, TaskRunContext
+from prefect.context import FlowRunContext, SettingsContext, SyncClientContext, TaskRunContext
 from prefect.settings import Settings, get_current_settings
 
 R = TypeVar("R")
@@ -39,9 +50,14 @@ R = TypeVar("R")
 SERVER_DEFAULT_TTL = 60.0
 """Seconds a read of the server's default result storage is reused."""
 
+MAX_CLIENTS = 4
+"""Prefect clients a thread keeps open, one per client settings (the least recently used
+beyond this are closed)."""
+
 _lock = threading.Lock()
 _quiet: dict[int, tuple[Settings, Settings]] = {}
 _server_default: dict[str, tuple[float, UUID | None]] = {}
+_clients = threading.local()  # .entries: [(client settings, pid, started SyncClientContext)]
 
 
 def _without_heartbeat(settings: Settings) -> Settings | None:
@@ -86,6 +102,49 @@ def _server_default_storage(settings: Settings, clock: Callable[[], float]) -> U
     return block_id
 
 
+def _client_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a Prefect client is built from (the API's address, credentials, TLS,
+    timeouts, headers, CSRF and retries, the ephemeral server): two settings objects that agree
+    on these get the same client, whatever else differs (a heartbeat frequency, a log level)."""
+    return {
+        "api": settings.api.model_dump(),  # secrets stay SecretStr: compared by their value
+        "client": settings.client.model_dump(),
+        "cloud": settings.cloud.api_url,
+        "ephemeral": settings.server.ephemeral.model_dump(),
+        "unit_test_mode": settings.testing.unit_test_mode,
+    }
+
+
+def _client_context(settings: Settings) -> SyncClientContext:
+    """This thread's started Prefect client context for ``settings``: built and entered once
+    (as Prefect's engine enters its own, API version check included) and left open. A thread
+    keeps the clients of its :data:`MAX_CLIENTS` most recently used client settings; the one
+    dropped beyond them is closed, and a forked child builds its own."""
+    wanted = _client_settings(settings)
+    pid = os.getpid()
+    entries: list[tuple[dict[str, Any], int, SyncClientContext]] = _clients.__dict__.setdefault(
+        "entries", []
+    )
+    for i, (built_for, built_in, client_context) in enumerate(entries):
+        if built_for == wanted and built_in == pid and not client_context.client._closed:
+            entries.append(entries.pop(i))  # the most recently used last
+            return client_context
+    client_context = SyncClientContext()
+    # Entered in a copy of the context: the client starts, and stays started, but the
+    # context variable is set only for the calls that use it (see JuliaRunFlow.__call__).
+    try:
+        contextvars.copy_context().run(client_context.__enter__)
+    except BaseException:  # the API version check failed: Prefect's engine would raise it too
+        client_context.client.__exit__(None, None, None)
+        raise
+    entries.append((wanted, pid, client_context))
+    while len(entries) > MAX_CLIENTS:
+        _, built_in, dropped = entries.pop(0)
+        if built_in == pid:  # a parent's client is the parent's to close
+            dropped.client.__exit__(None, None, None)
+    return client_context
+
+
 class JuliaRunFlow(Flow[Any, Any]):
     """A Prefect flow whose in-process calls return as soon as their work is done."""
 
@@ -112,9 +171,23 @@ class JuliaRunFlow(Flow[Any, Any]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         settings = get_current_settings()
-        target: Flow[Any, Any] = self
-        if FlowRunContext.get() is None and TaskRunContext.get() is None:
-            target = self._top_level(settings, time.monotonic)
+        if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+            return self._call(settings, self, args, kwargs)
+        if SyncClientContext.get() is not None or self.isasync:
+            return self._call(settings, self._top_level(settings, time.monotonic), args, kwargs)
+        token = SyncClientContext.__var__.set(_client_context(settings))
+        try:
+            return self._call(settings, self._top_level(settings, time.monotonic), args, kwargs)
+        finally:
+            SyncClientContext.__var__.reset(token)
+
+    def _call(
+        self,
+        settings: Settings,
+        target: Flow[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         call = cast(Callable[..., Any], Flow.__call__)
         quiet = _without_heartbeat(settings)
         if quiet is None:

@@ -12,13 +12,8 @@ from juliarun.errors import JobFailedError, JobNotFoundError, SpecError, fold_st
 from juliarun.flows._flow import flow
 from juliarun.flows._specs import job_run_name, job_spec, rejected, specs
 from juliarun.specs import AnyJob, StorageSpec
-from juliarun.tasks import (
-    delete_job,
-    job_summary,
-    prepare_storage,
-    submit_job,
-    watch_job,
-)
+from juliarun.tasks import prepare_storage, submit_job, watch_job
+from juliarun.tasks.jobs import finish_job
 
 
 def _delete_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -75,9 +70,9 @@ def run_job(
         prepare_storage(cluster, job.storage, storage or [])
     submitted = submit_job(cluster, job)
     status = watch_job(cluster, job.name, timeout, tenant=job.tenant, submitted=submitted)
-    rows = job_summary(status)
-    if delete_after:
-        delete_job(cluster, job.name)
+    # The worker table and the deletion are made here rather than as tasks of their own (a
+    # task run costs tens of milliseconds, most of a short job's overhead), and overlap.
+    rows = finish_job(cluster, status, delete=delete_after)
     if status.phase == "failed":
         # The job's lines (its stack trace too) are in the run's logs already: the failure
         # names the error, and Prefect repeats its message twice (the exception, the state).

@@ -1,14 +1,16 @@
 """One context per cluster per run: the tasks of a flow run share one connection (one API
 client, one pair of stores), and runs in the same process (a served deployment) share the
 contexts of the default clusters (``local`` / ``docker`` / ``kubernetes``) for as long as the
-settings that built them stay the same. A saved cluster block is loaded once per flow run, so a
-block saved again is picked up by the next run."""
+settings that built them stay the same (the settings are read again whenever the environment
+they come from changed). A saved cluster block is loaded once per flow run, so a block saved
+again is picked up by the next run."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,9 +22,11 @@ from juliarun.context import Context
 from juliarun.settings import load_settings
 
 MAX_CONTEXTS = 8  # the least recently used beyond this are closed
+MAX_FINGERPRINTS = 8  # settings fingerprints of the most recent (cluster, environment) pairs
 
 _lock = threading.Lock()
 _contexts: OrderedDict[tuple[str, ...], Context] = OrderedDict()
+_fingerprints: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str]] = OrderedDict()
 
 
 def _run_id() -> str | None:
@@ -36,15 +40,33 @@ def _run_id() -> str | None:
 
 
 def _key(cluster: str) -> tuple[str, ...] | None:
+    name, fingerprint = _fingerprint(cluster)
+    if name in DEFAULT_CLUSTERS:
+        return (name, fingerprint)
+    run = _run_id()
+    return None if run is None else (name, fingerprint, run)
+
+
+def _fingerprint(cluster: str) -> tuple[str, str]:
+    """The cluster's name and a fingerprint of the settings. The settings come from the
+    environment alone, so they are read again only when it changed: reading them costs
+    milliseconds, and every task of every run asks."""
+    environment = tuple(sorted(os.environ.items()))
+    with _lock:
+        cached = _fingerprints.get((cluster, environment))
+        if cached is not None:
+            _fingerprints.move_to_end((cluster, environment))
+            return cached
     settings = load_settings()
     name = cluster or settings.cluster or "local"
     config = json.dumps(settings.model_dump(mode="json"), sort_keys=True, default=str)
     secret = settings.influx_token.get_secret_value()
     fingerprint = hashlib.sha256(f"{config}\0{secret}".encode()).hexdigest()
-    if name in DEFAULT_CLUSTERS:
-        return (name, fingerprint)
-    run = _run_id()
-    return None if run is None else (name, fingerprint, run)
+    with _lock:
+        _fingerprints[(cluster, environment)] = (name, fingerprint)
+        while len(_fingerprints) > MAX_FINGERPRINTS:
+            _fingerprints.popitem(last=False)
+    return name, fingerprint
 
 
 def shared_context(cluster: str) -> Context | None:

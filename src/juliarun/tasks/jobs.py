@@ -6,6 +6,8 @@ events (``juliarun.job.<phase>``) that automations can react to."""
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import Task, get_run_logger, task
@@ -108,6 +110,7 @@ def watch_job(
             on_status=on_status,
             timeout=timeout,
             poll_interval=ctx.settings.poll_interval,
+            created_at=None if submitted is None else submitted.created_at,
         )
     if followed.collected is not None:
         result = followed.collected
@@ -123,9 +126,10 @@ def watch_job(
     return status
 
 
-@task(cache_policy=NONE)
-def job_summary(status: JobStatus) -> list[dict[str, Any]]:
-    """Publish a table artifact: one row per worker with exit code, restarts and duration."""
+def publish_job_summary(status: JobStatus) -> list[dict[str, Any]]:
+    """Publish a table artifact of the run (``job-<name>``): one row per worker with exit
+    code, restarts and duration; returns the rows. ``run_job`` calls it in its own body (a
+    task run per job costs tens of milliseconds), :func:`job_summary` is the same as a task."""
     rows: list[dict[str, Any]] = [
         {
             "worker": w.id,
@@ -145,12 +149,40 @@ def job_summary(status: JobStatus) -> list[dict[str, Any]]:
 
 
 @task(cache_policy=NONE)
+def job_summary(status: JobStatus) -> list[dict[str, Any]]:
+    """Publish a table artifact: one row per worker with exit code, restarts and duration."""
+    return publish_job_summary(status)
+
+
+@task(cache_policy=NONE)
 def scale_job(cluster: str, name: str, workers: int) -> JobStatus:
     with context(cluster) as ctx:
         return api.scale(ctx, name, workers)
 
 
+def remove_job(cluster: str, name: str, force: bool = False) -> bool:
+    """Delete the job (its workers and records) with the run's context, saying so in the
+    run's logs; ``run_job`` calls it in its own body, :func:`delete_job` is the same as a task."""
+    with context(cluster) as ctx:
+        deleted = api.delete(ctx, name, force=force)
+    get_run_logger().info("deleted job %s", name)
+    return deleted
+
+
 @task(cache_policy=NONE)
 def delete_job(cluster: str, name: str, force: bool = False) -> bool:
-    with context(cluster) as ctx:
-        return api.delete(ctx, name, force=force)
+    return remove_job(cluster, name, force=force)
+
+
+def finish_job(cluster: str, status: JobStatus, *, delete: bool) -> list[dict[str, Any]]:
+    """The end of ``run_job`` for a job that ended: publish its worker table
+    (:func:`publish_job_summary`) and, with ``delete``, delete it (:func:`remove_job`) while
+    the table's request is on its way to the Prefect API; returns the table's rows once both
+    are done (an error of either is raised)."""
+    if not delete:
+        return publish_job_summary(status)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="juliarun-summary") as pool:
+        # The run's context (flow run, API client) goes along: the table is this run's.
+        table = pool.submit(contextvars.copy_context().run, publish_job_summary, status)
+        remove_job(cluster, status.name)
+        return table.result()
