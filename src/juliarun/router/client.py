@@ -108,42 +108,44 @@ class RouterClient:
         deadline = clock() + timeout
         waiting = list(self.replicas)
         seen: set[str] = set()
-        first_refused = 0.0
         path = f"/.juliarun/routes/{route.namespace}/{route.name}"
-        while waiting:
-            for replica in list(waiting):
-                status, state = 0, dict[str, Any]()
-                try:  # a fresh connection each time: shared-port replicas answer in turn
-                    resp = httpx.get(replica + path, timeout=2, headers={"Connection": "close"})
-                    status = resp.status_code
-                    state = resp.json() if status in (200, 422) else {}
-                except (httpx.HTTPError, ValueError):
-                    state = {}
-                refused = str(state.get("error") or "") if status == 422 else ""
-                if refused and "no running pod" not in refused and "no job" not in refused:
-                    # a refusal for good (not a worker still starting), and not the previous
-                    # version's: still there a moment after the write
-                    first_refused = first_refused or clock()
-                    if clock() - first_refused >= 0.5:
-                        raise RouterError(
-                            f"route {route.namespace}/{route.name}: {refused}",
-                            hint="a route reaches only a running worker of its own job, in its "
-                            "own namespace, not on the node's network",
-                        )
-                if state.get("version") == route.version and state.get("upstream_up"):
-                    seen.add(f"{replica} {state.get('replica')}")
-                    if expect <= 0 or len(seen) >= expect:
-                        waiting.remove(replica)
-            if not waiting:
-                break
-            if clock() >= deadline:
-                raise RouterError(
-                    f"route {route.namespace}/{route.name} is not live on "
-                    f"{', '.join(waiting)} after {timeout} s (or its upstream does not answer)",
-                    hint="check that the service listens on its port, and that those router "
-                    "replicas run and can read the route table",
-                )
-            sleep(0.005)
+        # one client (making one costs tens of ms), a fresh connection per request
+        with httpx.Client(timeout=2, headers={"Connection": "close"}) as http:
+            first_refused = 0.0
+            while waiting:
+                for replica in list(waiting):
+                    status, state = 0, dict[str, Any]()
+                    try:  # a fresh connection each time: shared-port replicas answer in turn
+                        resp = http.get(replica + path)
+                        status = resp.status_code
+                        state = resp.json() if status in (200, 422) else {}
+                    except (httpx.HTTPError, ValueError):
+                        state = {}
+                    refused = str(state.get("error") or "") if status == 422 else ""
+                    if refused and "no running pod" not in refused and "no job" not in refused:
+                        # a refusal for good (not a worker still starting), and not the previous
+                        # version's: still there a moment after the write
+                        first_refused = first_refused or clock()
+                        if clock() - first_refused >= 0.5:
+                            raise RouterError(
+                                f"route {route.namespace}/{route.name}: {refused}",
+                                hint="a route reaches only a running worker of its own job, in its "
+                                "own namespace, not on the node's network",
+                            )
+                    if state.get("version") == route.version and state.get("upstream_up"):
+                        seen.add(f"{replica} {state.get('replica')}")
+                        if expect <= 0 or len(seen) >= expect:
+                            waiting.remove(replica)
+                if not waiting:
+                    break
+                if clock() >= deadline:
+                    raise RouterError(
+                        f"route {route.namespace}/{route.name} is not live on "
+                        f"{', '.join(waiting)} after {timeout} s (or its upstream does not answer)",
+                        hint="check that the service listens on its port, and that those router "
+                        "replicas run and can read the route table",
+                    )
+                sleep(0.005)
         return self.service_url(route)
 
     def unregister(self, namespace: str, name: str) -> bool:

@@ -317,10 +317,25 @@ class RouteObjects:
             version=str(spec.get("version") or meta.get("resourceVersion") or ""),
         )
 
-    async def _update(self, http: httpx.AsyncClient, obj: dict[str, Any]) -> None:
+    async def _update(
+        self, http: httpx.AsyncClient, obj: dict[str, Any], *, again: bool = False
+    ) -> None:
+        """Serve (or refuse) route object ``obj``; a new version of a served route naming the
+        same job and port keeps its upstream without asking the apiserver (``again``: resolve
+        anyway, the periodic look for a moved worker)."""
         meta = obj.get("metadata") or {}
         key = f"{meta.get('namespace')}.{meta.get('name')}"
+        before, current = self._objects.get(key), self._table.get(key)
         self._objects[key] = obj
+        spec, old_spec = obj.get("spec") or {}, (before or {}).get("spec") or {}
+        if (
+            not again
+            and current is not None
+            and (spec.get("job"), spec.get("port")) == (old_spec.get("job"), old_spec.get("port"))
+        ):
+            version = str(spec.get("version") or meta.get("resourceVersion") or "")
+            self._table[key] = current.model_copy(update={"version": version})
+            return
         try:
             route = await self.resolve(http, obj)
         except RefusedRoute as exc:
@@ -373,7 +388,7 @@ class RouteObjects:
                     continue
                 before = self._table.get(key)
                 try:
-                    await self._update(http, obj)
+                    await self._update(http, obj, again=True)
                 except httpx.HTTPError:
                     continue
                 changed = changed or self._table.get(key) != before
