@@ -3,6 +3,10 @@
 
 >>> RouterClientSettings(url="http://127.0.0.1:8080", routes="file:/tmp/r.json").replica_urls()
 ['http://127.0.0.1:8080']
+>>> client = RouterClient("http://r", ("http://r",), RouterClientSettings(url="http://r",
+...     routes="objects").source())
+>>> client.per_tenant  # route objects, written as the caller: expose passes its context's client
+True
 """
 
 from __future__ import annotations

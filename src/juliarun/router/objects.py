@@ -236,6 +236,8 @@ class RouteObjects:
         return self.writer
 
     def put(self, route: Route) -> None:
+        """Create or update the route object of ``route`` in its namespace, owned by its job
+        (the upstream's port is written; its host is the router's to find)."""
         writer = self._writer()
         port = urlsplit(route.upstream).port or 80
         job_path = f"/apis/batch/v1/namespaces/{route.namespace}/jobs/{route.owner_job}"
@@ -252,7 +254,15 @@ class RouteObjects:
         try:
             writer.request("POST", path, body=body)
         except BackendError as exc:
-            if getattr(exc, "status", None) != 409:
+            status = getattr(exc, "status", None)
+            if status == 404:
+                raise BackendError(
+                    f"this cluster serves no {CRD_NAME} (route objects): {exc.message}",
+                    hint="a cluster admin installs them with the router "
+                    "(juliarun.router.deploy), or set JULIARUN_ROUTER_ROUTES to the admin's "
+                    "configmap:<namespace>/<name>",
+                ) from exc
+            if status != 409:
                 raise
             patch = {"metadata": {"ownerReferences": body["metadata"].get("ownerReferences")}}
             writer.request(
