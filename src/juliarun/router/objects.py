@@ -355,6 +355,10 @@ class RouteObjects:
             self.refused[key] = exc.reason
             self._table.pop(key, None)
             return
+        except httpx.HTTPStatusError as exc:  # looked at again with the passing refusals
+            self.refused[key] = f"no running pod known yet: the apiserver answered {exc}"
+            self._table.pop(key, None)
+            return
         except (ValueError, KeyError) as exc:
             self.refused[key] = f"not a route: {exc}"
             self._table.pop(key, None)
@@ -382,8 +386,9 @@ class RouteObjects:
         return str(listing["metadata"]["resourceVersion"])
 
     async def _revisit(self, http: httpx.AsyncClient, on_change: OnChange) -> None:
-        """Resolve again, every ``retry`` s, routes refused for a passing reason (no running pod
-        yet), and every ``refresh`` s all of them (a worker restarted on a new address)."""
+        """Resolve again, every ``retry`` s, the refused routes (a worker may have started, or
+        moved off the node's network), and every ``refresh`` s all of them (a worker restarted
+        on a new address)."""
         last_full = self.clock()
         while True:
             await self.sleep(self.retry)
