@@ -465,6 +465,29 @@ def test_route_objects_reach_only_pods_of_their_own_namespace(
         "error": f"route refused: no job apiserver in namespace {t.a}"
     }
 
+    # a route names a job of its own namespace only: bob's job in tenant b is not found from a
+    bobs = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "bobs-web", "namespace": t.b},
+        "spec": {  # suspended: it exists, no pod needed
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": kube_julia_image}],
+                }
+            },
+        },
+    }
+    t.admin.post(f"/apis/batch/v1/namespaces/{t.b}/jobs", bobs)
+    writer.post(path, forged("bobs-web", 8000, t.a))
+    assert wait_for_state(url, t.a, "bobs-web", 422) == {
+        "error": f"route refused: no job bobs-web in namespace {t.a}"
+    }
+    assert httpx.get(f"{url}/s/{t.a}/bobs-web/", headers=bearer(token)).status_code == 404
+    writer.delete(f"{path}/bobs-web")
+
     # a job of alice's on the node's network (its pod's address is the node's, where the
     # apiserver and the router listen): the router refuses to route to it
     hostnet = {
