@@ -24,6 +24,7 @@ from juliarun.backends.base import (
     LogCollector,
     LogSource,
     QueueHost,
+    RouteObjectHost,
     ServiceHost,
     wait_for_job,
 )
@@ -324,7 +325,9 @@ def expose(
     """Expose job ``job``'s HTTP service on ``port`` through the authenticating router: the
     route is registered and live on every router replica when this returns, so ``.url`` answers
     at once — to members (edit or view) of the job's tenant, and nobody else. ``router`` defaults
-    to the one ``JULIARUN_ROUTER_*`` describes."""
+    to the one ``JULIARUN_ROUTER_*`` describes. On a cluster whose router follows route objects
+    the route is written in the job's namespace with the context's own credentials: exposing
+    needs the tenant's ``edit`` role (a ``view`` member gets a permission error)."""
     if not isinstance(ctx.backend, ServiceHost):
         raise BackendError(
             f"cluster {ctx.cluster!r} ({ctx.backend.kind}) cannot expose services yet",
@@ -337,6 +340,14 @@ def expose(
     from juliarun.router.routes import Route
 
     router = router or RouterClient.from_env()
+    if router.per_tenant:  # a route object in the job's namespace, written as the caller
+        if not isinstance(ctx.backend, RouteObjectHost):
+            raise BackendError(
+                f"cluster {ctx.cluster!r} ({ctx.backend.kind}) keeps no route objects",
+                hint="route objects (JULIARUN_ROUTER_ROUTES=objects) are for a Kubernetes "
+                "cluster; use file:<path> for a local or Docker one",
+            )
+        router = router.writing_as(ctx.backend.route_writer())
     endpoint = ctx.backend.service_endpoint(name, port, timeout=timeout)
     route = Route(namespace=endpoint.namespace, name=name, upstream=endpoint.upstream)
     url = router.register(route, timeout=timeout)

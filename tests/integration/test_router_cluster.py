@@ -1,8 +1,12 @@
 """The router on the test cluster (its image built from src/juliarun/router/Dockerfile with the
 Docker engine and pushed to the test registry): a Deployment of two replicas (host network, one
-shared port) on the real node, sharing the route table kept in a ConfigMap; a Julia job on the
-cluster serving HTTP with ``JuliaRun.serve``, exposed with ``juliarun.expose``, reached by its
-tenant's member and refused to another tenant's; a replica pod killed under load loses no route.
+shared port) on the real node, following the admin's route table kept in a ConfigMap and the
+tenants' route objects; a Julia job on the cluster serving HTTP with ``JuliaRun.serve``, exposed
+with ``juliarun.expose``, reached by its tenant's member and refused to another tenant's; a
+replica pod killed under load loses no route. A tenant member signed in with an ID token exposes
+their own job as themselves (a route object in their namespace), a view member may not (the
+apiserver's 403), and a route object reaches only a pod of its own namespace, never the node's
+network.
 """
 
 from __future__ import annotations
@@ -13,22 +17,28 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from joserfc.jwk import ECKey
 
 import juliarun
 from juliarun.backends.kubernetes import KubeClient, api_client
 from juliarun.backends.kubernetes import tenants as tn
-from juliarun.router import ConfigMapRoutes, Route
+from juliarun.backends.kubernetes.client import KubeApiError
+from juliarun.blocks import KubernetesCluster
+from juliarun.errors import PermissionDeniedError
+from juliarun.router import ConfigMapRoutes, Route, RouteObjects, RouterError
 from juliarun.router import deploy as rd
 from juliarun.router.client import RouterClient
 from juliarun.router.config import authentication_config_issuers
 from juliarun.router.kube import KubeConn, from_kubeconfig
-from juliarun.specs import TenantSpec
+from juliarun.router.objects import objects_path, route_object
+from juliarun.specs import Batch, TenantSpec
 from tests.integration.fixtures.kubernetes import kubeconfig_path
 from tests.integration.fixtures.oidc import OIDCIssuers
 from tests.integration.router_env import echo_server, free_port, router_image
@@ -220,3 +230,309 @@ def test_a_router_replica_killed_under_load_loses_no_route(
             if len(seen) == 2 and all(len(v) == 4 for v in seen.values()):
                 break
         assert len(seen) == 2 and all(v == {*names, "late"} for v in seen.values()), seen
+
+
+# -- per-tenant route objects: written as the tenant member, resolved by the router ---------------
+
+SERVE_CODE = (
+    'include(ENV["JULIARUN_JL"]); '
+    'JuliaRun.serve(8000) do req; "hello $(JuliaRun.user(req)) $(req.target)\\n"; end'
+)
+
+
+@dataclass
+class RouteTenants:
+    a: str
+    b: str
+    alice: str  # edit in a (issuer 1)
+    carol: str  # view in a (issuer 1)
+    bob: str  # edit in b (issuer 2)
+    admin: KubeClient
+
+
+@pytest.fixture(scope="module")
+def route_tenants(kube_api: Any) -> Iterator[RouteTenants]:
+    run = uuid.uuid4().hex[:6]
+    t = RouteTenants(
+        f"routes-a-{run}",
+        f"routes-b-{run}",
+        f"alice-{run}",
+        f"carol-{run}",
+        f"bob-{run}",
+        KubeClient(api_client(kubeconfig=kubeconfig_path())),
+    )
+    quota = {"cpu": "2", "memory": "2Gi", "pods": 4, "jobs": 4}
+    users_a = [{"name": f"oidc1:{t.alice}"}, {"name": f"oidc1:{t.carol}", "role": "view"}]
+    tn.ensure_tenant(t.admin, TenantSpec(name=t.a, quota=quota, users=users_a))
+    tn.ensure_tenant(t.admin, TenantSpec(name=t.b, quota=quota, users=[{"name": f"oidc2:{t.bob}"}]))
+    try:
+        yield t
+    finally:
+        for name in (t.a, t.b):
+            tn.remove_tenant(t.admin, name)
+        t.admin.close()
+
+
+def as_user(token: str, namespace: str, image: str, home: Path) -> Any:
+    """A Kubernetes context acting as the bearer of ID token ``token`` (no other credentials)."""
+    admin = yaml.safe_load(kubeconfig_path().read_text())
+    cluster = admin["clusters"][0]
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "signed-in", "user": {"token": token}}],
+        "contexts": [
+            {"name": "oidc", "context": {"cluster": cluster["name"], "user": "signed-in"}}
+        ],
+        "current-context": "oidc",
+    }
+    block = KubernetesCluster(
+        kubeconfig=kubeconfig, namespace=namespace, image=image, home=str(home)
+    )
+    return block.connect(f"{namespace}-as-{home.name}")
+
+
+def route_state(url: str, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
+    with httpx.Client(timeout=5, headers={"Connection": "close"}) as http:
+        resp = http.get(f"{url}/.juliarun/routes/{namespace}/{name}")
+    return resp.status_code, resp.json()
+
+
+def objects_router(url: str) -> RouterClient:
+    return RouterClient(url, (url,), RouteObjects(), expect_replicas=2)
+
+
+# serial: its job runs in a tenant namespace, which every admin context lists cluster-wide
+@pytest.mark.serial
+def test_a_tenant_member_exposes_their_job_with_their_own_credentials(
+    cluster_router: tuple[str, str],
+    route_tenants: RouteTenants,
+    oidc_issuers: OIDCIssuers,
+    kube_julia_image: str,
+    tmp_path: Path,
+) -> None:
+    url, _ = cluster_router
+    t = route_tenants
+    alice_token = oidc_issuers.token(t.alice, issuer="1")
+    carol_token = oidc_issuers.token(t.carol, issuer="1")
+    alice = as_user(alice_token, t.a, kube_julia_image, tmp_path / "alice")
+    carol = as_user(carol_token, t.a, kube_julia_image, tmp_path / "carol")
+    web = Batch("web", ["julia", "-e", SERVE_CODE], cpu="100m", memory="256Mi")
+    juliarun.submit(alice, web)
+    try:
+        # alice (edit) writes the route object in her namespace, as herself
+        svc = juliarun.expose(alice, web, port=8000, router=objects_router(url), timeout=240)
+        assert svc.url == f"{url}/s/{t.a}/web/"
+        obj = t.admin.get(f"{objects_path(t.a)}/web")
+        assert obj["spec"]["job"] == "web" and obj["spec"]["port"] == 8000
+        assert [o["kind"] for o in obj["metadata"]["ownerReferences"]] == ["Job"]
+        answered_by = set()
+        for _ in range(20):  # live on both replicas: fresh connections land on either
+            with httpx.Client(headers=bearer(alice_token), timeout=10) as http:
+                resp = http.get(svc.url + "hi")
+                answered_by.add(http.get(url + "/.juliarun/healthz").json()["replica"])
+            assert resp.status_code == 200, resp.text
+            assert resp.text == f"hello oidc1:{t.alice} /hi\n"
+        assert len(answered_by) == 2
+        # view members reach it too; another tenant's member does not, nor does nobody
+        assert httpx.get(svc.url, headers=bearer(carol_token)).text == f"hello oidc1:{t.carol} /\n"
+        bob_token = oidc_issuers.token(t.bob, issuer="2")
+        assert httpx.get(svc.url, headers=bearer(bob_token)).status_code == 403
+        assert httpx.get(svc.url).status_code == 401
+
+        # carol (view) may not create a route: the real apiserver's 403, as a juliarun error
+        with pytest.raises(PermissionDeniedError) as denied:
+            juliarun.expose(carol, "web", port=8000, router=objects_router(url), timeout=30)
+        err = denied.value
+        assert (err.user, err.verb, err.resource, err.namespace) == (
+            f"oidc1:{t.carol}",
+            "create",
+            "routes.juliarun.io",
+            t.a,
+        )
+        assert f"may not create routes.juliarun.io in namespace {t.a}" in (err.hint or "")
+
+        # nor may alice write one in tenant b
+        with pytest.raises(PermissionDeniedError) as denied:
+            alice.backend.route_writer().post(objects_path(t.b), forged("web", 8000, t.b))
+        assert (denied.value.verb, denied.value.namespace) == ("create", t.b)
+
+        # closing takes the route down on every replica; exposing again is live within ms
+        assert svc.close() is True
+        assert t.admin.get_or_none(f"{objects_path(t.a)}/web") is None
+        assert wait_for_state(url, t.a, "web", 404) == {"error": "no such route"}
+        started = time.monotonic()
+        svc = juliarun.expose(alice, web, port=8000, router=objects_router(url), timeout=30)
+        live = time.monotonic() - started
+        # how soon after the write both replicas serve a new route object, and a new version
+        writer = alice.backend.route_writer()
+        uid = writer.get(f"/apis/batch/v1/namespaces/{t.a}/jobs/web")["metadata"]["uid"]
+        new, versions = [], []
+        for i in range(10):
+            version = uuid.uuid4().hex[:12]
+            if i < 5:
+                writer.delete(f"{objects_path(t.a)}/web")
+                wait_for_state(url, t.a, "web", 404)
+                obj = route_object(t.a, "web", job="web", port=8000, version=version, job_uid=uid)
+                writer.post(objects_path(t.a), obj)
+            else:
+                writer.merge_patch(f"{objects_path(t.a)}/web", {"spec": {"version": version}})
+            (new if i < 5 else versions).append(live_after_write(url, t.a, "web", version))
+        print(
+            f"expose of a running job: {live * 1000:.0f} ms; live on both replicas after the "
+            f"write: a new route object {sorted(round(x * 1000) for x in new)} ms, a new "
+            f"version {sorted(round(x * 1000) for x in versions)} ms"
+        )
+        assert live < 1.0
+        assert sorted(new)[2] < 0.1 and sorted(versions)[2] < 0.1  # the medians
+    finally:
+        juliarun.delete(alice, web, force=True)
+    # deleting the job deletes its route (the object is owned by the Job: garbage-collected)
+    deadline = time.monotonic() + 30
+    while t.admin.get_or_none(f"{objects_path(t.a)}/web") is not None:
+        assert time.monotonic() < deadline, "the job's route object outlived the job"
+        time.sleep(0.1)
+    assert wait_for_state(url, t.a, "web", 404) == {"error": "no such route"}
+    alice.close()
+    carol.close()
+
+
+def forged(name: str, port: int, namespace: str, **spec: Any) -> dict[str, Any]:
+    obj = route_object(namespace, name, job=name, port=port, version=uuid.uuid4().hex[:12])
+    obj["spec"].update(spec)
+    return obj
+
+
+def live_after_write(url: str, namespace: str, name: str, version: str) -> float:
+    """Seconds until both replicas serve ``version`` of the route (fresh connections)."""
+    written = time.monotonic()
+    seen: dict[str, float] = {}
+    with httpx.Client(timeout=5, headers={"Connection": "close"}) as http:
+        while len(seen) < 2 and time.monotonic() - written < 5:
+            state = http.get(f"{url}/.juliarun/routes/{namespace}/{name}").json()
+            if state.get("version") == version:
+                seen.setdefault(state["replica"], time.monotonic() - written)
+    return max(seen.values()) if len(seen) == 2 else 5.0
+
+
+def wait_for_state(
+    url: str, namespace: str, name: str, status: int, *, saying: str = "", timeout: float = 10
+) -> dict[str, Any]:
+    """The route's state once both replicas answer ``status`` (with ``saying`` in the error)
+    for it, ten times in a row on fresh connections."""
+    deadline = time.monotonic() + timeout
+    replies: list[tuple[int, str]] = []
+    while time.monotonic() < deadline:
+        code, body = route_state(url, namespace, name)
+        replies = [*replies[-9:], (code, str(body.get("error")))]
+        if len(replies) == 10 and all(c == status and saying in e for c, e in replies):
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"{namespace}/{name}: replicas answered {replies}")
+
+
+# serial: its job runs in a tenant namespace, which every admin context lists cluster-wide
+@pytest.mark.serial
+def test_route_objects_reach_only_pods_of_their_own_namespace(
+    cluster_router: tuple[str, str],
+    route_tenants: RouteTenants,
+    oidc_issuers: OIDCIssuers,
+    kube_julia_image: str,
+    tmp_path: Path,
+) -> None:
+    url, _ = cluster_router
+    t = route_tenants
+    token = oidc_issuers.token(t.alice, issuer="1")
+    writer = as_user(
+        token, t.a, kube_julia_image, Path(f"/tmp/routes-{t.a}")
+    ).backend.route_writer()
+    path = objects_path(t.a)
+
+    # an address written into a route is pruned by the apiserver (strict validation refuses it)
+    with pytest.raises(KubeApiError) as bad:
+        writer.request(
+            "POST",
+            path,
+            query={"fieldValidation": "Strict"},
+            body=forged("apiserver", 6443, t.a, upstream="https://127.0.0.1:6443"),
+        )
+    assert bad.value.status == 400 and 'unknown field "spec.upstream"' in str(bad.value)
+    stored = writer.post(path, forged("apiserver", 6443, t.a, upstream="https://127.0.0.1:6443"))
+    assert stored["spec"].keys() == {"job", "port", "version"}
+    # ... and a route names a job of its own namespace only: there is none called "apiserver"
+    assert wait_for_state(url, t.a, "apiserver", 422) == {
+        "error": f"route refused: no job apiserver in namespace {t.a}"
+    }
+
+    # a route names a job of its own namespace only: bob's job in tenant b is not found from a
+    bobs = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "bobs-web", "namespace": t.b},
+        "spec": {  # suspended: it exists, no pod needed
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": kube_julia_image}],
+                }
+            },
+        },
+    }
+    t.admin.post(f"/apis/batch/v1/namespaces/{t.b}/jobs", bobs)
+    writer.post(path, forged("bobs-web", 8000, t.a))
+    assert wait_for_state(url, t.a, "bobs-web", 422) == {
+        "error": f"route refused: no job bobs-web in namespace {t.a}"
+    }
+    assert httpx.get(f"{url}/s/{t.a}/bobs-web/", headers=bearer(token)).status_code == 404
+    writer.delete(f"{path}/bobs-web")
+
+    # a job of alice's on the node's network (its pod's address is the node's, where the
+    # apiserver and the router listen): the router refuses to route to it
+    hostnet = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "hostnet", "namespace": t.a},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "hostNetwork": True,
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": kube_julia_image,
+                            "command": ["sleep", "300"],
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "32Mi"},
+                                "limits": {"memory": "32Mi"},
+                            },
+                        }
+                    ],
+                }
+            },
+        },
+    }
+    writer.post(f"/apis/batch/v1/namespaces/{t.a}/jobs", hostnet)
+    try:
+        writer.post(path, forged("hostnet", 6443, t.a))
+        body = wait_for_state(url, t.a, "hostnet", 422, saying="node network", timeout=120)
+        assert body["error"].startswith("route refused: job hostnet: its running pods are all ")
+        assert "on the node network" in body["error"]
+        resp = httpx.get(f"{url}/s/{t.a}/hostnet/", headers=bearer(token))
+        assert resp.status_code == 404
+        # expose of such a route fails at once, saying why
+        client = objects_router(url).writing_as(writer)
+        with pytest.raises(RouterError) as refused:
+            client.register(Route(namespace=t.a, name="hostnet", upstream="http://x:6443"))
+        assert "on the node network" in refused.value.message
+    finally:
+        for name in ("apiserver", "hostnet"):
+            if t.admin.get_or_none(f"{path}/{name}") is not None:
+                t.admin.delete(f"{path}/{name}")
+        t.admin.delete(
+            f"/apis/batch/v1/namespaces/{t.a}/jobs/hostnet",
+            {"propagationPolicy": "Background", "gracePeriodSeconds": 0},
+        )

@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from juliarun.errors import JobTimeoutError
 from juliarun.logs.base import LogLine, LogStore
 from juliarun.metrics.base import MetricStore
 from juliarun.queues.base import Queue
 from juliarun.specs import JobSpec, StorageSpec
+
+if TYPE_CHECKING:
+    from juliarun.router.objects import KubeRequests
 
 Phase = Literal["created", "running", "succeeded", "failed"]
 WorkerState = Literal["waiting", "running", "restarting", "succeeded", "failed", "removed"]
@@ -402,6 +405,17 @@ class ServiceHost(Protocol):
 
     def service_endpoint(self, name: str, port: int, *, timeout: float = 60.0) -> ServiceEndpoint:
         """Where job ``name`` serves ``port`` (waits up to ``timeout`` s for a running worker)."""
+        ...
+
+
+@runtime_checkable
+class RouteObjectHost(Protocol):
+    """A backend whose exposed services' routes are objects in the job's own namespace, written
+    with the context's own credentials, so the cluster's RBAC decides who may expose (Kubernetes:
+    see :mod:`juliarun.router.objects`)."""
+
+    def route_writer(self) -> KubeRequests:
+        """The apiserver client route objects are written with (the context's own)."""
         ...
 
 

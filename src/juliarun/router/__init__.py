@@ -11,19 +11,23 @@ from juliarun.router.config import (
     PrefectFront,
     RouterConfig,
     RouterError,
+    RouteTableConfig,
     StorageShare,
     load_config,
 )
 from juliarun.router.kube import connect
-from juliarun.router.routes import ConfigMapRoutes, FileRoutes, Route, RouteSource
+from juliarun.router.objects import RouteObjects
+from juliarun.router.routes import ConfigMapRoutes, FileRoutes, MergedRoutes, Route, RouteSource
 from juliarun.router.session import Sessions
 from juliarun.router.tokens import TokenValidator
 
 __all__ = [
     "ConfigMapRoutes",
     "FileRoutes",
+    "MergedRoutes",
     "PrefectFront",
     "Route",
+    "RouteObjects",
     "RouteSource",
     "RouterApp",
     "RouterConfig",
@@ -35,14 +39,24 @@ __all__ = [
 ]
 
 
-def route_source(config: RouterConfig) -> RouteSource:
-    """The route table ``config`` names."""
-    if config.routes.kind == "file":
-        if not config.routes.path:
+def _one_source(config: RouterConfig, table: RouteTableConfig) -> RouteSource:
+    if table.kind == "file":
+        if not table.path:
             raise RouterError("routes.path is required for a file route table")
-        return FileRoutes(config.routes.path)
+        return FileRoutes(table.path)
     conn = connect(config.kubeconfig, server=config.kube_server)
-    return ConfigMapRoutes(conn, config.routes.namespace, config.routes.name)
+    if table.kind == "objects":
+        return RouteObjects(conn)
+    return ConfigMapRoutes(conn, table.namespace, table.name)
+
+
+def route_source(config: RouterConfig) -> RouteSource:
+    """The route table ``config`` names (several: merged, the first with a route wins)."""
+    if isinstance(config.routes, RouteTableConfig):
+        return _one_source(config, config.routes)
+    if not config.routes:
+        raise RouterError("routes: name at least one route table")
+    return MergedRoutes([_one_source(config, t) for t in config.routes])
 
 
 def build_app(config: RouterConfig, *, replica: str = "") -> RouterApp:

@@ -22,7 +22,7 @@ stripped as above (see :class:`juliarun.router.config.PrefectFront`).
 
 The router's own endpoints live under ``/.juliarun/``: ``healthz``, ``jwks.json`` and
 ``routes/<namespace>/<name>`` (the version of a route this replica serves: how ``expose`` knows a
-route is live everywhere).
+route is live everywhere; 422 and the reason for a route object the router refuses).
 
 >>> bad_path(b"/s/a/b/x/%2e%2e/y"), bad_path(b"/s/a/b/x%2Fy"), bad_path(b"/s/a/b/ok/path")
 ('dot segment', 'encoded slash', None)
@@ -489,7 +489,10 @@ class RouterApp:
         elif path.startswith(OWN + "routes/"):
             key = ".".join(path[len(OWN + "routes/") :].split("/", 1))
             route = self.table.get(key)
-            if route is None:
+            refused = self.routes.refused.get(key)
+            if route is None and refused is not None:
+                await _respond(send, 422, {"error": f"route refused: {refused}"})
+            elif route is None:
                 await _respond(send, 404, {"error": "no such route"})
             else:
                 up = await _listening(route.upstream)

@@ -61,10 +61,13 @@ class IssuerConfig(_Model):
 
 
 class RouteTableConfig(_Model):
-    """Where the routes live: a JSON file (local and Docker backends) or a ConfigMap (shared by
-    every replica on a cluster)."""
+    """Where the routes live: a JSON file (local and Docker backends), route objects in the
+    tenants' namespaces (``objects``: a cluster, each written by a tenant member with their own
+    credentials) or one ConfigMap (``configmap``: written by an admin)."""
 
-    kind: Literal["file", "configmap"] = Field("file", description="file or configmap.")
+    kind: Literal["file", "configmap", "objects"] = Field(
+        "file", description="file, objects or configmap."
+    )
     path: str | None = Field(None, description="The JSON file (kind file).")
     namespace: Name = Field("juliarun-router", description="The ConfigMap's namespace.")
     name: Name = Field("juliarun-routes", description="The ConfigMap's name.")
@@ -149,8 +152,9 @@ class RouterConfig(_Model):
     kube_server: str | None = Field(
         None, description="In a pod: the apiserver's address (default: the kubernetes Service)."
     )
-    routes: RouteTableConfig = Field(
-        default_factory=RouteTableConfig, description="The route table."
+    routes: RouteTableConfig | list[RouteTableConfig] = Field(
+        default_factory=RouteTableConfig,
+        description="The route table, or several merged (the first that has a route wins).",
     )
     signing_key: str | None = Field(
         None, description="File with the router's private JWK (shared by replicas); None: new."

@@ -1,7 +1,8 @@
-"""The router on a cluster: a Deployment of ``replicas`` router pods sharing the route table (a
-ConfigMap in the router's namespace, which every replica watches), their service account allowed
-exactly what a router does (create SubjectAccessReviews; read that ConfigMap), the config and
-signing key in a Secret.
+"""The router on a cluster: a Deployment of ``replicas`` router pods following the routes — the
+route objects (``routes.juliarun.io``) tenants write in their own namespaces, and the admin's
+ConfigMap in the router's namespace — their service account allowed exactly what a router does
+(create SubjectAccessReviews; list and watch route objects, get Jobs and list pods, cluster-wide,
+to resolve each route's upstream; read that ConfigMap), the config and signing key in a Secret.
 
 The pods use the node's network (``hostNetwork``) and share one port with SO_REUSEPORT: the
 router must reach the identity providers and the apiserver where the node reaches them (the test
@@ -13,8 +14,8 @@ would refuse a second replica on the node).
 
 >>> objs = manifests("juliarun-router", "img:1", {"issuers": []}, '{"kty": "EC"}', replicas=2)
 >>> [o["kind"] for o in objs]  # doctest: +NORMALIZE_WHITESPACE
-['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding',
- 'Secret', 'Deployment']
+['CustomResourceDefinition', 'Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding',
+ 'Role', 'RoleBinding', 'Secret', 'Deployment']
 >>> objs[-1]["spec"]["replicas"], objs[-1]["spec"]["template"]["spec"]["hostNetwork"]
 (2, True)
 """
@@ -29,6 +30,7 @@ import yaml
 
 from juliarun.router.config import RouterError
 from juliarun.router.kube import KubeConn
+from juliarun.router.objects import GROUP, PLURAL, crd_manifest
 
 NAME = "juliarun-router"
 ROUTES = "juliarun-routes"
@@ -52,17 +54,22 @@ def manifests(
     port: int = 8080,
     node_selector: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object of the router in ``namespace``, in creation order. ``config`` is the router
-    config (its ``routes``, ``signing_key`` and ``kubeconfig`` are set here)."""
+    """Every object of the router in ``namespace``, in creation order (the route objects'
+    CustomResourceDefinition first: it is cluster-wide and shared by every router). ``config``
+    is the router config (its ``routes``, ``signing_key`` and ``kubeconfig`` are set here)."""
     cluster_name = f"{NAME}-{namespace}"
     full = {
         **config,
         "kubeconfig": None,
-        "routes": {"kind": "configmap", "namespace": namespace, "name": ROUTES},
+        "routes": [
+            {"kind": "configmap", "namespace": namespace, "name": ROUTES},  # the admin's
+            {"kind": "objects"},
+        ],
         "signing_key": "/etc/juliarun-router/key.json",
     }
     rbac = "rbac.authorization.k8s.io"
     return [
+        crd_manifest(),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(namespace)},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, namespace)},
         {
@@ -74,7 +81,10 @@ def manifests(
                     "apiGroups": ["authorization.k8s.io"],
                     "resources": ["subjectaccessreviews"],
                     "verbs": ["create"],
-                }
+                },
+                {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
             ],
         },
         {
@@ -191,6 +201,7 @@ def manifests(
 def _path(obj: Mapping[str, Any]) -> str:
     api, kind = obj["apiVersion"], obj["kind"]
     plural = {
+        "CustomResourceDefinition": "customresourcedefinitions",
         "Namespace": "namespaces",
         "ServiceAccount": "serviceaccounts",
         "ClusterRole": "clusterroles",
@@ -223,6 +234,27 @@ def apply(conn: KubeConn, objects: list[dict[str, Any]]) -> None:
                     f"{resp.status_code} {resp.text[:300]}",
                     hint="deploy with credentials that may create these objects (a cluster admin)",
                 )
+            if obj["kind"] == "CustomResourceDefinition":
+                _established(http, f"{path}/{obj['metadata']['name']}")
+
+
+def _established(
+    http: Any,
+    path: str,
+    *,
+    timeout: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Until the CustomResourceDefinition at ``path`` serves its resource."""
+    deadline = clock() + timeout
+    while True:
+        conditions = (http.get(path).json().get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+            return
+        if clock() >= deadline:
+            raise RouterError(f"{path} is not established after {timeout} s")
+        sleep(0.1)
 
 
 def _rv(current: Mapping[str, Any]) -> dict[str, str]:

@@ -1,11 +1,16 @@
 """The route table: which upstream serves ``/s/<namespace>/<name>/``.
 
-Two homes, one shape (a JSON object per route, keyed ``<namespace>.<name>``):
+Three homes, one shape (a route per ``<namespace>.<name>``):
 
 - :class:`FileRoutes` — a JSON file, for the local and Docker backends (every router process on
   the machine reads the same file);
-- :class:`ConfigMapRoutes` — a ConfigMap, so every replica of the router on a cluster shares it;
-  replicas watch it, so a route is live on all of them a few milliseconds after it is written.
+- :class:`juliarun.router.objects.RouteObjects` — on a cluster, a route object in each tenant's
+  namespace, written by its members with their own credentials (RBAC decides), upstream resolved
+  by the router from the job's pods;
+- :class:`ConfigMapRoutes` — one ConfigMap an admin writes (any namespace, any upstream).
+
+Cluster replicas watch theirs, so a route is live on all of them milliseconds after it is
+written; :class:`MergedRoutes` follows several at once.
 
 Writers (``put``/``remove``) are synchronous (the facade calls them); readers run ``follow`` in
 the router's event loop and get the whole table at each change.
@@ -94,6 +99,11 @@ class RouteSource(Protocol):
 
     def read(self) -> Table: ...
 
+    @property
+    def refused(self) -> dict[str, str]:
+        """Routes written but not served, and why (``{key: reason}``)."""
+        ...
+
     async def follow(self, on_change: OnChange, *, ready: Callable[[], None]) -> None:
         """Call ``on_change`` with the whole table now and after each change (forever);
         ``ready`` once the first table was delivered."""
@@ -113,6 +123,7 @@ class FileRoutes:
         self.path = Path(path)
         self.poll = poll
         self.sleep = sleep
+        self.refused: dict[str, str] = {}
 
     @contextmanager
     def _locked(self) -> Any:
@@ -191,6 +202,7 @@ class ConfigMapRoutes:
         self.sleep = sleep
         self.clock = clock
         self.path = f"/api/v1/namespaces/{namespace}/configmaps"
+        self.refused: dict[str, str] = {}
 
     def _client(self) -> httpx.Client:
         return self.conn.client(timeout=15)
@@ -281,3 +293,58 @@ class ConfigMapRoutes:
                 except (httpx.HTTPError, ValueError, KeyError):
                     await self.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
+
+
+class MergedRoutes:
+    """Several route sources followed at once (the first source with a key wins); read only."""
+
+    def __init__(self, sources: list[RouteSource]) -> None:
+        self.sources = sources
+
+    def put(self, route: Route) -> None:
+        raise BackendError("a merged route table is read only", hint="write to one source")
+
+    def remove(self, namespace: str, name: str) -> bool:
+        raise BackendError("a merged route table is read only", hint="write to one source")
+
+    def read(self) -> Table:
+        return self._merge([s.read() for s in self.sources])
+
+    @property
+    def refused(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for source in reversed(self.sources):
+            found.update(source.refused)
+        return found
+
+    @staticmethod
+    def _merge(tables: list[Table]) -> Table:
+        merged: Table = {}
+        for table in reversed(tables):
+            merged.update(table)
+        return merged
+
+    async def follow(self, on_change: OnChange, *, ready: Callable[[], None]) -> None:
+        tables: list[Table] = [{} for _ in self.sources]
+        waiting = set(range(len(self.sources)))
+
+        def changed(i: int) -> OnChange:
+            def call(table: Table) -> None:
+                tables[i] = table
+                if not waiting:
+                    on_change(self._merge(tables))
+
+            return call
+
+        def became_ready(i: int) -> Callable[[], None]:
+            def call() -> None:
+                waiting.discard(i)
+                if not waiting:
+                    on_change(self._merge(tables))
+                    ready()
+
+            return call
+
+        await asyncio.gather(
+            *(s.follow(changed(i), ready=became_ready(i)) for i, s in enumerate(self.sources))
+        )

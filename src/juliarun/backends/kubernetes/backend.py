@@ -564,6 +564,10 @@ class KubernetesBackend:
                 )
             self.sleep(self.poll_interval)
 
+    def route_writer(self) -> KubeClient:
+        """The context's own client: route objects are written as the caller (RBAC decides)."""
+        return self.client
+
     def cluster_status(self) -> ClusterStatus:
         return self.view.status()
 

@@ -14,7 +14,7 @@ namespace ``team-a``.
 >>> [b["metadata"]["name"] for b in role_binding_manifests(spec)]
 ['juliarun-edit-user-alice']
 >>> sorted(r for rule in role_manifest("team-a", "view")["rules"] for r in rule["resources"])
-['events', 'jobs', 'pods', 'pods/log', 'resourcequotas']
+['events', 'jobs', 'pods', 'pods/log', 'resourcequotas', 'routes']
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from typing import Any, Literal
 from juliarun.backends.kubernetes import manifests as mf
 from juliarun.backends.kubernetes.client import KubeApiError, KubeClient, ns_path
 from juliarun.errors import BackendError, ConfigError
+from juliarun.router.objects import GROUP as ROUTE_GROUP
+from juliarun.router.objects import PLURAL as ROUTE_PLURAL
 from juliarun.specs import TenantSpec, TenantUser, parse_quantity
 
 ROLES: tuple[str, ...] = ("edit", "view")
@@ -48,7 +50,8 @@ RBAC = "rbac.authorization.k8s.io/v1"
 #   jobs: submit (create), status/list (get, list), follow (watch), scale (patch), delete;
 #   pods: status and tail (get, list, watch), delete --force (delete, deletecollection, and
 #         patch to release the job-tracking finalizer of a pod the job controller is slow on);
-#   pods/log: tail and last lines; events: the diagnosis; resourcequotas: the submit check.
+#   pods/log: tail and last lines; events: the diagnosis; resourcequotas: the submit check;
+#   routes.juliarun.io: expose a job's service through the router (edit writes, view reads).
 _EDIT_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["batch"],
@@ -63,6 +66,11 @@ _EDIT_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["get", "list"]},
+    {
+        "apiGroups": [ROUTE_GROUP],
+        "resources": [ROUTE_PLURAL],
+        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+    },
 ]
 _VIEW_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
@@ -70,6 +78,7 @@ _VIEW_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["get", "list"]},
+    {"apiGroups": [ROUTE_GROUP], "resources": [ROUTE_PLURAL], "verbs": ["get", "list", "watch"]},
 ]
 
 Action = Literal["created", "updated", "unchanged", "deleted"]
