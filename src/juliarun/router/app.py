@@ -574,17 +574,8 @@ class RouterApp:
         if scope["path"].startswith(OWN):
             await self.own(scope, send)
             return
-        front = self.front(scope)
         try:
-            if front is not None:
-                who, url = await self.check_prefect(scope, front)
-                headers = self.downstream_headers(scope, who, "", "", front=front.path)
-            else:
-                who, namespace, name, rest = await self.check(scope)
-                route = self.table[f"{namespace}.{name}"]
-                query = scope.get("query_string") or b""
-                url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
-                headers = self.downstream_headers(scope, who, namespace, name)
+            url, headers = await self.target(scope)
         except RefusedError as exc:
             log.info("refused %s %s: %s", scope["method"], scope["path"], exc.reason)
             if exc.headers == LOGIN and wants_page(scope):
@@ -595,6 +586,19 @@ class RouterApp:
             await _respond(send, exc.status, {"error": exc.reason}, **exc.headers)
             return
         await self.forward(scope, receive, send, url, headers)
+
+    async def target(self, scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
+        """Where an authorized request (HTTP or websocket) goes, and the headers it takes
+        there: a fronted Prefect server's path, or a route's service; RefusedError otherwise."""
+        front = self.front(scope)
+        if front is not None:
+            who, url = await self.check_prefect(scope, front)
+            return url, self.downstream_headers(scope, who, "", "", front=front.path)
+        who, namespace, name, rest = await self.check(scope)
+        route = self.table[f"{namespace}.{name}"]
+        query = scope.get("query_string") or b""
+        url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
+        return url, self.downstream_headers(scope, who, namespace, name)
 
     async def forward(
         self,
@@ -681,17 +685,8 @@ class RouterApp:
         from websockets.exceptions import ConnectionClosed, WebSocketException
 
         await receive()  # websocket.connect
-        front = self.front(scope)
         try:
-            if front is not None:
-                who, url = await self.check_prefect(scope, front)
-                sent = self.downstream_headers(scope, who, "", "", front=front.path)
-            else:
-                who, namespace, name, rest = await self.check(scope)
-                route = self.table[f"{namespace}.{name}"]
-                query = scope.get("query_string") or b""
-                url = route.upstream + rest + ("?" + query.decode("latin-1") if query else "")
-                sent = self.downstream_headers(scope, who, namespace, name)
+            url, sent = await self.target(scope)
         except RefusedError as exc:
             log.info("refused websocket %s: %s", scope["path"], exc.reason)
             await send({"type": "websocket.close", "code": 1008})

@@ -31,6 +31,7 @@ import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from juliarun.errors import ConfigError, JuliaRunError
+from juliarun.router.routes import http_origin
 from juliarun.specs import Name, _Model
 
 
@@ -126,12 +127,7 @@ class PrefectFront(_Model):
     @field_validator("upstream")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s)://host:port URL (got {value!r})")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"must name only scheme, host and port (got {value!r})")
-        return value.rstrip("/")
+        return http_origin(value)
 
     @field_validator("path")
     @classmethod

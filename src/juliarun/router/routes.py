@@ -45,6 +45,21 @@ Table = dict[str, "Route"]
 OnChange = Callable[[Table], None]
 
 
+def http_origin(value: str) -> str:
+    """``value`` if it is an ``http(s)://host[:port]`` URL with nothing else (no path, query,
+    fragment or user), without a trailing slash; else ValueError saying which rule failed.
+
+    >>> http_origin("http://10.0.0.5:8000/")
+    'http://10.0.0.5:8000'
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s)://host:port URL (got {value!r})")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"must name only scheme, host and port (got {value!r})")
+    return value.rstrip("/")
+
+
 class Route(_Model):
     """One exposed service: reached at ``/s/<namespace>/<name>/`` by whoever may get Job
     ``job`` (default ``name``) in ``namespace``."""
@@ -60,12 +75,7 @@ class Route(_Model):
     @field_validator("upstream")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s)://host:port URL (got {value!r})")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"must name only scheme, host and port (got {value!r})")
-        return value.rstrip("/")
+        return http_origin(value)
 
     @property
     def key(self) -> str:
