@@ -60,64 +60,21 @@ def test_ctrl_c_after_the_server_died_stops_at_once(tmp_path: Path) -> None:
     each call retrying the dead server); now well under a second."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "JULIARUN_HOME": str(tmp_path / "home"),
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("PREFECT_API_URL", None)
-    server_log = tmp_path / "server.log"
-    with open(server_log, "wb") as out:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    serve_log = tmp_path / "serve.log"
+    env = _private_env(tmp_path)
+    server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    server = _start_server(port, env, server_log)
     serve = None
-
-    def start_serve() -> subprocess.Popen[bytes]:
-        serve_log.write_bytes(b"")
-        with open(serve_log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "juliarun.cli", "serve"],
-                env={**env, "PREFECT_API_URL": url},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait(
-            lambda: "polling for scheduled runs" in serve_log.read_text(errors="replace"),
-            "juliarun serve did not serve",
-            120,
-            serve_log,
-        )
-        return proc
 
     try:
         _wait(lambda: _healthy(url), "the private Prefect server was not healthy", 120, server_log)
-        # With the server up, Ctrl-C is Prefect's graceful stop: the schedules are paused.
-        serve = start_serve()
+        # With the server up, Ctrl-C is Prefect's graceful stop.
+        serve = _start_serve(url, env, serve_log)
         assert _deployment(url, "cluster-report/cluster-report")["name"] == "cluster-report"
         serve.send_signal(signal.SIGINT)
         assert serve.wait(timeout=60) == 0, serve_log.read_text()[-3000:]
         text = serve_log.read_text(errors="replace")
         assert "does not answer" not in text and "Traceback" not in text, text[-3000:]
-        serve = start_serve()
+        serve = _start_serve(url, env, serve_log)
         # a run of run-job in progress when the server dies
         subprocess.run(
             [sys.executable, "-c", RUN_JOB],
@@ -166,6 +123,19 @@ def test_ctrl_c_after_the_server_died_stops_at_once(tmp_path: Path) -> None:
 SERVER = (sys.executable, "-m", "prefect", "server", "start")
 
 
+def _private_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a private Prefect server and `juliarun serve` under ``tmp_path``."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "JULIARUN_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def _start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -202,14 +172,7 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path: Path) -> None:
     SIGTERM over and, with a run in progress, retried the dead server for more than 15 s."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "JULIARUN_HOME": str(tmp_path / "home"),
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("PREFECT_API_URL", None)
+    env = _private_env(tmp_path)
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
     server = _start_server(port, env, server_log)
     serve = None
