@@ -102,6 +102,8 @@ class RunFormV2:
         from selenium.webdriver.common.by import By
 
         self.driver = driver
+        self.base_url = base_url
+        self.deployment_id = deployment_id
         labels = f"normalize-space()='{parameter}' or normalize-space()='{parameter} (Optional)'"
         open_page(
             driver,
@@ -195,17 +197,54 @@ class RunFormV2:
         type_into(box, value)
 
     def submit(self) -> None:
-        submit(self.driver)
+        submit(self.driver, lambda: runs_of(self.base_url, self.deployment_id))
 
 
-def submit(driver: WebDriver, attempts: int = 3) -> None:
+UNKNOWN_CREATE_ERROR = "Unknown error while creating flow run."
+
+
+def runs_of(base_url: str, deployment_id: str) -> int:
+    """How many flow runs the deployment has, asked of the server's API (not the UI)."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"deployments": {"id": {"any_": [deployment_id]}}}).encode()
+    request = urllib.request.Request(
+        f"{base_url}/api/flow_runs/count",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return int(json.load(resp))
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    """The browser console's warnings and errors since the last call (failed requests show
+    there with their status)."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        entries = driver.get_log("browser")
+    except WebDriverException:  # a driver started without console logging
+        return []
+    return [e["message"] for e in entries if e.get("level") in ("WARNING", "SEVERE")]
+
+
+def submit(driver: WebDriver, runs: Callable[[], int], attempts: int = 3) -> None:
     """Click Submit and wait for the UI to leave the form for the deployment's runs (both UIs
     do once the run is created). On a busy machine a click now and then does nothing at all (no
-    run, no message); a person clicks again, and so does this, at most ``attempts`` times. Any
-    message the form shows ends the wait with that message."""
+    run, no message); a person clicks again, and so does this, at most ``attempts`` times.
+
+    The v2 form now and then answers the first run of a fresh browser with "Unknown error while
+    creating flow run." and no run is made (``runs`` -- the deployment's run count, from the
+    API -- did not change): a person clicks again, and so does this. Any other message ends
+    the wait with that message and the browser console's errors."""
     from selenium.webdriver.common.by import By
 
     for _ in range(attempts):
+        before = runs()
+        console_errors(driver)  # only what this click causes is reported
         driver.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
         try:
             wait_for(driver, "the deployment's runs", lambda: "tab=Runs" in driver.current_url, 30)
@@ -213,7 +252,14 @@ def submit(driver: WebDriver, attempts: int = 3) -> None:
         except AssertionError:
             toasts = [t.text for t in driver.find_elements(By.XPATH, "//*[@data-sonner-toast]")]
             toasts += [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".p-toast")]
-            assert not any(toasts), f"submitting the form said: {toasts}"
+            toasts = [t for t in toasts if t]
+            console = console_errors(driver)
+            if toasts == [UNKNOWN_CREATE_ERROR] and runs() == before:
+                print(f"submit: {UNKNOWN_CREATE_ERROR!r}, no run made; console: {console}")
+                for close in driver.find_elements(By.XPATH, "//*[@data-sonner-toast]//button"):
+                    close.click()
+                continue
+            assert not toasts, f"submitting the form said: {toasts}; console: {console}"
     raise AssertionError(f"Submit did not create a run after {attempts} clicks")
 
 
@@ -224,6 +270,8 @@ class RunFormV1:
         from selenium.webdriver.common.by import By
 
         self.driver = driver
+        self.base_url = base_url
+        self.deployment_id = deployment_id
         open_page(
             driver,
             f"{base_url}/deployments/deployment/{deployment_id}/run",
@@ -253,7 +301,7 @@ class RunFormV1:
         type_into(box, value)
 
     def submit(self) -> None:
-        submit(self.driver)
+        submit(self.driver, lambda: runs_of(self.base_url, self.deployment_id))
 
 
 def open_run_from_list(driver: WebDriver, names: tuple[str, ...]) -> str:

@@ -32,12 +32,14 @@ def kc() -> Iterator[KubeClient]:
 
 
 def pod(name: str) -> dict[str, Any]:
-    """A pod that stays Pending (no node matches): only the test changes it."""
+    """A pod that stays Pending, untouched: no scheduler serves its ``schedulerName`` (the
+    default scheduler would mark it unschedulable, a change at a time of its own)."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {LABEL: "yes"}},
         "spec": {
+            "schedulerName": "juliarun.io/no-such-scheduler",
             "nodeSelector": {"juliarun.io/no-such-node": "true"},
             "containers": [{"name": "c", "image": "pause"}],
             "terminationGracePeriodSeconds": 0,
