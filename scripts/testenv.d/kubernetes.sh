@@ -42,6 +42,18 @@ _k8s_start() {
   if [ -f "$logf" ] && [ "$(stat -c %s "$logf")" -gt 67108864 ]; then mv -f "$logf" "$logf.1"; fi
   te_start "$@"
 }
+# _k8s_restart_on_change NAME ARGS... : start NAME as _k8s_start does, first stopping a running
+# one that was started with other arguments (so a changed flag takes effect on the next `up`).
+_k8s_restart_on_change() {
+  local name=$1 hash
+  hash=$(printf '%s\n' "$@" | sha256sum | cut -c1-16)
+  if te_running "$name" && [ "$(cat "$K8S_RUN/$name.hash" 2>/dev/null)" != "$hash" ]; then
+    te_log "kubernetes: the flags of $name changed, restarting it"
+    te_stop "$name" 30
+  fi
+  _k8s_start "$@"
+  echo "$hash" > "$K8S_RUN/$name.hash"
+}
 _k8s_kubectl() { "$(_k8s_bin kubectl)" --kubeconfig "$K8S_KUBECONFIG" "$@"; }
 _k8s_ctr() { ctr -a "$K8S_CTRD_SOCK" -n k8s.io "$@"; }
 
@@ -238,7 +250,11 @@ _k8s_start_apiserver() {
 }
 
 _k8s_start_controllers() {
-  _k8s_start k8s-controller-manager "$K8S_RUN/logs/kube-controller-manager.log" "$(_k8s_bin kube-controller-manager)" \
+  # The client rate limits are raised from 20/s (burst 30): a Job's finished pods each need a
+  # PATCH from the Job controller, and the suite's parallel phase finishes hundreds at once (the
+  # Job controller then waited seconds per request, and other tests' Jobs waited for it).
+  _k8s_restart_on_change k8s-controller-manager "$K8S_RUN/logs/kube-controller-manager.log" "$(_k8s_bin kube-controller-manager)" \
+    --kube-api-qps=200 --kube-api-burst=400 \
     --kubeconfig="$K8S_HOME/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$K8S_HOME/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$K8S_HOME/controller-manager.kubeconfig" \
