@@ -11,18 +11,23 @@ ratios, and the load average before and after. Goal: run_job's overhead over the
 directly at most 150 ms per job. Uses PREFECT_API_URL when set (scripts/testenv env), else
 Prefect's temporary local server.
 
+Both sides poll the job's status every 10 ms (JULIARUN_POLL_INTERVAL=0.01 unless set): a
+trivial job ends ~300 ms after its submit, and with a coarser poll each side sees the end at
+its next poll, so the difference moves by up to a poll interval with where the two grids fall
+(with 50 ms polls, following the same trivial job took a steady 306 ms in one process and
+356 ms in the next, and this benchmark measured +156 ms; the flow's first status read comes
+~8 ms after the direct one's, behind the submit task's end).
+
 Measured 2026-12-04 against the test environment's Prefect server, on 2 cores shared with other
-work (the overhead follows the load: most of it is the Prefect API's answers):
+work (the overhead follows the load: most of it is the Prefect API's answers), 30 rounds:
 
-    load 0.4, 20 rounds: direct 386 ms, run_job 497 ms (+111 ms), user's heartbeat +671 ms
-    load 0.7-1.0, 30 rounds, twice: +149 ms and +151 ms (direct 362-365 ms)
-    load 3.4, 30 rounds: direct 525 ms, run_job 697 ms (+172 ms), user's heartbeat +569 ms
-    load 3.0, 10 rounds: direct 631 ms, run_job 788 ms (+157 ms); main before: +388 ms
-    load 4.3, 20 rounds: direct 522 ms, run_job 795 ms (+273 ms); main before: +555 ms
+    load 1.1-1.6, three runs: +126 ms, +125 ms, +124 ms (direct 362 ms, run_job ~488 ms)
 
-What is left is Prefect's own per run: five API calls before the body (flow, flow run, its
-name, Running, the run read back), two task runs (submit, watch: ~20-25 ms each in-process),
-the worker table's artifact and the final Completed state.
+Where it goes (a timeline of one run, median of 20): 55-60 ms before the flow's body (five API
+calls: the flow, the flow run, its name, Running, the run read back), ~3 ms to start each task
+and ~7 ms between the two, ~6 ms more for the end (the worker table's artifact beside the
+deletion) and ~20 ms after the body (the Completed state). The rest is Prefect's own; the job's
+lines and events cost nothing measurable (emitting no events changed nothing).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="juliarun-bench-")
     os.environ["JULIARUN_HOME"] = home
-    os.environ.setdefault("JULIARUN_POLL_INTERVAL", "0.05")
+    os.environ.setdefault("JULIARUN_POLL_INTERVAL", "0.01")  # see above: finer than the job
 
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
