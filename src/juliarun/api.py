@@ -28,7 +28,7 @@ from juliarun.backends.base import (
     ServiceHost,
     wait_for_job,
 )
-from juliarun.backends.follow import follow_job
+from juliarun.backends.follow import follow_job, stored_lines
 from juliarun.context import Context as Context  # noqa: PLC0414 - re-exported
 from juliarun.errors import BackendError, JuliaRunError, SpecError
 from juliarun.logs import LogLine, LogQuery
@@ -153,15 +153,7 @@ def tail(
                 show(line)
                 printed += 1
         return printed
-    since = ctx.backend.status(name).created_at if name else None
-    query = LogQuery(
-        job=name,
-        worker=worker,
-        stream=stream,
-        cluster=ctx.cluster,
-        since=since,
-        limit=lines,
-    )
+    query = stored_lines(ctx.backend, name, worker=worker, stream=stream, lines=lines)
     if not follow:
         for line in ctx.logs.query(query):
             show(line)

@@ -46,6 +46,25 @@ class Followed:
         return self.status
 
 
+def stored_lines(
+    backend: Backend,
+    name: str | None,
+    *,
+    worker: str | None = None,
+    stream: Stream | None = None,
+    lines: int | None = None,
+    created_at: datetime | None = None,
+) -> LogQuery:
+    """The log-store query for job ``name``'s lines (every job's when ``None``) on
+    ``backend``'s cluster: only those written since the job was created (``created_at``, else
+    read from its status: an older job of the same name is not this one), the last ``lines``
+    of them when given."""
+    since = created_at or (backend.status(name).created_at if name is not None else None)
+    return LogQuery(
+        job=name, worker=worker, stream=stream, cluster=backend.cluster, since=since, limit=lines
+    )
+
+
 def follow_job(
     backend: Backend,
     name: str,
@@ -111,14 +130,8 @@ def follow_job(
         for line in backend.logs(name, follow=True, lines=lines, worker=worker, stop=watching):
             hand_on(line)
     else:
-        since = created_at or backend.status(name).created_at
-        query = LogQuery(
-            job=name,
-            worker=worker,
-            stream=stream,
-            cluster=backend.cluster,
-            since=since,
-            limit=lines,
+        query = stored_lines(
+            backend, name, worker=worker, stream=stream, lines=lines, created_at=created_at
         )
 
         def stop() -> bool:
