@@ -948,6 +948,34 @@ class TenantSpec(_Model):
     users: list[TenantUser] = Field(
         default_factory=list, description="Users and groups with their role."
     )
+    host_paths: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Node directories the tenant's pods may mount as hostPath, each exactly as "
+        "written (a directory below one is refused too: the tenant can write in it, and a "
+        "symlink there would lead anywhere); the cluster refuses any other hostPath in the "
+        "tenant's namespace.",
+    )
+
+    @field_validator("host_paths")
+    @classmethod
+    def _plain_directories(cls, value: list[str]) -> list[str]:
+        for path in value:
+            parts = path.split("/")
+            if not path.startswith("/") or path == "/" or path.endswith("/"):
+                raise ValueError(
+                    f"{path!r} must be an absolute directory other than '/', without a trailing '/'"
+                )
+            if any(part in ("", ".", "..") for part in parts[1:]) or "," in path:
+                raise ValueError(f"{path!r} must be a plain path (no '.', '..', '//' or ',')")
+        for path in value:
+            for other in value:
+                if other.startswith(path + "/"):
+                    raise ValueError(
+                        f"{other!r} is inside {path!r}: the tenant could replace it with a "
+                        "symlink to anywhere; grant directories that do not nest"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _not_reserved(self) -> Self:

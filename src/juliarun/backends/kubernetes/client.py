@@ -54,6 +54,12 @@ class KubeApiError(BackendError):
             401: "the kubeconfig's credentials were refused; refresh them",
             403: "the kubeconfig's user lacks the RBAC permission; ask the cluster admin",
         }.get(status, "see the message; `kubectl get events -n <namespace>` may say more")
+        if status == 403 and "ValidatingAdmissionPolicy" in str(detail):
+            default = (
+                "the cluster's admission policy named above refused what was asked, whoever "
+                "asks: change that (a tenant's host directories are its TenantSpec.host_paths, "
+                "granted by the cluster admin)"
+            )
         super().__init__(
             f"kubernetes {method} {path} failed ({status} {self.reason}): {detail}".strip(),
             hint=hint or default,

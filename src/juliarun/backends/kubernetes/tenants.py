@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -45,6 +46,10 @@ CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SSR_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 RBAC = "rbac.authorization.k8s.io/v1"
+ADMISSION = "admissionregistration.k8s.io/v1"
+POD_POLICY = "juliarun-tenant-pods"
+HOST_PATHS_ANNOTATION = "juliarun.io/host-paths"
+SPEC_HASH_ANNOTATION = "juliarun.io/spec-hash"
 
 # What juliarun's backend does in a namespace, and nothing more (see KubernetesBackend):
 #   jobs: submit (create), status/list (get, list), follow (watch), scale (patch), delete;
@@ -119,7 +124,169 @@ def _meta(name: str, tenant: str, namespace: str | None = None) -> dict[str, Any
 
 
 def namespace_manifest(spec: TenantSpec) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec.name, spec.name)}
+    """The tenant's namespace; its ``juliarun.io/host-paths`` annotation lists the directories
+    its pods may mount (read by :func:`pod_policy_manifests`' policy)."""
+    meta = _meta(spec.name, spec.name)
+    meta["annotations"] = {HOST_PATHS_ANNOTATION: ",".join(spec.host_paths)}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+# Linux capabilities a container may add under the Pod Security Standards' baseline level.
+BASELINE_CAPABILITIES = (
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+)
+
+
+def _policy_spec() -> dict[str, Any]:
+    """What a tenant's pods (and the pod templates of its Jobs) may not do: the node's network,
+    PID or IPC namespace, privileged containers, capabilities beyond the baseline set, host
+    ports, and any hostPath but the directories its namespace's annotation lists, exactly
+    (not below them). Checked by the apiserver at creation, for every creator: a member with
+    kubectl, juliarun on their behalf, the Job controller making the pods."""
+    caps = "[" + ", ".join(f"'{c}'" for c in BASELINE_CAPABILITIES) + "]"
+    annotations = "namespaceObject.metadata.annotations"
+    return {
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "resourceRules": [
+                {
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE"],
+                    "resources": ["pods"],
+                },
+                {
+                    "apiGroups": ["batch"],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE"],
+                    "resources": ["jobs"],
+                },
+            ]
+        },
+        "variables": [
+            {
+                "name": "spec",
+                "expression": "object.kind == 'Pod' ? object.spec : object.spec.template.spec",
+            },
+            {
+                "name": "containers",
+                "expression": "variables.spec.containers + (has(variables.spec.initContainers)"
+                " ? variables.spec.initContainers : [])",
+            },
+            {
+                "name": "allowed",
+                "expression": f"has({annotations}) && '{HOST_PATHS_ANNOTATION}' in {annotations}"
+                f" && {annotations}['{HOST_PATHS_ANNOTATION}'] != ''"
+                f" ? {annotations}['{HOST_PATHS_ANNOTATION}'].split(',') : []",
+            },
+            {
+                "name": "refusedPaths",
+                "expression": "has(variables.spec.volumes) ? variables.spec.volumes.filter(v,"
+                " has(v.hostPath) && !(v.hostPath.path in variables.allowed))"
+                ".map(v, v.hostPath.path) : []",
+            },
+        ],
+        "validations": [
+            {
+                "expression": "!(has(variables.spec.hostNetwork) && variables.spec.hostNetwork)"
+                " && !(has(variables.spec.hostPID) && variables.spec.hostPID)"
+                " && !(has(variables.spec.hostIPC) && variables.spec.hostIPC)",
+                "message": "hostNetwork, hostPID, hostIPC: a tenant's pods may not use the "
+                "node's network, process or IPC namespace",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.securityContext)"
+                " || !has(c.securityContext.privileged) || !c.securityContext.privileged)",
+                "message": "securityContext.privileged: a tenant's containers may not be "
+                "privileged",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.securityContext)"
+                " || !has(c.securityContext.capabilities)"
+                " || !has(c.securityContext.capabilities.add)"
+                f" || c.securityContext.capabilities.add.all(cap, cap in {caps}))",
+                "message": "securityContext.capabilities.add: a tenant's containers may add "
+                "only the baseline capabilities (" + ", ".join(BASELINE_CAPABILITIES) + ")",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.ports)"
+                " || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))",
+                "message": "ports[].hostPort: a tenant's containers may not take host ports",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "size(variables.refusedPaths) == 0",
+                "messageExpression": "'volumes[].hostPath: ' + variables.refusedPaths.join(', ')"
+                " + ' is not a directory tenant ' + namespaceObject.metadata.name"
+                " + ' may mount (its host_paths: ' + (size(variables.allowed) == 0 ? 'none'"
+                " : variables.allowed.join(', ')) + ')'",
+                "reason": "Forbidden",
+            },
+        ],
+    }
+
+
+def pod_policy_manifests() -> list[dict[str, Any]]:
+    """The ValidatingAdmissionPolicy :func:`_policy_spec` and its binding to every tenant
+    namespace (by the tenant label), shared by all tenants. The policy carries a hash of its
+    spec, compared on update (the apiserver fills in defaults a comparison would trip on).
+
+    >>> policy, binding = pod_policy_manifests()
+    >>> binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["key"]
+    'juliarun.io/tenant'
+    """
+    labels = {mf.MANAGED_BY: "juliarun"}
+    spec = _policy_spec()
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    policy = {
+        "apiVersion": ADMISSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": POD_POLICY,
+            "labels": labels,
+            "annotations": {SPEC_HASH_ANNOTATION: digest},
+        },
+        "spec": spec,
+    }
+    binding_spec = {
+        "policyName": POD_POLICY,
+        "validationActions": ["Deny"],
+        "matchResources": {
+            "namespaceSelector": {
+                "matchExpressions": [{"key": mf.TENANT_LABEL, "operator": "Exists"}]
+            }
+        },
+    }
+    binding = {
+        "apiVersion": ADMISSION,
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {
+            "name": POD_POLICY,
+            "labels": labels,
+            "annotations": {
+                SPEC_HASH_ANNOTATION: hashlib.sha256(
+                    json.dumps(binding_spec, sort_keys=True).encode()
+                ).hexdigest()[:16]
+            },
+        },
+        "spec": binding_spec,
+    }
+    return [policy, binding]
 
 
 def quota_hard(spec: TenantSpec) -> dict[str, str]:
@@ -276,6 +443,11 @@ def _path(body: Mapping[str, Any], name: str | None = None) -> str:
     ns = body["metadata"].get("namespace")
     if kind == "Namespace":
         return "/api/v1/namespaces" + (f"/{name}" if name else "")
+    if kind in {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}:
+        plural = {"ValidatingAdmissionPolicy": "validatingadmissionpolicies"}.get(
+            kind, "validatingadmissionpolicybindings"
+        )
+        return f"/apis/{ADMISSION}/{plural}" + (f"/{name}" if name else "")
     if kind in {"Role", "RoleBinding"}:
         return ns_path(ns, kind.lower() + "s", name, group=RBAC)
     plural = {"ResourceQuota": "resourcequotas", "LimitRange": "limitranges"}[kind]
@@ -298,18 +470,28 @@ def _quantities_equal(a: Any, b: Any) -> bool:
 def _desired_part(body: Mapping[str, Any]) -> dict[str, Any]:
     """The fields ``ensure_tenant`` owns (compared to decide whether to update)."""
     part: dict[str, Any] = {"labels": body["metadata"].get("labels") or {}}
+    if body["kind"] == "Namespace" or SPEC_HASH_ANNOTATION in _annotations(body):
+        part["annotations"] = _annotations(body)
+        return part  # a hashed spec is compared by its hash
     for key in ("spec", "rules", "roleRef", "subjects"):
         if key in body and body["kind"] != "Namespace":
             part[key] = body[key]
     return part
 
 
+def _annotations(body: Mapping[str, Any]) -> dict[str, str]:
+    return dict(body["metadata"].get("annotations") or {})
+
+
 def _owned(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     want = _desired_part(desired)
     labels = current["metadata"].get("labels") or {}
     part: dict[str, Any] = {"labels": {k: labels.get(k) for k in want["labels"]}}
+    if "annotations" in want:
+        annotations = _annotations(current)
+        part["annotations"] = {k: annotations.get(k) for k in want["annotations"]}
     for key in want:
-        if key != "labels":
+        if key not in ("labels", "annotations"):
             part[key] = current.get(key)
             if key == "spec" and isinstance(part[key], dict):  # server defaults aside
                 part[key] = {k: part[key].get(k) for k in desired["spec"]}
@@ -329,7 +511,8 @@ def _apply(client: KubeClient, body: dict[str, Any]) -> Action:
     if _quantities_equal(_owned(current, body), _desired_part(body)):
         return "unchanged"
     if body["kind"] == "Namespace":
-        client.merge_patch(_path(body, name), {"metadata": {"labels": body["metadata"]["labels"]}})
+        meta = {k: body["metadata"][k] for k in ("labels", "annotations") if k in body["metadata"]}
+        client.merge_patch(_path(body, name), {"metadata": meta})
         return "updated"
     if body["kind"] == "RoleBinding" and current.get("roleRef") != body["roleRef"]:
         client.delete(_path(body, name))  # roleRef is immutable: replace the binding
@@ -341,10 +524,54 @@ def _apply(client: KubeClient, body: dict[str, Any]) -> Action:
     return "updated"
 
 
-def ensure_tenant(client: KubeClient, spec: TenantSpec) -> list[TenantObject]:
+def wait_for_pod_policy(
+    client: KubeClient,
+    namespace: str,
+    *,
+    timeout: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once the apiserver enforces the pod policy in ``namespace``: it learns of a new
+    policy, binding or namespace a moment after they are written, and a pod made in that
+    moment would not be checked. Probed with a dry run (nothing is created) of a pod on the
+    node's network, which the policy refuses."""
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "juliarun-policy-probe"},
+        "spec": {"hostNetwork": True, "containers": [{"name": "c", "image": "pause"}]},
+    }
+    deadline = clock() + timeout
+    while True:
+        try:
+            client.request("POST", ns_path(namespace, "pods"), query={"dryRun": "All"}, body=probe)
+        except KubeApiError as exc:
+            if exc.status == 403 and POD_POLICY in str(exc.body.get("message")):
+                return
+            raise
+        if clock() >= deadline:
+            raise BackendError(
+                f"the pod policy {POD_POLICY!r} is not enforced in namespace {namespace!r} "
+                f"after {timeout:.0f} s",
+                hint="the apiserver needs ValidatingAdmissionPolicy (Kubernetes 1.30 or later); "
+                f"see `kubectl get validatingadmissionpolicy {POD_POLICY} -o yaml`",
+            )
+        sleep(0.2)
+
+
+def ensure_tenant(
+    client: KubeClient,
+    spec: TenantSpec,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[TenantObject]:
     """Create (or bring to ``spec``) the tenant's namespace, ResourceQuota, LimitRange, Roles
     ``juliarun-edit`` / ``juliarun-view`` and one RoleBinding per user or group; bindings of
-    users no longer listed are deleted. Idempotent: a second run reports every object
+    users no longer listed are deleted; returns what was done to each. The pod policy every
+    tenant namespace is bound to (:func:`pod_policy_manifests`, shared, so not in the list) is
+    made or brought up to date first. Idempotent: a second run reports every object
     ``unchanged``. A namespace of that name that juliarun does not manage is refused."""
     existing = client.get_or_none(f"/api/v1/namespaces/{spec.name}")
     if existing is not None:
@@ -360,6 +587,9 @@ def ensure_tenant(client: KubeClient, spec: TenantSpec) -> list[TenantObject]:
                 f"namespace {spec.name!r} is being deleted",
                 hint="wait until it is gone, then create the tenant again",
             )
+    # the pod policy, shared by all tenants, first: no pod of the tenant before it holds
+    for body in pod_policy_manifests():
+        _apply(client, body)
     done: list[TenantObject] = []
     for body in tenant_manifests(spec):
         action = _apply(client, body)
@@ -368,6 +598,7 @@ def ensure_tenant(client: KubeClient, spec: TenantSpec) -> list[TenantObject]:
                 body["kind"], body["metadata"]["name"], body["metadata"].get("namespace"), action
             )
         )
+    wait_for_pod_policy(client, spec.name, clock=clock, sleep=sleep)
     wanted = {b["metadata"]["name"] for b in role_binding_manifests(spec)}
     bindings = client.get(
         ns_path(spec.name, "rolebindings", group=RBAC), labelSelector=tenant_selector(spec.name)
