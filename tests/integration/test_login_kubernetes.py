@@ -29,7 +29,7 @@ import juliarun
 from juliarun import cli_login
 from juliarun.api import Context
 from juliarun.auth import OIDCClient, TokenCache, login_browser
-from juliarun.backends.kubernetes import KubeClient, api_client
+from juliarun.backends.kubernetes import KubeClient
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.manifests import MANAGED_BY, TENANT_LABEL
 from juliarun.blocks import KubernetesCluster, OIDCCredentials
@@ -58,13 +58,6 @@ def cluster_only_kubeconfig() -> dict[str, Any]:
         ],
         "current-context": "oidc",
     }
-
-
-@pytest.fixture
-def admin() -> Iterator[KubeClient]:
-    kube = KubeClient(api_client(kubeconfig=kubeconfig_path()))
-    yield kube
-    kube.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import juliarun
-from juliarun.backends.kubernetes import KubeClient, api_client
+from juliarun.backends.kubernetes import KubeClient
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.client import KubeApiError, ns_path
 from juliarun.backends.kubernetes.manifests import MANAGED_BY, TENANT_LABEL
@@ -27,13 +27,6 @@ from tests.integration.fixtures.kubernetes import kubeconfig_path
 from tests.integration.test_tenants import block_context
 
 pytestmark = pytest.mark.kubernetes
-
-
-@pytest.fixture
-def admin() -> Iterator[KubeClient]:
-    kube = KubeClient(api_client(kubeconfig=kubeconfig_path()))
-    yield kube
-    kube.close()
 
 
 @pytest.fixture

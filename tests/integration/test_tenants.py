@@ -17,7 +17,7 @@ from kubernetes import client
 
 import juliarun
 from juliarun.api import Context
-from juliarun.backends.kubernetes import KubeClient, NodeTypeRule, Toleration, api_client
+from juliarun.backends.kubernetes import KubeClient, NodeTypeRule, Toleration
 from juliarun.backends.kubernetes import tenants as tn
 from juliarun.backends.kubernetes.manifests import MANAGED_BY, TENANT_LABEL
 from juliarun.blocks import KubernetesCluster
@@ -30,13 +30,6 @@ from tests.integration.fixtures.kubernetes import NodeFactory, kubeconfig_path, 
 pytestmark = pytest.mark.kubernetes
 
 NODE_LABEL = "juliarun.io/tenant-test"
-
-
-@pytest.fixture
-def admin() -> Iterator[KubeClient]:
-    kube = KubeClient(api_client(kubeconfig=kubeconfig_path()))
-    yield kube
-    kube.close()
 
 
 @pytest.fixture
