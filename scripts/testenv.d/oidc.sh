@@ -132,11 +132,17 @@ _oidc_pki() {
 
 # --- configuration files --------------------------------------------------------------------------
 
+_oidc_hydra_dsn() {
+  echo "sqlite://$OIDC_RUN/hydra.sqlite?_fk=true&mode=rwc"
+}
+
 _oidc_hydra_config() {
   mkdir -p "$OIDC_RUN"
-  cat > "$OIDC_RUN/hydra.yaml" <<EOF
-# Written by scripts/testenv (oidc.sh); rewritten on every up.
-dsn: sqlite://$OIDC_RUN/hydra.sqlite?_fk=true&mode=rwc
+  # Written aside and moved over only when it differs: hydra watches the file, and a rewrite
+  # in place made it read a half-written one ("immutable configuration key dsn was changed").
+  cat > "$OIDC_RUN/hydra.yaml.new" <<EOF
+# Written by scripts/testenv (oidc.sh) on every up; replaced only when it changed.
+dsn: $(_oidc_hydra_dsn)
 serve:
   public:
     host: 127.0.0.1
@@ -174,7 +180,12 @@ log:
 sqa:
   opt_out: true
 EOF
-  chmod 600 "$OIDC_RUN/hydra.yaml"
+  chmod 600 "$OIDC_RUN/hydra.yaml.new"
+  if cmp -s "$OIDC_RUN/hydra.yaml.new" "$OIDC_RUN/hydra.yaml"; then
+    rm -f "$OIDC_RUN/hydra.yaml.new"
+  else
+    mv -f "$OIDC_RUN/hydra.yaml.new" "$OIDC_RUN/hydra.yaml"
+  fi
 }
 
 # What token.py needs: the CA, the issuers, their test clients.
@@ -333,7 +344,7 @@ oidc_up() {
   _oidc_hydra_config
   _oidc_restart_if_changed hydra "$(_hydra_bin) $(sha256sum < "$OIDC_RUN/hydra.yaml")"
   if ! te_running hydra; then
-    DSN="sqlite://$OIDC_RUN/hydra.sqlite?_fk=true&mode=rwc" "$(_hydra_bin)" migrate sql up -e --yes \
+    DSN="$(_oidc_hydra_dsn)" "$(_hydra_bin)" migrate sql up -e --yes \
       >> "$OIDC_RUN/hydra-migrate.log" 2>&1 || te_die "hydra migrations failed (log: $OIDC_RUN/hydra-migrate.log)"
     te_start hydra "$OIDC_RUN/hydra.log" "$(_hydra_bin)" serve all --config "$OIDC_RUN/hydra.yaml"
   fi

@@ -21,10 +21,17 @@ import json
 import secrets
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+
+class TransientError(Exception):
+    """The issuer failed in a way a second try gets past: hydra on SQLite answers concurrent
+    sign-ins now and then with "database is locked" (a 500 from the token endpoint, or a
+    redirect with ``error=error``, "The error is unrecognizable"), and a connection can drop."""
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -93,11 +100,16 @@ def sign_in(
         except urllib.error.HTTPError as exc:
             if exc.code not in (301, 302, 303, 307, 308):
                 body = exc.read().decode(errors="replace")[:500]
+                if exc.code >= 500:
+                    raise TransientError(f"sign-in failed at {url}: {exc.code} {body}") from exc
                 raise SystemExit(f"sign-in failed at {url}: {exc.code} {body}") from exc
             url = urllib.parse.urljoin(url, exc.headers["Location"])
     else:
         raise SystemExit("sign-in did not come back to the redirect URI")
     answer = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    if answer.get("error") in (["error"], ["server_error"], ["temporarily_unavailable"]):
+        why = f"{answer['error'][0]}: {answer.get('error_description')}"
+        raise TransientError(f"sign-in refused: {why}")
     if "error" in answer:
         raise SystemExit(
             f"sign-in refused: {answer['error'][0]}: {answer.get('error_description')}"
@@ -123,6 +135,8 @@ def sign_in(
             tokens: dict[str, Any] = json.load(resp)
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")[:500]
+        if exc.code >= 500:
+            raise TransientError(f"token request failed: {exc.code} {body}") from exc
         raise SystemExit(f"token request failed: {exc.code} {body}") from exc
     if _claims(tokens["id_token"]).get("nonce") != nonce:
         raise SystemExit("the ID token carries another nonce")
@@ -143,9 +157,18 @@ def main(argv: list[str]) -> None:
     args = parser.parse_intermixed_args(argv)
     with open(args.config) as f:
         config = json.load(f)
-    tokens = sign_in(
-        config, args.issuer, args.user, args.groups, client_id=args.client, ttl=args.ttl
-    )
+    attempts = 4
+    for attempt in range(1, attempts + 1):
+        try:
+            tokens = sign_in(
+                config, args.issuer, args.user, args.groups, client_id=args.client, ttl=args.ttl
+            )
+            break
+        except (TransientError, ssl.SSLError, OSError) as exc:  # URLError, timeouts: OSError
+            if attempt == attempts:
+                raise SystemExit(f"{exc} (after {attempts} attempts)") from exc
+            print(f"token: {exc}; trying again", file=sys.stderr)
+            time.sleep(0.5 * attempt)
     print(json.dumps(tokens) if args.json else tokens["id_token"])
 
 
