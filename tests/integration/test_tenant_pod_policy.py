@@ -83,6 +83,16 @@ def test_a_tenant_pod_gets_only_what_the_tenant_was_given(
         "hostport": {"container": {"ports": [{"containerPort": 80, "hostPort": 8080}]}},
         "root": host_path("/"),
         "below": host_path(granted / "sub"),  # a symlink there would lead anywhere
+        "seccomp": {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
+        "seccomp-c": {"container": {"securityContext": {"seccompProfile": {"type": "Unconfined"}}}},
+        "apparmor": {"securityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+        "selinux": {"container": {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}},
+        "selinux-user": {"securityContext": {"seLinuxOptions": {"user": "system_u"}}},
+        "unmasked": {
+            "hostUsers": False,
+            "container": {"securityContext": {"procMount": "Unmasked"}},
+        },
+        "sysctl": {"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}},
     }  # (a hostPath with '..' the apiserver's own validation refuses)
     messages = {name: refused(admin, ns, pod(name, **spec)) for name, spec in escapes.items()}
     assert "hostNetwork, hostPID, hostIPC: a tenant's pods may not use" in messages["hostnet"]
@@ -94,6 +104,19 @@ def test_a_tenant_pod_gets_only_what_the_tenant_was_given(
         f"{granted})"
     ) in messages["root"]
     assert f"volumes[].hostPath: {granted}/sub is not a directory" in messages["below"]
+    assert "securityContext.seccompProfile" in messages["seccomp"]
+    assert "securityContext.seccompProfile" in messages["seccomp-c"]
+    assert "securityContext.appArmorProfile" in messages["apparmor"]
+    assert "securityContext.seLinuxOptions" in messages["selinux"]
+    assert "securityContext.seLinuxOptions" in messages["selinux-user"]
+    assert "securityContext.procMount" in messages["unmasked"]
+    assert "securityContext.sysctls" in messages["sysctl"]
+    # the AppArmor annotation (older than the field) is checked too
+    annotated = pod("apparmor-annotation")
+    annotated["metadata"]["annotations"] = {
+        "container.apparmor.security.beta.kubernetes.io/c": "unconfined"
+    }
+    assert "securityContext.appArmorProfile" in refused(admin, ns, annotated)
     # an init container is a container too
     init = pod("init-priv")
     init["spec"]["initContainers"] = [
@@ -106,6 +129,14 @@ def test_a_tenant_pod_gets_only_what_the_tenant_was_given(
         "granted": host_path(granted),
         "bind": {"container": {"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}},
         "port": {"container": {"ports": [{"containerPort": 80}]}},
+        "profiles": {
+            "securityContext": {
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "appArmorProfile": {"type": "RuntimeDefault"},
+                "seLinuxOptions": {"type": "container_t"},
+                "sysctls": [{"name": "net.ipv4.ping_group_range", "value": "0 0"}],
+            }
+        },
     }
     for name, spec in admitted.items():
         admin.post(ns_path(ns, "pods"), pod(name, **spec))

@@ -149,13 +149,48 @@ BASELINE_CAPABILITIES = (
 )
 
 
+# Sysctls a pod may set under the baseline level (namespaced, and safe for the node).
+SAFE_SYSCTLS = (
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+)
+# SELinux types a container may run as under the baseline level ("" is the runtime's default).
+SELINUX_TYPES = ("", "container_t", "container_init_t", "container_kvm_t", "container_engine_t")
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def _both_levels(check: str) -> str:
+    """``check`` (about ``sc``, a securityContext) for the pod's and every container's."""
+    pod = "variables.spec.securityContext"
+    return (
+        f"(!has({pod}) || {check.replace('sc.', pod + '.')})"
+        f" && variables.containers.all(c, !has(c.securityContext)"
+        f" || {check.replace('sc.', 'c.securityContext.')})"
+    )
+
+
 def _policy_spec() -> dict[str, Any]:
-    """What a tenant's pods (and the pod templates of its Jobs) may not do: the node's network,
-    PID or IPC namespace, privileged containers, capabilities beyond the baseline set, host
-    ports, and any hostPath but the directories its namespace's annotation lists, exactly
-    (not below them). Checked by the apiserver at creation, for every creator: a member with
-    kubectl, juliarun on their behalf, the Job controller making the pods."""
-    caps = "[" + ", ".join(f"'{c}'" for c in BASELINE_CAPABILITIES) + "]"
+    """What a tenant's pods (and the pod templates of its Jobs) may not do: what the Pod
+    Security Standards' baseline level refuses (the node's network, PID or IPC namespace,
+    privileged containers, capabilities beyond the baseline set, host ports, Unconfined
+    seccomp or AppArmor, SELinux users, roles and other types, an unmasked /proc, unsafe
+    sysctls, Windows host processes), except that a hostPath is allowed when it is one of the
+    directories its namespace's annotation lists, exactly (not below them). Checked by the
+    apiserver at creation, for every creator: a member with kubectl, juliarun on their behalf,
+    the Job controller making the pods."""
+    caps = _cel_list(BASELINE_CAPABILITIES)
     annotations = "namespaceObject.metadata.annotations"
     return {
         "failurePolicy": "Fail",
@@ -190,6 +225,14 @@ def _policy_spec() -> dict[str, Any]:
                 "expression": f"has({annotations}) && '{HOST_PATHS_ANNOTATION}' in {annotations}"
                 f" && {annotations}['{HOST_PATHS_ANNOTATION}'] != ''"
                 f" ? {annotations}['{HOST_PATHS_ANNOTATION}'].split(',') : []",
+            },
+            {
+                "name": "podAnnotations",
+                "expression": "object.kind == 'Pod'"
+                " ? (has(object.metadata.annotations) ? object.metadata.annotations : {})"
+                " : (has(object.spec.template.metadata)"
+                " && has(object.spec.template.metadata.annotations)"
+                " ? object.spec.template.metadata.annotations : {})",
             },
             {
                 "name": "refusedPaths",
@@ -227,6 +270,63 @@ def _policy_spec() -> dict[str, Any]:
                 "expression": "variables.containers.all(c, !has(c.ports)"
                 " || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))",
                 "message": "ports[].hostPort: a tenant's containers may not take host ports",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": _both_levels(
+                    "(!has(sc.seccompProfile) || sc.seccompProfile.type != 'Unconfined')"
+                ),
+                "message": "securityContext.seccompProfile: a tenant's pods may not run "
+                "Unconfined (RuntimeDefault or Localhost)",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": _both_levels(
+                    "(!has(sc.appArmorProfile) || sc.appArmorProfile.type != 'Unconfined')"
+                )
+                + f" && variables.podAnnotations.all(k, !k.startsWith('{APPARMOR_ANNOTATION}')"
+                " || variables.podAnnotations[k] == 'runtime/default'"
+                " || variables.podAnnotations[k].startsWith('localhost/'))",
+                "message": "securityContext.appArmorProfile: a tenant's pods may not run "
+                "Unconfined (RuntimeDefault or Localhost)",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": _both_levels(
+                    "(!has(sc.seLinuxOptions) || ((!has(sc.seLinuxOptions.type)"
+                    f" || sc.seLinuxOptions.type in {_cel_list(SELINUX_TYPES)})"
+                    " && (!has(sc.seLinuxOptions.user) || sc.seLinuxOptions.user == '')"
+                    " && (!has(sc.seLinuxOptions.role) || sc.seLinuxOptions.role == '')))"
+                ),
+                "message": "securityContext.seLinuxOptions: a tenant's pods may set only the "
+                "type, one of " + ", ".join(t for t in SELINUX_TYPES if t),
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.securityContext)"
+                " || !has(c.securityContext.procMount)"
+                " || c.securityContext.procMount == 'Default')",
+                "message": "securityContext.procMount: a tenant's containers keep the Default "
+                "/proc mount",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "!has(variables.spec.securityContext)"
+                " || !has(variables.spec.securityContext.sysctls)"
+                " || variables.spec.securityContext.sysctls.all(x, x.name in "
+                + _cel_list(SAFE_SYSCTLS)
+                + ")",
+                "message": "securityContext.sysctls: a tenant's pods may set only the safe "
+                "sysctls (" + ", ".join(SAFE_SYSCTLS) + ")",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": _both_levels(
+                    "(!has(sc.windowsOptions) || !has(sc.windowsOptions.hostProcess)"
+                    " || !sc.windowsOptions.hostProcess)"
+                ),
+                "message": "securityContext.windowsOptions.hostProcess: a tenant's pods may not "
+                "run as host processes",
                 "reason": "Forbidden",
             },
             {
