@@ -400,8 +400,9 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-# counts redeliveries across a broker stop/start: failed once (one id handled 3 times) beside
-# other workers on a loaded machine
+# serial: it times a broker stop/start against the workers' reconnects (two fresh-clone runs
+# saw one id with 3 results: handled twice, and one of its results sent again after a lost
+# receipt; the test now counts handlings and results apart)
 @pytest.mark.serial
 def test_a_broker_restart_loses_nothing_and_workers_reconnect(
     local_home: Path, julia_throws: str, tmp_path: Path
@@ -424,8 +425,14 @@ def test_a_broker_restart_loses_nothing_and_workers_reconnect(
         results = drain(q, "results")
         counts = Counter(id for id, _ in results)
         assert set(counts) == set(ids)  # nothing lost
-        # At most the message in hand when the broker went away is handled twice.
-        assert sum(counts.values()) - 40 <= 1
+        # At most the message in hand when the broker went away is handled twice (the worker
+        # marks each start of each id: started-<id>-<n>).
+        handled = Counter(f.name.split("-")[1] for f in tmp_path.glob("started-*"))
+        assert set(handled) == set(ids)
+        assert sum(handled.values()) - 40 <= 1, handled
+        # A result published as the broker went away may arrive twice: its receipt never came,
+        # so it was sent again (publishing is at least once). At most that one.
+        assert sum(counts.values()) - sum(handled.values()) <= 1, counts
         assert q.depth("jobs") == 0
         output = workers.output(proc)
         assert "lost or refused" in output and "connected again" in output
