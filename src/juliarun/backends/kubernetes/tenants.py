@@ -350,19 +350,6 @@ def pod_policy_manifests() -> list[dict[str, Any]]:
     >>> binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["key"]
     'juliarun.io/tenant'
     """
-    labels = {mf.MANAGED_BY: "juliarun"}
-    spec = _policy_spec()
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    policy = {
-        "apiVersion": ADMISSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {
-            "name": POD_POLICY,
-            "labels": labels,
-            "annotations": {SPEC_HASH_ANNOTATION: digest},
-        },
-        "spec": spec,
-    }
     binding_spec = {
         "policyName": POD_POLICY,
         "validationActions": ["Deny"],
@@ -372,21 +359,26 @@ def pod_policy_manifests() -> list[dict[str, Any]]:
             }
         },
     }
-    binding = {
+    return [
+        _hashed("ValidatingAdmissionPolicy", _policy_spec()),
+        _hashed("ValidatingAdmissionPolicyBinding", binding_spec),
+    ]
+
+
+def _hashed(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A cluster-wide admission object named :data:`POD_POLICY`, labelled as juliarun's, with
+    the hash of its spec (what :func:`_apply` compares)."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return {
         "apiVersion": ADMISSION,
-        "kind": "ValidatingAdmissionPolicyBinding",
+        "kind": kind,
         "metadata": {
             "name": POD_POLICY,
-            "labels": labels,
-            "annotations": {
-                SPEC_HASH_ANNOTATION: hashlib.sha256(
-                    json.dumps(binding_spec, sort_keys=True).encode()
-                ).hexdigest()[:16]
-            },
+            "labels": {mf.MANAGED_BY: "juliarun"},
+            "annotations": {SPEC_HASH_ANNOTATION: digest},
         },
-        "spec": binding_spec,
+        "spec": spec,
     }
-    return [policy, binding]
 
 
 def quota_hard(spec: TenantSpec) -> dict[str, str]:
